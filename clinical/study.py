@@ -1,0 +1,205 @@
+"""Study configuration: the protocol as data, validated at load.
+
+Every study-specific fact (ids, dose levels, escalation rules, windows, eligibility thresholds)
+comes from a YAML file in ``studies/``. An invalid file fails at load with a message that names
+the offending key, e.g. ``studies/im83.yaml: escalation.variant: Input should be ...``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class StudyConfigError(ValueError):
+    """The study configuration file is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a misspelt key must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Site(_Strict):
+    id: str
+    name: str
+    country: str
+
+
+class StudyInfo(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    protocol_id: str
+    nct_id: str = Field(pattern=r"^NCT\d{8}$")
+    title: str
+    short_title: str
+    sponsor: str
+    phase: str
+    design: str
+    product: str
+    start_date: dt.date
+    planned_enrolment: int = Field(gt=0)
+    time_zone: str
+    sites: list[Site] = Field(min_length=1)
+    confidentiality: str
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {v!r}") from exc
+        return v
+
+
+class DoseLevel(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    label: str
+    cells: float = Field(ge=0)
+
+
+class Escalation(_Strict):
+    variant: Literal["escalation-only", "korn"]
+    cohort_size: int = Field(default=3, ge=1)
+    max_per_dose: int = Field(default=6, ge=1)
+    require_six_at_mtd: bool = False
+    wait_for_window_close: bool = True
+    dlt_window_days: int = Field(gt=0)
+    dose_tolerance: float = Field(ge=0, lt=1)
+
+
+class Agent(_Strict):
+    name: str
+    dose: float = Field(gt=0)
+    unit: str
+
+
+class Lymphodepletion(_Strict):
+    start_day: int
+    end_day: int
+    dose_tolerance: float = Field(ge=0, lt=1)
+    agents: list[Agent] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Lymphodepletion":
+        if not self.start_day <= self.end_day < 0:
+            raise ValueError("start_day <= end_day < 0 (days before infusion) is required")
+        return self
+
+
+class Visit(_Strict):
+    id: str
+    label: str
+    day: int | None
+
+
+class Criterion(_Strict):
+    id: str
+    label: str
+    source: Literal["dm", "sc", "lb"]
+    param: str
+    op: Literal[">=", "<=", ">", "<", "=="]
+    value: float | str
+    value_liver_metastases: float | None = None
+    unit: str | None = None
+    basis: Literal["value", "xuln"] = "value"
+
+
+class Safety(_Strict):
+    ctcae_version: Literal["5.0", "6.0"]
+    meddra_version: str
+    crs_ics_grading: str
+    treatment_emergent_anchor: Literal["infusion", "lymphodepletion_start"]
+    treatment_emergent_end_days: int | None = None
+    related_values: list[str] = Field(min_length=1)
+    registry_frequency_threshold: str = Field(pattern=r"^\d+(\.\d+)?$")
+
+
+class PK(_Strict):
+    analyte: str
+    unit: str
+    lloq: float = Field(gt=0)
+    auc_method: Literal["linear", "linear-up-log-down"]
+    auc_window_days: int = Field(gt=0)
+
+
+class Contact(_Strict):
+    title: str
+    organization: str
+    email: str
+    phone: str
+
+
+class Registry(_Strict):
+    source_vocabulary: str
+    assessment_type: Literal["SYSTEMATIC_ASSESSMENT", "NON_SYSTEMATIC_ASSESSMENT"]
+    ae_time_frame: str
+    point_of_contact: Contact
+
+
+class StudyConfig(_Strict):
+    study: StudyInfo
+    dose_levels: list[DoseLevel] = Field(min_length=1)
+    escalation: Escalation
+    lymphodepletion: Lymphodepletion
+    visits: list[Visit] = Field(min_length=1)
+    eligibility: list[Criterion]
+    safety: Safety
+    pk: PK
+    registry: Registry
+    # Filled by load_study, not by the file: sha256 of the file's bytes, for the audit trail.
+    config_sha256: str = ""
+    config_path: str = ""
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "StudyConfig":
+        for name, ids in (
+            ("dose_levels", [d.id for d in self.dose_levels]),
+            ("visits", [v.id for v in self.visits]),
+            ("eligibility", [c.id for c in self.eligibility]),
+        ):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"{name}: duplicate id(s) {dupes}")
+        cells = [d.cells for d in self.dose_levels]
+        if cells != sorted(cells):
+            raise ValueError("dose_levels: must be listed from lowest to highest dose")
+        return self
+
+    @property
+    def dose_ids(self) -> list[str]:
+        return [d.id for d in self.dose_levels]
+
+    def dose(self, dose_id: str) -> DoseLevel:
+        return next(d for d in self.dose_levels if d.id == dose_id)
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study configuration; errors name the file and the key."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StudyConfigError(f"{path}: cannot read study configuration ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise StudyConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise StudyConfigError(f"{path}: top level must be a mapping of keys")
+    data["config_sha256"] = hashlib.sha256(raw).hexdigest()
+    data["config_path"] = str(path)
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"{path}: {key}: {err['msg']}")
+        raise StudyConfigError("\n".join(lines)) from None
