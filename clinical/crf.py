@@ -24,7 +24,7 @@ from typing import Literal
 
 FieldType = Literal["text", "code", "int", "float", "date", "id"]
 
-SUBJID_PATTERN = r"^\d{2}-\d{3}$"  # site-number: "01-007"
+SUBJID_PATTERN = r"^[0-9]{2}-[0-9]{3}$"  # site-number: "01-007"
 SEX = ["M", "F"]
 YN = ["Y", "N"]
 RACE = [
