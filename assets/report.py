@@ -1,0 +1,189 @@
+"""Report: the deliverables, each written into the run's work folder, then the manifest.
+
+The manifest asset runs last: it fingerprints every input and output and only then moves the work
+folder into place, so readers never see a half-written set and a failed run leaves the previous
+outputs of that data cut as they were.
+"""
+
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from assets.derive import data_queries, dose_escalation, participant_flow, safety_tables
+from assets.ingest import OWNERS
+from clinical.crf import FORMS
+from clinical.ingest import sha256_file
+from deliverables import dsmb, registry, workbooks
+from deliverables.tables import load_report_tables
+from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
+
+COMMON = dict(group_name="report", owners=OWNERS, pool="trial_db")
+TABLE_ASSETS = [participant_flow, dose_escalation, safety_tables]
+RRS_XSD = Path(os.environ.get("RRS_XSD", REPO_ROOT.parent / "shared" / "registry" / "RRSUploadSchema.xsd"))
+
+OUTPUT_FILES = {
+    "database": DATABASE_NAME,
+    "dsmb_html": "dsmb_report.html",
+    "dsmb_pdf": "dsmb_report.pdf",
+    "sponsor_xlsx": "sponsor_workbook.xlsx",
+    "registry_json": "registry_results.json",
+    "registry_xml": "registry_results.xml",
+    "registry_draft_html": "registry_draft.html",
+    "queries_xlsx": "data_queries.xlsx",
+}
+
+
+def _path(trial: TrialResource, role: str) -> Path:
+    return trial.work_dir / OUTPUT_FILES[role]
+
+
+def _file_meta(path: Path) -> dict[str, dg.MetadataValue]:
+    return {"path": dg.MetadataValue.path(str(path)), "sha256": dg.MetadataValue.text(sha256_file(path))}
+
+
+@dg.asset(
+    key=["report", "dsmb_report"],
+    deps=TABLE_ASSETS,
+    kinds={"html", "pdf"},
+    description="DSMB report (HTML and PDF): participant flow, dose-escalation status with DLTs, TEAE summary by cohort.",
+    **COMMON,
+)
+def dsmb_report(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        tables = load_report_tables(con)
+    html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut)
+    _path(trial, "dsmb_html").write_text(html, encoding="utf-8")
+    dsmb.html_to_pdf(html, _path(trial, "dsmb_pdf"), trial.cut)
+    return dg.MaterializeResult(metadata={"pdf": _file_meta(_path(trial, "dsmb_pdf"))["path"], **_file_meta(_path(trial, "dsmb_html"))})
+
+
+@dg.asset(
+    key=["report", "sponsor_workbook"],
+    deps=TABLE_ASSETS,
+    kinds={"excel"},
+    description="Sponsor workbook (xlsx): cover sheet and one sheet per table and listing; values only.",
+    **COMMON,
+)
+def sponsor_workbook(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        tables = load_report_tables(con)
+    workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"))
+    return dg.MaterializeResult(metadata=_file_meta(_path(trial, "sponsor_xlsx")))
+
+
+@dg.asset(
+    key=["report", "registry_results"],
+    deps=TABLE_ASSETS,
+    kinds={"json", "xml"},
+    description="ClinicalTrials.gov results draft: API v2 resultsSection JSON, PRS upload XML (validated against "
+    "RRSUploadSchema.xsd) and a human-readable draft with the pre-check findings.",
+    **COMMON,
+)
+def registry_results(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        section = registry.build_results_section(con, trial.cfg, trial.cut)
+    xml = registry.results_xml(section, trial.cfg)
+    xml_errors = registry.validate_xml(xml, RRS_XSD) if RRS_XSD.is_file() else []
+    if not RRS_XSD.is_file():
+        context.log.warning(f"{RRS_XSD} not found: PRS XML written but not validated against the schema")
+    if xml_errors:
+        raise dg.Failure(description="PRS XML does not validate against RRSUploadSchema.xsd", metadata={"errors": dg.MetadataValue.json(xml_errors[:20])})
+    findings = registry.precheck(section, xml_errors)
+    _path(trial, "registry_json").write_bytes(registry.results_json(section, trial.cfg))
+    _path(trial, "registry_xml").write_bytes(xml)
+    _path(trial, "registry_draft_html").write_text(
+        registry.render_draft_html(section, findings, trial.cfg, trial.cut), encoding="utf-8"
+    )
+    errors = [f for f in findings if f.severity == "ERROR"]
+    return dg.MaterializeResult(
+        metadata={
+            **_file_meta(_path(trial, "registry_xml")),
+            "xsd_validated": RRS_XSD.is_file(),
+            "precheck_errors": len(errors),
+            "precheck_warnings": len(findings) - len(errors),
+        }
+    )
+
+
+@dg.asset(
+    key=["report", "queries_workbook"],
+    deps=[data_queries],
+    kinds={"excel"},
+    description="Data-queries workbook for data managers: quarantined rows and failing rule records, by status.",
+    **COMMON,
+)
+def queries_workbook(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        workbooks.write_queries_workbook(con, trial.cfg, trial.cut, _path(trial, "queries_xlsx"))
+    return dg.MaterializeResult(metadata=_file_meta(_path(trial, "queries_xlsx")))
+
+
+def code_version() -> str:
+    """The commit the pipeline ran from, when it runs from a git checkout (else the package version)."""
+    head = REPO_ROOT / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (REPO_ROOT / ".git" / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        from importlib.metadata import version
+
+        return version("im83-pipeline")
+
+
+@dg.asset(
+    key=["report", "manifest"],
+    deps=[dsmb_report, sponsor_workbook, registry_results, queries_workbook],
+    kinds={"json"},
+    description="manifest.json: every input (path, sha256, rows) and output (role, path, sha256); then the run's "
+    "outputs are moved into place together.",
+    **COMMON,
+)
+def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
+    work, final = trial.work_dir, trial.final_dir
+    with trial.connect() as con:
+        rows = dict(
+            con.execute(
+                " UNION ALL ".join(f"SELECT '{f.file}', count(*) FROM raw.{f.id}" for f in FORMS)
+            ).fetchall()
+        )
+        files = con.execute("SELECT file, sha256, bytes FROM raw.export_files ORDER BY file").fetchall()
+    export_dir = Path(trial.export_dir).resolve()
+    doc = {
+        "study": trial.cfg.study.id,
+        "nct_id": trial.cfg.study.nct_id,
+        "export_id": trial.export_id,
+        "data_cut": trial.cut.isoformat(),
+        "config": {"path": trial.cfg.config_path, "sha256": trial.cfg.config_sha256},
+        "code_version": code_version(),
+        "inputs": [
+            {"path": str(export_dir / name), "sha256": sha, "bytes": size, "rows": rows.get(name)}
+            for name, sha, size in files
+        ],
+        "outputs": [
+            {"role": role, "path": name, "sha256": sha256_file(work / name)}
+            for role, name in OUTPUT_FILES.items()
+        ],
+    }
+    (work / "manifest.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Swap the finished work folder into place; the previous outputs stay until this point.
+    if final.exists():
+        old = final.with_name(f".{final.name}.previous")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        work.rename(final)
+        shutil.rmtree(old)
+    else:
+        work.rename(final)
+    context.log.info(f"outputs in {final}")
+    return dg.MaterializeResult(
+        metadata={"manifest": dg.MetadataValue.path(str(final / "manifest.json")), "outputs": len(OUTPUT_FILES)}
+    )
+
+
+reports = [dsmb_report, sponsor_workbook, registry_results, queries_workbook, manifest]

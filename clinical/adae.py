@@ -1,0 +1,67 @@
+"""ADAE-like adverse-event analysis table ``analysis.adae``: one row per recorded AE.
+
+- ASTDT/AENDT: dates with a missing day imputed to the first of the month (ASTDTF = 'D'); a
+  year-only date stays missing (admiral, highest imputation "D"; as in the CDISC pilot ADAE).
+- ADY: protocol day relative to infusion, day 0 = infusion (CAR-T convention).
+  ASTDY: CDISC study day relative to infusion, which has no day 0 (day 1 = infusion day).
+- APERIOD: PRE-TREATMENT (consent to before lymphodepletion), LYMPHODEPLETION (from its start to
+  before infusion), POST-INFUSION (from day 0).
+- TRTEMFL: treatment-emergent, PHUSE WP-087 / admiral ``derive_var_trtemfl`` order of rules:
+  no anchor date -> not TE; ended before the anchor -> not TE; no start date -> TE (conservative);
+  started on or after the anchor (and within the optional end window) -> TE.
+  The anchor is the study configuration's ``safety.treatment_emergent_anchor`` (infusion by
+  default, or lymphodepletion start). Worsening of a pre-existing event needs episode grouping
+  (AEGRPID) that the CRF does not yet carry; such worsening is recorded as a new AE row.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from clinical.study import StudyConfig
+
+ADAE_SQL = """
+CREATE OR REPLACE TABLE analysis.adae AS
+WITH a AS (
+  SELECT ae.*, s.TRTSDT, s.LDSTDT, s.DOSEA, s.DOSEAN, s.SAFFL, s.DLTWEND,
+    impute_day_first(ae.AESTDAT) AS ASTDT, impute_flag(ae.AESTDAT) AS ASTDTF,
+    impute_day_first(ae.AEENDAT) AS AENDT, impute_flag(ae.AEENDAT) AS AENDTF,
+    CASE WHEN $anchor = 'infusion' THEN s.TRTSDT ELSE s.LDSTDT END AS ANCHOR
+  FROM stage.ae ae JOIN analysis.adsl s USING (SUBJID)
+)
+SELECT
+  STUDYID_ADSL.STUDYID, a.SUBJID, a.AESPID, a.AETERM, a.AEDECOD, a.AEBODSYS, a.AECAT,
+  a.AESTDAT AS AESTDTC, a.ASTDT, a.ASTDTF, a.AEENDAT AS AEENDTC, a.AENDT, a.AENDTF,
+  a.AETOXGR AS ATOXGR, a.AESER, a.AEREL,
+  CASE WHEN list_contains($related, a.AEREL) THEN 'Y' ELSE 'N' END AS RELFL,
+  a.AEOUT, a.AEDLT,
+  a.AEFEVER, a.AEHYPOT, a.AEHYPOX, a.AEICE, a.AECONSC, a.AESEIZ, a.AEMOTOR, a.AEEDEMA,
+  a.DOSEA, a.DOSEAN, a.SAFFL, a.TRTSDT,
+  a.ASTDT - a.TRTSDT AS ADY,
+  CASE WHEN a.ASTDT >= a.TRTSDT THEN a.ASTDT - a.TRTSDT + 1 ELSE a.ASTDT - a.TRTSDT END AS ASTDY,
+  CASE WHEN a.ASTDT IS NULL THEN NULL
+       WHEN a.TRTSDT IS NOT NULL AND a.ASTDT >= a.TRTSDT THEN 'POST-INFUSION'
+       WHEN a.LDSTDT IS NOT NULL AND a.ASTDT >= a.LDSTDT THEN 'LYMPHODEPLETION'
+       ELSE 'PRE-TREATMENT' END AS APERIOD,
+  CASE WHEN a.ANCHOR IS NULL THEN NULL
+       WHEN a.AENDT IS NOT NULL AND a.AENDT < a.ANCHOR THEN NULL
+       WHEN a.ASTDT IS NULL THEN 'Y'
+       WHEN a.ASTDT >= a.ANCHOR AND ($end_days IS NULL OR a.ASTDT <= a.ANCHOR + $end_days) THEN 'Y'
+       END AS TRTEMFL,
+  CASE WHEN a.AEDLT = 'Y' AND a.ASTDT BETWEEN a.TRTSDT AND a.DLTWEND THEN 'Y' ELSE 'N' END AS DLTFL
+FROM a
+CROSS JOIN (SELECT any_value(STUDYID) AS STUDYID FROM analysis.adsl) STUDYID_ADSL
+ORDER BY a.SUBJID, a.AESPID
+"""
+
+
+def build_adae(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> int:
+    con.execute(
+        ADAE_SQL,
+        {
+            "anchor": cfg.safety.treatment_emergent_anchor,
+            "end_days": cfg.safety.treatment_emergent_end_days,
+            "related": cfg.safety.related_values,
+        },
+    )
+    return con.execute("SELECT count(*) FROM analysis.adae").fetchone()[0]

@@ -1,0 +1,145 @@
+"""ADSL-like subject-level analysis table ``analysis.adsl``: one row per screened participant.
+
+Population flags follow the participant funnel and are cumulative by construction (a participant
+is lymphodepleted only if leukapheresed, and so on), so flow counts can never increase:
+
+  SCRNFL   screened (in demographics)
+  ENRLFL   enrolled: eligible and assigned to a dose level
+  APHFL    leukapheresed
+  MFGFL    product released (out-of-specification products that were infused count as released)
+  LDFL     lymphodepletion started
+  SAFFL    infused with IM83 CAR-T (safety population)
+  DLTEVLFL DLT-evaluable: infused within the dose tolerance of the assigned level, and either had
+           a DLT in the window or completed the window on study (DLTEVLRS gives the reason when not)
+  COMPLFL  completed protocol follow-up
+
+DLTFL is the adjudicated DLT: an AE the investigator flagged as DLT (AEDLT = Y) with onset inside
+the DLT window (day 0 to the configured window). Candidate DLTs derived from the rules are a
+separate listing (issue 5); the 3+3 uses the adjudicated flag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+from clinical.study import StudyConfig
+
+SETUP_SQL = """
+CREATE SCHEMA IF NOT EXISTS analysis;
+-- Partial-date imputation, admiral style with highest imputation level "D": a missing day becomes
+-- the first of the month, a missing month (year only) is not imputed (stays NULL).
+CREATE OR REPLACE MACRO impute_day_first(s) AS
+  CASE WHEN regexp_full_match(s, '\\d{4}-\\d{2}-\\d{2}') THEN try_cast(s AS DATE)
+       WHEN regexp_full_match(s, '\\d{4}-\\d{2}') THEN try_cast(s || '-01' AS DATE) END;
+CREATE OR REPLACE MACRO impute_flag(s) AS
+  CASE WHEN regexp_full_match(s, '\\d{4}-\\d{2}') THEN 'D'
+       WHEN regexp_full_match(s, '\\d{4}') THEN 'M' END;
+"""
+
+
+def write_reference_tables(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> None:
+    """The study configuration's dose levels and criteria as tables, so SQL can join them."""
+    con.execute(SETUP_SQL)
+    con.execute(
+        "CREATE OR REPLACE TABLE analysis.dose_levels (DOSE VARCHAR, DOSEN INTEGER, DOSELBL VARCHAR, CELLS DOUBLE)"
+    )
+    con.executemany(
+        "INSERT INTO analysis.dose_levels VALUES (?, ?, ?, ?)",
+        [(d.id, i + 1, d.label, d.cells) for i, d in enumerate(cfg.dose_levels)],
+    )
+    con.execute("CREATE OR REPLACE TABLE analysis.criteria (CRIT VARCHAR, CRITN INTEGER, CRITLBL VARCHAR)")
+    con.executemany(
+        "INSERT INTO analysis.criteria VALUES (?, ?, ?)",
+        [(c.id, i + 1, c.label) for i, c in enumerate(cfg.eligibility)],
+    )
+
+
+ADSL_SQL = """
+CREATE OR REPLACE TABLE analysis.adsl AS
+WITH
+ie_fail AS (
+  SELECT i.SUBJID, string_agg(i.IETESTCD, '; ' ORDER BY c.CRITN) AS SCRFLRS
+  FROM stage.ie i LEFT JOIN analysis.criteria c ON c.CRIT = i.IETESTCD
+  WHERE i.IEYN = 'N' GROUP BY i.SUBJID),
+ld AS (SELECT SUBJID, min(EXSTDAT) AS LDSTDT, max(EXSTDAT) AS LDENDT FROM stage.ld GROUP BY SUBJID),
+dlt AS (
+  SELECT a.SUBJID, min(impute_day_first(a.AESTDAT)) AS DLTDT
+  FROM stage.ae a JOIN stage.inf i USING (SUBJID)
+  WHERE a.AEDLT = 'Y'
+    AND impute_day_first(a.AESTDAT) BETWEEN i.EXSTDAT AND i.EXSTDAT + $window
+  GROUP BY a.SUBJID),
+pk AS (
+  SELECT p.SUBJID, count(*) FILTER (WHERE p.PCBLQ = 'N' AND p.PCDAT >= i.EXSTDAT) AS n_quant
+  FROM stage.pc p JOIN stage.inf i USING (SUBJID) GROUP BY p.SUBJID),
+base AS (
+  SELECT
+    dm.STUDYID, dm.SITEID, dm.SUBJID, dm.STUDYID || '-' || dm.SUBJID AS USUBJID,
+    dm.AGE, dm.SEX, dm.RACE, dm.ETHNIC, dm.COUNTRY, sc.KPS, sc.GPC3, sc.LIVERMET,
+    en.RFICDT, en.ENRLDT, en.DOSEP, dp.DOSEN AS DOSEPN, dp.DOSELBL AS DOSEPLBL,
+    ap.PRSTDAT AS APHDT, ap.PRYN, ap.PRREASND, mf.RELSTAT AS MFGSTAT,
+    ld.LDSTDT, ld.LDENDT,
+    inf.EXSTDAT AS TRTSDT, inf.DOSELVL AS DOSEA, da.DOSEN AS DOSEAN, da.DOSELBL AS DOSEALBL,
+    inf.EXDOSE AS CELLS, inf.EXDOSE / nullif(da.CELLS, 0) - 1 AS DOSEDEV,
+    inf.EXSTDAT + $window AS DLTWEND,
+    ds.DSDECOD AS EOSSTT, ds.DSSTDAT AS EOSDT, ds.DTHDAT AS DTHDT, ds.DTHCAUS,
+    iefail.SCRFLRS, dlt.DLTDT, coalesce(pk.n_quant, 0) AS PKNQUANT
+  FROM stage.dm dm
+  LEFT JOIN (SELECT SUBJID, RFICDAT AS RFICDT, ENRLDAT AS ENRLDT, ENRLYN,
+                    CASE WHEN ENRLYN = 'Y' THEN DOSELVL END AS DOSEP FROM stage.enrol) en USING (SUBJID)
+  LEFT JOIN analysis.dose_levels dp ON dp.DOSE = en.DOSEP
+  LEFT JOIN stage.sc sc USING (SUBJID)
+  LEFT JOIN stage.apher ap ON ap.SUBJID = dm.SUBJID AND en.DOSEP IS NOT NULL
+  LEFT JOIN stage.mfg mf USING (SUBJID)
+  LEFT JOIN ld USING (SUBJID)
+  LEFT JOIN stage.inf inf USING (SUBJID)
+  LEFT JOIN analysis.dose_levels da ON da.DOSE = inf.DOSELVL
+  LEFT JOIN stage.ds ds USING (SUBJID)
+  LEFT JOIN ie_fail iefail USING (SUBJID)
+  LEFT JOIN dlt USING (SUBJID)
+  LEFT JOIN pk USING (SUBJID)
+),
+flags AS (
+  SELECT *,
+    'Y' AS SCRNFL,
+    CASE WHEN DOSEP IS NOT NULL THEN 'Y' ELSE 'N' END AS ENRLFL,
+    CASE WHEN DOSEP IS NOT NULL AND PRYN = 'Y' THEN 'Y' ELSE 'N' END AS APHFL,
+    CASE WHEN DOSEP IS NOT NULL AND PRYN = 'Y'
+              AND MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') THEN 'Y' ELSE 'N' END AS MFGFL,
+    CASE WHEN DOSEP IS NOT NULL AND PRYN = 'Y'
+              AND MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') AND LDSTDT IS NOT NULL THEN 'Y' ELSE 'N' END AS LDFL,
+    CASE WHEN DOSEP IS NOT NULL AND PRYN = 'Y' AND MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION')
+              AND LDSTDT IS NOT NULL AND TRTSDT IS NOT NULL THEN 'Y' ELSE 'N' END AS SAFFL,
+    CASE WHEN DLTDT IS NOT NULL THEN 'Y' ELSE 'N' END AS DLTFL,
+    -- Last date the participant is known to be on study, used for window completion.
+    least(coalesce(EOSDT, $cut), coalesce(DTHDT, $cut), $cut) AS ONSTDT
+  FROM base
+)
+SELECT * EXCLUDE (PRYN, ONSTDT, PKNQUANT),
+  CASE WHEN SAFFL = 'Y' AND DOSEA = DOSEP AND abs(DOSEDEV) <= $tolerance
+            AND (DLTFL = 'Y' OR ONSTDT >= DLTWEND) THEN 'Y' ELSE 'N' END AS DLTEVLFL,
+  CASE WHEN SAFFL = 'N' THEN 'Not infused'
+       WHEN DOSEA IS DISTINCT FROM DOSEP THEN 'Infused at a dose level other than assigned'
+       WHEN abs(DOSEDEV) > $tolerance THEN 'Cells infused outside the dose-level tolerance'
+       WHEN DLTFL = 'Y' OR ONSTDT >= DLTWEND THEN NULL
+       WHEN $cut < DLTWEND AND EOSDT IS NULL AND DTHDT IS NULL THEN 'DLT window open'
+       ELSE 'Left study before the end of the DLT window without a DLT' END AS DLTEVLRS,
+  CASE WHEN SAFFL = 'Y' AND DLTFL = 'N' AND $cut < DLTWEND AND EOSDT IS NULL AND DTHDT IS NULL
+       THEN 'Y' ELSE 'N' END AS WINOPFL,
+  CASE WHEN SAFFL = 'Y' AND PKNQUANT > 0 THEN 'Y' ELSE 'N' END AS PKEVLFL,
+  CASE WHEN EOSSTT = 'COMPLETED' AND SAFFL = 'Y' THEN 'Y' ELSE 'N' END AS COMPLFL,
+  CASE WHEN EOSSTT IS NOT NULL AND EOSSTT <> 'COMPLETED' THEN EOSSTT END AS DCSREAS,
+  greatest(RFICDT, ENRLDT, APHDT, LDENDT, TRTSDT, EOSDT, DTHDT) AS LSTCNDT
+FROM flags
+ORDER BY SUBJID
+"""
+
+
+def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.date) -> int:
+    write_reference_tables(con, cfg)
+    con.execute(
+        ADSL_SQL,
+        {"window": cfg.escalation.dlt_window_days, "cut": data_cut, "tolerance": cfg.escalation.dose_tolerance},
+    )
+    return con.execute("SELECT count(*) FROM analysis.adsl").fetchone()[0]

@@ -1,0 +1,103 @@
+"""Safety summary tables as data (long format), counted from ``analysis.adsl`` and ``analysis.adae``.
+
+Columns are the actual dose level received (DOSEA) and a TOTAL column; the denominator is the
+safety population (infused, SAFFL = 'Y') of that column, so every percentage uses the same N as
+the header. Each participant counts once per row (``count(DISTINCT SUBJID)``), at their worst case.
+
+  analysis.teae_summary  AET01-like overview: participants with any TEAE, related, grade >= 3,
+                         serious, CRS, ICANS, DLT, fatal; plus the number of events.
+  analysis.ae_by_term    TEAEs by MedDRA SOC and PT, for all, serious and non-serious TEAEs
+                         (SCOPE), with participants affected, events and participants at risk;
+                         the registry's serious / other adverse-event tables read this.
+  analysis.safety_groups the column headers: dose level, label, N at risk.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+TOTAL = "TOTAL"
+
+# (row number, label, predicate on a TEAE row); participants with at least one matching TEAE.
+SUMMARY_ROWS: tuple[tuple[int, str, str], ...] = (
+    (1, "Any TEAE", "TRUE"),
+    (2, "Any TEAE related to IM83 CAR-T", "RELFL = 'Y'"),
+    (3, "Any grade >= 3 TEAE", "ATOXGR >= 3"),
+    (4, "Any serious TEAE", "AESER = 'Y'"),
+    (5, "Cytokine release syndrome, any grade", "AECAT = 'CRS'"),
+    (6, "Cytokine release syndrome, grade >= 3", "AECAT = 'CRS' AND ATOXGR >= 3"),
+    (7, "ICANS, any grade", "AECAT = 'ICANS'"),
+    (8, "ICANS, grade >= 3", "AECAT = 'ICANS' AND ATOXGR >= 3"),
+    (9, "Dose-limiting toxicity (adjudicated)", "DLTFL = 'Y'"),
+    (10, "TEAE leading to death (grade 5)", "ATOXGR = 5"),
+)
+
+GROUPS_SQL = f"""
+CREATE OR REPLACE TABLE analysis.safety_groups AS
+SELECT d.DOSE, d.DOSEN, d.DOSELBL,
+       count(s.SUBJID) AS N_AT_RISK
+FROM analysis.dose_levels d LEFT JOIN analysis.adsl s ON s.DOSEA = d.DOSE AND s.SAFFL = 'Y'
+GROUP BY ALL
+UNION ALL
+SELECT '{TOTAL}', 99, 'Total', count(*) FROM analysis.adsl WHERE SAFFL = 'Y'
+ORDER BY DOSEN
+"""
+
+# TEAE rows of the safety population, once under their dose and once under TOTAL.
+TEAE_GROUPED = f"""
+  SELECT a.*, a.DOSEA AS DOSE FROM analysis.adae a WHERE a.TRTEMFL = 'Y' AND a.SAFFL = 'Y'
+  UNION ALL
+  SELECT a.*, '{TOTAL}' AS DOSE FROM analysis.adae a WHERE a.TRTEMFL = 'Y' AND a.SAFFL = 'Y'
+"""
+
+
+def build_safety_tables(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    con.execute(GROUPS_SQL)
+    rows = " UNION ALL ".join(
+        f"SELECT {n} AS ROWN, '{label}' AS ROWLBL, DOSE, count(DISTINCT SUBJID) FILTER (WHERE {pred}) AS N "
+        f"FROM t GROUP BY DOSE"
+        for n, label, pred in SUMMARY_ROWS
+    )
+    labels = " UNION ALL ".join(f"SELECT {n} AS ROWN, '{label}' AS ROWLBL" for n, label, _ in SUMMARY_ROWS)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE analysis.teae_summary AS
+        WITH t AS ({TEAE_GROUPED}), counts AS ({rows}),
+             events AS (SELECT DOSE, count(*) AS N FROM t GROUP BY DOSE)
+        SELECT r.ROWN, r.ROWLBL, g.DOSE, g.DOSEN, coalesce(c.N, 0) AS N, g.N_AT_RISK AS DENOM,
+               round(100.0 * coalesce(c.N, 0) / nullif(g.N_AT_RISK, 0), 1) AS PCT
+        FROM ({labels}) r CROSS JOIN analysis.safety_groups g
+        LEFT JOIN counts c ON c.ROWN = r.ROWN AND c.DOSE = g.DOSE
+        UNION ALL
+        SELECT 11, 'Number of TEAEs (events)', g.DOSE, g.DOSEN, coalesce(e.N, 0), NULL, NULL
+        FROM analysis.safety_groups g LEFT JOIN events e ON e.DOSE = g.DOSE
+        ORDER BY ROWN, DOSEN
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE analysis.ae_by_term AS
+        WITH t AS ({TEAE_GROUPED}),
+        scoped AS (
+          SELECT 'ALL' AS SCOPE, * FROM t
+          UNION ALL SELECT 'SERIOUS', * FROM t WHERE AESER = 'Y'
+          UNION ALL SELECT 'NON-SERIOUS', * FROM t WHERE AESER = 'N'),
+        terms AS (SELECT DISTINCT SCOPE, coalesce(AEBODSYS, 'Uncoded') AS AEBODSYS,
+                         coalesce(AEDECOD, 'Uncoded: ' || AETERM) AS AEDECOD FROM scoped),
+        counts AS (
+          SELECT SCOPE, coalesce(AEBODSYS, 'Uncoded') AS AEBODSYS, coalesce(AEDECOD, 'Uncoded: ' || AETERM) AS AEDECOD,
+                 DOSE, count(DISTINCT SUBJID) AS N_AFFECTED, count(*) AS N_EVENTS
+          FROM scoped GROUP BY ALL)
+        SELECT t.SCOPE, t.AEBODSYS, t.AEDECOD, g.DOSE, g.DOSEN,
+               coalesce(c.N_AFFECTED, 0) AS N_AFFECTED, coalesce(c.N_EVENTS, 0) AS N_EVENTS,
+               g.N_AT_RISK
+        FROM terms t CROSS JOIN analysis.safety_groups g
+        LEFT JOIN counts c ON c.SCOPE = t.SCOPE AND c.AEBODSYS = t.AEBODSYS AND c.AEDECOD = t.AEDECOD
+                          AND c.DOSE = g.DOSE
+        ORDER BY t.SCOPE, t.AEBODSYS, t.AEDECOD, g.DOSEN
+        """
+    )
+    return {
+        t: con.execute(f"SELECT count(*) FROM analysis.{t}").fetchone()[0]
+        for t in ("safety_groups", "teae_summary", "ae_by_term")
+    }

@@ -1,0 +1,103 @@
+"""The one resource every asset uses: which study, which export, where outputs go.
+
+Outputs of a run are written into a work folder and moved into place only when the whole run
+has succeeded (see ``assets.report.manifest``), so a failed run leaves the previous good outputs
+of that data cut untouched.
+"""
+
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from clinical.crf import ResolvedCodelists, study_codelists
+from clinical.study import StudyConfig, load_study
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STUDY = os.environ.get("TRIAL_STUDY", str(REPO_ROOT / "studies" / "im83.yaml"))
+DEFAULT_EXPORT = os.environ.get("TRIAL_EXPORT", str(REPO_ROOT / "demo" / "export"))
+DEFAULT_OUTPUT = os.environ.get("TRIAL_OUTPUT", str(REPO_ROOT / "output"))
+EXPORT_META = "export.json"
+DATABASE_NAME = "trial.duckdb"
+
+
+def export_identity(export_dir: Path, data_cut: str = "") -> tuple[str, dt.date]:
+    """(export id, data cut) of an export folder.
+
+    From ``export.json`` ({"export_id": ..., "data_cut": "YYYY-MM-DD"}) when the EDC wrote one,
+    else the folder name and the explicit ``data_cut``. A cut is never guessed from the clock.
+    """
+    meta_path = export_dir / EXPORT_META
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    export_id = str(meta.get("export_id") or export_dir.name)
+    cut = data_cut or meta.get("data_cut")
+    if not cut:
+        raise ValueError(
+            f"{export_dir}: no data cut: pass --data-cut or put {{\"data_cut\": \"YYYY-MM-DD\"}} in {EXPORT_META}"
+        )
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(cut)):
+        raise ValueError(f"{export_dir}: data cut {cut!r} is not YYYY-MM-DD")
+    return export_id, dt.date.fromisoformat(str(cut))
+
+
+class TrialResource(dg.ConfigurableResource):
+    """Study configuration, the export being processed and the output folders of this run."""
+
+    study_config: str = DEFAULT_STUDY
+    export_dir: str = DEFAULT_EXPORT
+    output_root: str = DEFAULT_OUTPUT
+    data_cut: str = ""
+
+    @cached_property
+    def cfg(self) -> StudyConfig:
+        return load_study(self.study_config)
+
+    @cached_property
+    def identity(self) -> tuple[str, dt.date]:
+        return export_identity(Path(self.export_dir), self.data_cut)
+
+    @property
+    def export_id(self) -> str:
+        return self.identity[0]
+
+    @property
+    def cut(self) -> dt.date:
+        return self.identity[1]
+
+    @property
+    def codelists(self) -> ResolvedCodelists:
+        return study_codelists(self.cfg)
+
+    @property
+    def final_dir(self) -> Path:
+        """Where the outputs of this study and data cut live once a run has succeeded."""
+        return Path(self.output_root) / self.cfg.study.id / self.cut.isoformat()
+
+    @property
+    def work_dir(self) -> Path:
+        """Where this run writes; moved to ``final_dir`` by the manifest asset."""
+        path = Path(self.output_root) / self.cfg.study.id / ".work" / self.cut.isoformat()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def database(self) -> Path:
+        return self.work_dir / DATABASE_NAME
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        # Own try/finally: the connection is closed even when the asset raises, so the next step
+        # (in this process or another) can open the file at once.
+        con = duckdb.connect(str(self.database), read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
