@@ -5,9 +5,12 @@ import dagster as dg
 
 from assets.ingest import OWNERS, raw_forms
 from clinical.adae import build_adae
+from clinical.adlb import build_adlb
 from clinical.adsl import build_adsl
+from clinical.crs_icans import build_crs_icans
 from clinical.dose_escalation import build_escalation
 from clinical.flow import build_flow, funnel_violations
+from clinical.pk import build_pk
 from clinical.queries import build_queries
 from clinical.safety_tables import build_safety_tables
 from pipelines.resources import TrialResource
@@ -100,4 +103,43 @@ def data_queries(trial: TrialResource) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"dagster/row_count": n})
 
 
-derived = [adsl, adae, participant_flow, dose_escalation, safety_tables, data_queries]
+@dg.asset(
+    key=["analysis", "adlb"],
+    deps=[adsl, *_raw("lb")],
+    description="Lab analysis table (ADLB-like) with CTCAE grades from value and the lab's normal range; worst grade, "
+    "nadir, neutrophil recovery and day-28 cytopenia per participant; worst-grade summary per dose level.",
+    **COMMON,
+)
+def adlb(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        counts = build_adlb(con, trial.cfg)
+    return dg.MaterializeResult(metadata={"dagster/row_count": counts["adlb"], **counts})
+
+
+@dg.asset(
+    key=["analysis", "crs_icans"],
+    deps=[adae, *_raw("cm")],
+    description="CRS and ICANS events with the ASTCT grade re-derived from the recorded items next to the "
+    "investigator's, onset, duration, tocilizumab and steroid use; summary per dose level.",
+    **COMMON,
+)
+def crs_icans(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        counts = build_crs_icans(con, trial.cfg)
+    return dg.MaterializeResult(metadata={"dagster/row_count": counts["crs_icans"], **counts})
+
+
+@dg.asset(
+    key=["analysis", "pharmacokinetics"],
+    deps=[adsl, *_raw("pc")],
+    description="CAR-T cellular kinetics: concentrations (ADPC-like), NCA parameters per participant (ADPP-like: "
+    "Cmax, Tmax, AUC0-28d, AUClast, lambda-z, half-life) and summaries per dose level.",
+    **COMMON,
+)
+def pharmacokinetics(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        counts = build_pk(con, trial.cfg)
+    return dg.MaterializeResult(metadata={"dagster/row_count": counts["adpp"], **counts})
+
+
+derived = [adsl, adae, participant_flow, dose_escalation, safety_tables, data_queries, adlb, crs_icans, pharmacokinetics]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.derive import data_queries, dose_escalation, participant_flow, safety_tables
+from assets.derive import adlb, crs_icans, data_queries, dose_escalation, participant_flow, pharmacokinetics, safety_tables
 from assets.ingest import OWNERS
 from clinical.crf import FORMS
 from clinical.ingest import sha256_file
@@ -22,7 +22,7 @@ from deliverables.tables import load_report_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
 COMMON = dict(group_name="report", owners=OWNERS, pool="trial_db")
-TABLE_ASSETS = [participant_flow, dose_escalation, safety_tables]
+TABLE_ASSETS = [participant_flow, dose_escalation, safety_tables, adlb, crs_icans, pharmacokinetics]
 RRS_XSD = Path(os.environ.get("RRS_XSD", REPO_ROOT.parent / "shared" / "registry" / "RRSUploadSchema.xsd"))
 
 OUTPUT_FILES = {
