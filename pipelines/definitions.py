@@ -5,13 +5,14 @@ import dagster as dg
 
 from assets.derive import derived
 from assets.ingest import export_files, export_snapshot, raw_forms
+from assets.publish import publish
 from assets.report import reports
 from assets.validate import checks
 from pipelines.resources import TrialResource
 from pipelines.schedules import nightly_schedule, trial_job
 
 defs = dg.Definitions(
-    assets=[*export_files, export_snapshot, *raw_forms, *derived, *reports],
+    assets=[*export_files, export_snapshot, *raw_forms, *derived, *reports, *publish],
     asset_checks=checks,
     jobs=[trial_job],
     schedules=[nightly_schedule],

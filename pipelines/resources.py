@@ -88,6 +88,15 @@ class TrialResource(dg.ConfigurableResource):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def previous_final_dir(self) -> Path | None:
+        """The outputs of the latest earlier data cut of this study, if any (for changes since then)."""
+        root = Path(self.output_root) / self.cfg.study.id
+        cuts = sorted(
+            p for p in root.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]")
+            if p.is_dir() and p.name < self.cut.isoformat() and (p / DATABASE_NAME).is_file()
+        )
+        return cuts[-1] if cuts else None
+
     @property
     def database(self) -> Path:
         return self.work_dir / DATABASE_NAME
