@@ -1,0 +1,214 @@
+"""DSMB report: HTML from a Jinja2 template, PDF from WeasyPrint.
+
+    html = render_dsmb_html(tables, cfg, data_cut, report_number=1, session="Open")
+    html_to_pdf(html, Path("dsmb.pdf"), data_cut)
+
+The HTML is a complete, self-contained document (stylesheet inlined). Every value from the data
+goes through Jinja2 autoescaping, including free text such as AETERM and DTHCAUS. The page margin
+boxes (study id + NCT, session, data cut-off, confidentiality line, "Page x of y") take their text
+from escaped HTML elements through CSS ``string-set``, so no value is ever written into CSS.
+
+Determinism: nothing reads the wall clock. The report date is the data cut-off unless an explicit
+``report_date`` is given; the PDF's creation and modification dates are the data cut-off at
+00:00 UTC, and the embedded font subsets' timestamps are pinned to it through SOURCE_DATE_EPOCH
+(fontTools would otherwise stamp the current time). With the same input and the same installed
+fonts, two renders give byte-identical PDFs (WeasyPrint writes no /ID unless asked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from clinical.study import StudyConfig
+from deliverables.tables import (
+    DisplayTable,
+    ReportTables,
+    consistency_problems,
+    decision_summary,
+    display_tables,
+    flow_boxes,
+    fmt_date,
+    key_figures,
+)
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "report_templates"
+TEMPLATE = "dsmb.html.j2"
+STYLESHEET = "dsmb.css"
+SESSIONS = ("Open", "Closed")
+
+
+def as_date(value: dt.date | str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value))
+
+
+def cell_text(value: Any) -> str:
+    """How a display cell reads in the report (the workbook shows the same text/number)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "Yes" if value else "No"
+    if isinstance(value, (dt.date, dt.datetime)):
+        return fmt_date(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["cell"] = cell_text
+    return env
+
+
+def _numbered(tables: list[DisplayTable]) -> dict[str, dict[str, Any]]:
+    """'Table 1', 'Listing 1', ... in report order."""
+    n = {"table": 0, "listing": 0}
+    out = {}
+    for t in tables:
+        n[t.kind] += 1
+        out[t.id] = {"t": t, "label": f"{'Table' if t.kind == 'table' else 'Listing'} {n[t.kind]}"}
+    return out
+
+
+def _dsmb_asks(tables: ReportTables, figures: dict[str, Any]) -> list[str]:
+    s = decision_summary(tables)
+    d = tables.escalation_decision
+    asks = []
+    parts = [f"{figures[k]} {k.lower()}" for k in ("Infused (safety population)",) if k in figures]
+    review = "Review the cumulative safety data at the data cut-off"
+    if parts:
+        review += f" ({figures['Infused (safety population)']} participant(s) infused)"
+    asks.append(review + ", in particular the dose-limiting toxicities, serious adverse events and deaths listed below.")
+    if d is None:
+        asks.append("The escalation decision was not available for this report: no escalation step can be endorsed.")
+    else:
+        step = s["next_step"][:1].lower() + s["next_step"][1:]
+        mtd = f"; MTD {s['mtd']}" if d["CONTINUE_TRIAL"] else ""
+        asks.append(f"Endorse or amend the proposed escalation step (section 1.3): {step}{mtd}.")
+        if not d["MATURE"]:
+            pend = [
+                f"{r['DOSE']}: {r['PENDING']} participant(s), window closes {fmt_date(r['WINDOW_CLOSES'])}"
+                if r["WINDOW_CLOSES"] else f"{r['DOSE']}: {r['PENDING']} participant(s)"
+                for r in tables.dose_escalation if r["PENDING"]
+            ]
+            asks.append(
+                "Note that the decision is provisional because DLT windows are still open"
+                + (f" ({'; '.join(pend)})" if pend else "")
+                + ": endorse it conditionally on no further DLT, or defer it until the windows close."
+            )
+    asks.append("Recommend whether the trial continues unchanged, continues with modifications, or is paused or stopped.")
+    return asks
+
+
+def render_dsmb_html(
+    tables: ReportTables,
+    cfg: StudyConfig,
+    data_cut: dt.date | str,
+    report_number: int = 1,
+    session: str = "Open",
+    report_date: dt.date | str | None = None,
+) -> str:
+    """The DSMB report as a complete HTML document (input of :func:`html_to_pdf`)."""
+    cut = as_date(data_cut)
+    rdate = as_date(report_date) if report_date is not None else cut
+    sess = session.strip().capitalize()
+    if sess not in SESSIONS:
+        raise ValueError(f"session must be 'Open' or 'Closed', got {session!r}")
+    shown = display_tables(tables)
+    numbered = _numbered(shown)
+    figures = key_figures(tables)
+    study = cfg.study
+    title = f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}"
+    ctx = {
+        "cfg": cfg,
+        "study": study,
+        "title": title,
+        "cut": cut.isoformat(),
+        "report_date": rdate.isoformat(),
+        "report_number": report_number,
+        "session": sess,
+        "created": f"{cut.isoformat()}T00:00:00+00:00",
+        "css": Markup(_stylesheet()),
+        "tables": numbered,
+        "figures": figures,
+        "decision": decision_summary(tables),
+        "decision_row": tables.escalation_decision,
+        "asks": _dsmb_asks(tables, dict(figures)),
+        "boxes": flow_boxes(tables),
+        "dose_ids": [d["DOSE"] for d in tables.dose_levels],
+        "problems": consistency_problems(tables),
+        "missing": tables.missing,
+        "dose_levels": tables.dose_levels,
+    }
+    return _environment().get_template(TEMPLATE).render(**ctx)
+
+
+def _stylesheet() -> str:
+    css = (TEMPLATE_DIR / STYLESHEET).read_text(encoding="utf-8")
+    # The stylesheet is inlined in a <style> element: it must not be able to end that element.
+    if "</" in css:
+        raise ValueError(f"{STYLESHEET} must not contain '</'")
+    return css
+
+
+def html_to_pdf(html: str, out: Path | str, data_cut: dt.date | str) -> Path:
+    """Render the HTML with WeasyPrint; creation/modification dates are the data cut-off (UTC)."""
+    from weasyprint import HTML  # imported here: WeasyPrint loads Pango at import
+
+    cut = as_date(data_cut)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = HTML(string=html, base_url=str(TEMPLATE_DIR)).render()
+    stamp = f"{cut.isoformat()}T00:00:00+00:00"
+    document.metadata.created = stamp
+    document.metadata.modified = stamp
+    with _source_date_epoch(cut):
+        document.write_pdf(out)
+    return out
+
+
+@contextlib.contextmanager
+def _source_date_epoch(cut: dt.date) -> Iterator[None]:
+    """Embedded font subsets carry a 'modified' timestamp (fontTools sets head.modified to now
+    unless SOURCE_DATE_EPOCH is set): pin it to the data cut so the PDF bytes are reproducible.
+    os.environ is process-wide; the previous value is restored on exit."""
+    epoch = str(int(dt.datetime(cut.year, cut.month, cut.day, tzinfo=dt.timezone.utc).timestamp()))
+    old = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = epoch
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old
+
+
+def write_dsmb_pdf(
+    tables: ReportTables,
+    cfg: StudyConfig,
+    data_cut: dt.date | str,
+    out: Path | str,
+    **kwargs: Any,
+) -> Path:
+    """render_dsmb_html + html_to_pdf; keyword arguments go to render_dsmb_html."""
+    return html_to_pdf(render_dsmb_html(tables, cfg, data_cut, **kwargs), out, data_cut)

@@ -1,0 +1,791 @@
+"""Report tables: read the analysis tables once, lay them out once, for the PDF and the workbook.
+
+``load_report_tables(con)`` reads the DuckDB ``analysis`` tables into plain Python structures
+(lists of dicts, deterministic order). Nothing is recounted here: every number shown comes from a
+row of an analysis table, so the DSMB PDF, the sponsor workbook and the registry draft agree.
+
+The ``layout_*`` functions turn those structures into :class:`DisplayTable` objects (title,
+column headers, rows of display values, footnote). Both the PDF renderer (``deliverables.dsmb``)
+and the workbook writer (``deliverables.workbooks``) take the same ``DisplayTable`` objects, so a
+cell reads the same in both.
+
+Conventions (chevron/tern style): one column per dose level plus Total; the header carries the
+safety population N of the column ("DL1 5x10^8 cells (N=3)"); percentages are "n (xx.x%)" of that
+N with the percentage taken from the analysis table; a zero count is shown as "0".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import duckdb
+
+TOTAL = "TOTAL"
+
+Cell = str | int | float | dt.date | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Data read from the analysis tables
+
+
+@dataclass
+class ReportTables:
+    """The analysis tables a DSMB report and the sponsor workbook need, as lists of row dicts."""
+
+    dose_levels: list[dict[str, Any]]
+    flow_screening: list[dict[str, Any]]
+    participant_flow: list[dict[str, Any]]
+    flow_exits: list[dict[str, Any]]
+    safety_groups: list[dict[str, Any]]
+    teae_summary: list[dict[str, Any]]
+    ae_by_term: list[dict[str, Any]]
+    dose_escalation: list[dict[str, Any]]
+    escalation_decision: dict[str, Any] | None
+    dlt_listing: list[dict[str, Any]]
+    sae_listing: list[dict[str, Any]]
+    deaths: list[dict[str, Any]]
+    # Analysis tables that did not exist when the tables were loaded with strict=False.
+    missing: list[str] = field(default_factory=list)
+
+    def dose_label(self, dose: str | None) -> str:
+        """'DL1 5x10^8 cells' for a dose id, 'Total' for TOTAL, '' for None."""
+        if dose is None:
+            return ""
+        if dose == TOTAL:
+            return "Total"
+        for d in self.dose_levels:
+            if d["DOSE"] == dose:
+                return f"{d['DOSE']} {d['DOSELBL']}"
+        return str(dose)
+
+
+class MissingAnalysisTable(LookupError):
+    """An analysis table the report needs does not exist in the database."""
+
+
+REQUIRED = (
+    "dose_levels",
+    "flow_screening",
+    "participant_flow",
+    "flow_exits",
+    "safety_groups",
+    "teae_summary",
+    "ae_by_term",
+    "dose_escalation",
+    "escalation_decision",
+    "adsl",
+    "adae",
+)
+
+QUERIES: dict[str, str] = {
+    "dose_levels": "SELECT DOSE, DOSEN, DOSELBL, CELLS FROM analysis.dose_levels ORDER BY DOSEN, DOSE",
+    "flow_screening": "SELECT ROWN, ROWLBL, N FROM analysis.flow_screening ORDER BY ROWN",
+    "participant_flow": """SELECT STAGEN, STAGE, STAGELBL, STAGEKIND, DOSE, DOSEN, N
+                           FROM analysis.participant_flow ORDER BY STAGEN, DOSEN, DOSE""",
+    "flow_exits": """SELECT STAGEN, STAGE, REASON, DOSE, DOSEN, N, SUBJIDS
+                     FROM analysis.flow_exits ORDER BY STAGEN, REASON NULLS LAST, DOSEN, DOSE""",
+    "safety_groups": "SELECT DOSE, DOSEN, DOSELBL, N_AT_RISK FROM analysis.safety_groups ORDER BY DOSEN, DOSE",
+    "teae_summary": """SELECT ROWN, ROWLBL, DOSE, DOSEN, N, DENOM, PCT
+                       FROM analysis.teae_summary ORDER BY ROWN, DOSEN, DOSE""",
+    "ae_by_term": """SELECT SCOPE, AEBODSYS, AEDECOD, DOSE, DOSEN, N_AFFECTED, N_EVENTS, N_AT_RISK
+                     FROM analysis.ae_by_term ORDER BY SCOPE, AEBODSYS, AEDECOD, DOSEN, DOSE""",
+    "dose_escalation": """SELECT DOSE, DOSEN, DOSELBL, CELLS, ENROLLED, INFUSED, EVALUABLE, DLTS, PENDING,
+                                 WINDOW_CLOSES, STATUS
+                          FROM analysis.dose_escalation ORDER BY DOSEN, DOSE""",
+    "escalation_decision": """SELECT VARIANT, NEXT_DOSE, CONTINUE_TRIAL, MTD, MATURE, REASON
+                              FROM analysis.escalation_decision""",
+    # Listings: analysis.adae / analysis.adsl rows as they are, only selected and ordered.
+    "dlt_listing": """
+        SELECT e.DOSEA, d.DOSEN AS DOSEAN_, s.DOSEP, e.SUBJID, e.AESPID, e.AETERM, e.AEDECOD, e.AEBODSYS,
+               e.ASTDT, e.AENDT, e.ADY, e.ATOXGR, e.AESER, e.AEREL, e.AEOUT, e.DLTFL, e.TRTEMFL
+        FROM analysis.adae e
+        LEFT JOIN analysis.adsl s USING (SUBJID)
+        LEFT JOIN analysis.dose_levels d ON d.DOSE = e.DOSEA
+        WHERE e.DLTFL = 'Y'
+        ORDER BY d.DOSEN NULLS LAST, e.SUBJID, e.ASTDT NULLS LAST, e.AESPID""",
+    "sae_listing": """
+        SELECT e.DOSEA, d.DOSEN AS DOSEAN_, s.DOSEP, e.SUBJID, e.AESPID, e.AETERM, e.AEDECOD, e.AEBODSYS,
+               e.ASTDT, e.AENDT, e.ADY, e.ATOXGR, e.AESER, e.AEREL, e.AEOUT, e.DLTFL, e.TRTEMFL
+        FROM analysis.adae e
+        LEFT JOIN analysis.adsl s USING (SUBJID)
+        LEFT JOIN analysis.dose_levels d ON d.DOSE = e.DOSEA
+        WHERE e.AESER = 'Y'
+        ORDER BY d.DOSEN NULLS LAST, s.DOSEP NULLS LAST, e.SUBJID, e.ASTDT NULLS LAST, e.AESPID""",
+    "deaths": """
+        SELECT s.DOSEA, d.DOSEN AS DOSEAN_, s.DOSEP, s.SUBJID, s.AGE, s.SEX, s.TRTSDT, s.DTHDT,
+               s.DTHDT - s.TRTSDT AS DTHDY, s.DTHCAUS,
+               (SELECT string_agg(coalesce(e.AEDECOD, e.AETERM), '; ' ORDER BY e.ASTDT, e.AESPID)
+                  FROM analysis.adae e
+                 WHERE e.SUBJID = s.SUBJID AND (e.ATOXGR = 5 OR upper(e.AEOUT) = 'FATAL')) AS FATALAE
+        FROM analysis.adsl s
+        LEFT JOIN analysis.dose_levels d ON d.DOSE = s.DOSEA
+        WHERE s.DTHDT IS NOT NULL
+        ORDER BY d.DOSEN NULLS LAST, s.DOSEP NULLS LAST, s.SUBJID""",
+}
+
+LISTING_SOURCES = {"dlt_listing": ("adae", "adsl"), "sae_listing": ("adae", "adsl"), "deaths": ("adsl", "adae")}
+
+
+def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'analysis'"
+    ).fetchall()
+    return {r[0].lower() for r in rows}
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    cur = con.execute(sql)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def load_report_tables(con: duckdb.DuckDBPyConnection, *, strict: bool = True) -> ReportTables:
+    """Read the analysis tables the reports need.
+
+    strict (default): a missing analysis table raises :class:`MissingAnalysisTable`. With
+    strict=False, missing tables load as empty and are named in ``ReportTables.missing`` (the
+    PDF and workbook then say the table was not available), which lets a draft be produced while
+    the pipeline is being built.
+    """
+    have = _existing_tables(con)
+    missing = [t for t in REQUIRED if t not in have]
+    if missing and strict:
+        raise MissingAnalysisTable(f"analysis tables missing: {', '.join('analysis.' + t for t in missing)}")
+    out: dict[str, Any] = {}
+    for name, sql in QUERIES.items():
+        sources = LISTING_SOURCES.get(name, (name,))
+        if any(s in missing for s in sources):
+            out[name] = []
+            continue
+        out[name] = _rows(con, sql)
+    decision = out.pop("escalation_decision")
+    if len(decision) > 1:
+        raise ValueError(f"analysis.escalation_decision has {len(decision)} rows; exactly one expected")
+    return ReportTables(**out, escalation_decision=decision[0] if decision else None, missing=missing)
+
+
+# --------------------------------------------------------------------------------------------------
+# Display tables
+
+
+@dataclass
+class DisplayTable:
+    """A table as shown to a reader: the same object feeds the PDF and the workbook.
+
+    rows hold display values (text, whole numbers, dates, None for an empty cell).
+    row_styles gives one style per row: "" (plain), "indent" (a reason or sub-row), "group"
+    (a heading row such as an SOC), "set" (an analysis set, not a funnel stage), "note" (a
+    sentence that spans the table: the value in the second cell is the text).
+    extra_columns / extra_rows: machine-friendly companions of the display cells (separate n and
+    % columns, ISO dates) that the workbook appends to the right of the display columns; the PDF
+    does not show them.
+    """
+
+    id: str
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    footnote: str = ""
+    row_styles: list[str] = field(default_factory=list)
+    extra_columns: list[str] = field(default_factory=list)
+    extra_rows: list[list[Cell]] = field(default_factory=list)
+    kind: str = "table"  # "table" or "listing"
+    empty_text: str = "No rows at this data cut."
+    # Short sheet name for the workbook (<= 31 characters, no []:*?/\).
+    sheet: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.row_styles:
+            self.row_styles = [""] * len(self.rows)
+        if len(self.row_styles) != len(self.rows):
+            raise ValueError(f"{self.id}: {len(self.rows)} rows but {len(self.row_styles)} row styles")
+        for r in self.rows:
+            if len(r) != len(self.columns):
+                raise ValueError(f"{self.id}: row {r!r} does not have {len(self.columns)} cells")
+        if self.extra_columns:
+            if len(self.extra_rows) != len(self.rows):
+                raise ValueError(f"{self.id}: extra_rows must have one row per row")
+            for r in self.extra_rows:
+                if len(r) != len(self.extra_columns):
+                    raise ValueError(f"{self.id}: extra row {r!r} does not have {len(self.extra_columns)} cells")
+
+
+def fmt_npct(n: int | None, pct: float | None) -> str:
+    """'n (xx.x%)' with the percentage as stored; '0' for zero; 'n' when there is no percentage."""
+    if n is None:
+        return ""
+    if n == 0:
+        return "0"
+    if pct is None:
+        return str(n)
+    return f"{n} ({float(pct):.1f}%)"
+
+
+def pct_half_up(n: int, denom: int | None) -> float | None:
+    """100 * n / denom rounded to one decimal, halves away from zero (as DuckDB's round())."""
+    if not denom:
+        return None
+    q = (Decimal(100 * n) / Decimal(denom)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    return float(q)
+
+
+def fmt_date(d: Any) -> str:
+    if d is None:
+        return ""
+    if isinstance(d, (dt.date, dt.datetime)):
+        return d.strftime("%Y-%m-%d")
+    return str(d)
+
+
+def _label_indent(label: str) -> tuple[str, int]:
+    """Analysis tables indent sub-rows with leading spaces; return (text, indent level)."""
+    stripped = label.lstrip(" ")
+    return stripped, (len(label) - len(stripped)) // 2
+
+
+def _group_order(t: ReportTables) -> list[tuple[str, str]]:
+    """(dose id, header text without N) for every dose level, then Total."""
+    cols = [(d["DOSE"], f"{d['DOSE']} {d['DOSELBL']}") for d in t.dose_levels]
+    return cols + [(TOTAL, "Total")]
+
+
+def safety_headers(t: ReportTables) -> list[tuple[str, str]]:
+    """(dose id, 'DL1 5x10^8 cells (N=3)') for the safety columns, from analysis.safety_groups."""
+    out = []
+    for g in t.safety_groups:
+        name = "Total" if g["DOSE"] == TOTAL else f"{g['DOSE']} {g['DOSELBL']}"
+        out.append((g["DOSE"], f"{name} (N={g['N_AT_RISK']})"))
+    return out
+
+
+def _missing_note(t: ReportTables, *tables: str) -> str:
+    gone = [x for x in tables if x in t.missing]
+    return f"Not available at this data cut: analysis.{', analysis.'.join(gone)} was not produced." if gone else ""
+
+
+def layout_participant_flow(t: ReportTables) -> DisplayTable:
+    """Screening (overall), then each funnel stage by planned dose level and in total; under each
+    stage, indented, the participants who did not reach the next stage, by reason."""
+    groups = _group_order(t)
+    columns = ["Stage"] + [h for _, h in groups]
+    rows: list[list[Cell]] = []
+    styles: list[str] = []
+
+    stage_enrolled_total = None
+    for r in t.participant_flow:
+        if r["STAGEN"] == 1 and r["DOSE"] == TOTAL:
+            stage_enrolled_total = r["N"]
+    for r in t.flow_screening:
+        label, indent = _label_indent(r["ROWLBL"])
+        if indent and not r["N"]:
+            continue  # prune zero reason rows (chevron prune_0)
+        if label.lower() == "enrolled" and stage_enrolled_total is not None:
+            continue  # the first funnel stage says the same with its dose breakdown
+        rows.append([label] + [None] * (len(groups) - 1) + [r["N"]])
+        styles.append("indent" if indent else "")
+
+    stages: dict[int, dict[str, Any]] = {}
+    for r in t.participant_flow:
+        s = stages.setdefault(r["STAGEN"], {"label": r["STAGELBL"], "kind": r["STAGEKIND"], "stage": r["STAGE"], "n": {}})
+        s["n"][r["DOSE"]] = r["N"]
+    exits: dict[int, dict[str, dict[str, int]]] = {}
+    for e in t.flow_exits:
+        reason = e["REASON"] if e["REASON"] is not None else "Reason not recorded"
+        exits.setdefault(e["STAGEN"], {}).setdefault(reason, {})[e["DOSE"]] = e["N"]
+
+    def exit_rows(stagen: int, lead: str) -> None:
+        for reason, by_dose in exits.get(stagen, {}).items():
+            rows.append([f"{lead}: {reason}"] + [by_dose.get(g, 0) for g, _ in groups])
+            styles.append("indent")
+
+    order = sorted(stages)
+    for i, n in enumerate(order):
+        s = stages[n]
+        is_set = s["kind"] != "STAGE"
+        rows.append([s["label"] + (" (analysis set)" if is_set else "")] + [s["n"].get(g, 0) for g, _ in groups])
+        styles.append("set" if is_set else "")
+        if is_set:
+            exit_rows(n, "Not " + _lower_first(s["label"]))
+            continue
+        nxt = next((m for m in order[i + 1 :] if stages[m]["kind"] == "STAGE"), None)
+        if nxt is not None:
+            target = stages[nxt]["label"]
+            exit_rows(nxt, "Did not reach '" + _short_stage(target) + "'")
+
+    return DisplayTable(
+        id="participant_flow",
+        title="Participant flow by planned dose level",
+        columns=columns,
+        rows=rows,
+        row_styles=styles,
+        sheet="Participant flow",
+        footnote=(
+            "Counts are participants. Screening is overall: a dose level is assigned at enrolment. "
+            "Funnel stages are by planned dose level (DOSEP) and cumulative; indented rows give the "
+            "participants of a stage who had not reached the next stage at the data cut, by reason. "
+            "The DLT-evaluable analysis set is a subset of the infused participants. "
+            "Source: analysis.flow_screening, analysis.participant_flow, analysis.flow_exits."
+            + (" " + _missing_note(t, "flow_screening", "participant_flow", "flow_exits")).rstrip()
+        ),
+    )
+
+
+def _lower_first(label: str) -> str:
+    """'Infused' -> 'infused' but 'DLT-evaluable' stays (an acronym)."""
+    if len(label) > 1 and label[1].islower():
+        return label[:1].lower() + label[1:]
+    return label
+
+
+def _short_stage(label: str) -> str:
+    """'Infused with IM83 CAR-T (safety population)' -> 'Infused with IM83 CAR-T'."""
+    return label.split(" (")[0]
+
+
+def dose_display(t: ReportTables, dose: str | None) -> str:
+    if not dose:
+        return "not determined"
+    return t.dose_label(dose)
+
+
+def decision_summary(t: ReportTables) -> dict[str, str]:
+    """The escalation decision as short sentences for the report (from analysis.escalation_decision)."""
+    d = t.escalation_decision
+    if d is None:
+        return {
+            "next_step": "Escalation decision not available (analysis.escalation_decision was not produced).",
+            "mtd": "not determined",
+            "maturity": "",
+            "reason": "",
+            "variant": "",
+        }
+    if d["CONTINUE_TRIAL"]:
+        if d["NEXT_DOSE"]:
+            next_step = f"Continue the trial with the next participants at {t.dose_label(d['NEXT_DOSE'])}"
+        else:
+            next_step = "Continue the trial"
+    elif d["MTD"]:
+        next_step = f"Stop dose escalation: MTD {t.dose_label(d['MTD'])}"
+    else:
+        next_step = "Stop dose escalation: no dose level recommended"
+    mtd = t.dose_label(d["MTD"]) if d["MTD"] else ("not determined (trial continuing)" if d["CONTINUE_TRIAL"] else "none")
+    maturity = (
+        "Final on the data at this cut: all DLT windows are closed."
+        if d["MATURE"]
+        else "Provisional: at least one DLT window is still open; the decision may change when it closes."
+    )
+    return {"next_step": next_step, "mtd": mtd, "maturity": maturity, "reason": d["REASON"] or "", "variant": d["VARIANT"] or ""}
+
+
+def layout_dose_escalation(t: ReportTables) -> DisplayTable:
+    columns = ["Dose level", "Enrolled", "Infused", "DLT-evaluable", "DLTs / evaluable", "Pending DLT windows", "Status"]
+    rows: list[list[Cell]] = []
+    extra: list[list[Cell]] = []
+    styles: list[str] = []
+    for r in t.dose_escalation:
+        pending = r["PENDING"] or 0
+        if pending:
+            closes = fmt_date(r["WINDOW_CLOSES"])
+            pend = f"{pending} (window closes {closes})" if closes else str(pending)
+        else:
+            pend = "0"
+        rows.append(
+            [
+                f"{r['DOSE']} {r['DOSELBL']}",
+                r["ENROLLED"],
+                r["INFUSED"],
+                r["EVALUABLE"],
+                f"{r['DLTS']}/{r['EVALUABLE']}",
+                pend,
+                r["STATUS"] or "",
+            ]
+        )
+        extra.append([r["CELLS"], r["DLTS"], pending, r["WINDOW_CLOSES"]])
+        styles.append("")
+    s = decision_summary(t)
+    note = f"{s['next_step']}. MTD: {s['mtd']}. {s['maturity']}"
+    rows.append(["Next step", note] + [None] * (len(columns) - 2))
+    extra.append([None, None, None, None])
+    styles.append("note")
+    return DisplayTable(
+        id="dose_escalation",
+        title="Dose-escalation status by dose level",
+        columns=columns,
+        rows=rows,
+        row_styles=styles,
+        extra_columns=["Cells (planned)", "DLTs (n)", "Pending (n)", "Window closes"],
+        extra_rows=extra,
+        sheet="Dose escalation",
+        footnote=(
+            "DLTs / evaluable: adjudicated dose-limiting toxicities among DLT-evaluable participants. "
+            "Pending: infused participants still inside the DLT window without a DLT, with the date the "
+            "window closes. "
+            + (f"Escalation rule: 3+3, {s['variant']} variant. " if s["variant"] else "")
+            + "Source: analysis.dose_escalation, analysis.escalation_decision."
+            + (" " + _missing_note(t, "dose_escalation", "escalation_decision")).rstrip()
+        ),
+    )
+
+
+def layout_teae_overview(t: ReportTables) -> DisplayTable:
+    heads = safety_headers(t)
+    by_row: dict[int, dict[str, Any]] = {}
+    for r in t.teae_summary:
+        e = by_row.setdefault(r["ROWN"], {"label": r["ROWLBL"], "cells": {}})
+        e["cells"][r["DOSE"]] = r
+    rows: list[list[Cell]] = []
+    extra: list[list[Cell]] = []
+    for rown in sorted(by_row):
+        e = by_row[rown]
+        line: list[Cell] = [e["label"]]
+        x: list[Cell] = []
+        for dose, _ in heads:
+            c = e["cells"].get(dose)
+            if c is None:
+                line.append(None)
+                x += [None, None]
+            elif c["DENOM"] is None:  # an event count, not a participant count
+                line.append(c["N"])
+                x += [c["N"], None]
+            else:
+                line.append(fmt_npct(c["N"], c["PCT"]))
+                x += [c["N"], None if c["PCT"] is None else float(c["PCT"])]
+        rows.append(line)
+        extra.append(x)
+    extra_cols = []
+    for dose, _ in heads:
+        name = "Total" if dose == TOTAL else dose
+        extra_cols += [f"{name} n", f"{name} %"]
+    return DisplayTable(
+        id="teae_overview",
+        title="Treatment-emergent adverse events: overview by dose level",
+        columns=["Participants with at least one"] + [h for _, h in heads],
+        rows=rows,
+        extra_columns=extra_cols,
+        extra_rows=extra,
+        sheet="TEAE overview",
+        footnote=(
+            "n (%) = participants with at least one event of the row, counted once; % of the safety "
+            "population (infused) of the column, N in the header. Columns are the actual dose level "
+            "received. The number of TEAEs counts events. "
+            "Source: analysis.teae_summary, analysis.safety_groups."
+            + (" " + _missing_note(t, "teae_summary", "safety_groups")).rstrip()
+        ),
+    )
+
+
+def layout_teae_by_soc_pt(t: ReportTables, scope: str = "ALL") -> DisplayTable:
+    """TEAEs by MedDRA SOC (alphabetical) and PT (by decreasing participants in Total, then name).
+
+    analysis.ae_by_term is counted per PT; the SOC line is a heading without counts because a
+    participant with two PTs in one SOC would be counted twice by adding PT rows.
+    """
+    heads = safety_headers(t)
+    terms: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in t.ae_by_term:
+        if r["SCOPE"] != scope:
+            continue
+        terms.setdefault((r["AEBODSYS"], r["AEDECOD"]), {})[r["DOSE"]] = r
+    socs = sorted({soc for soc, _ in terms}, key=lambda s: (s is None, str(s).lower()))
+    rows: list[list[Cell]] = []
+    extra: list[list[Cell]] = []
+    styles: list[str] = []
+
+    # First line: any TEAE, from analysis.teae_summary (row 1), so it matches the overview.
+    any_row = {r["DOSE"]: r for r in t.teae_summary if r["ROWN"] == 1}
+    if any_row:
+        events = {r["DOSE"]: r["N"] for r in t.teae_summary if r["ROWN"] == 11}
+        rows.append(
+            ["Any TEAE"]
+            + [fmt_npct(any_row[d]["N"], any_row[d]["PCT"]) if d in any_row else None for d, _ in heads]
+            + [events.get(TOTAL)]
+        )
+        extra.append([None, "Any TEAE"] + [x for d, _ in heads for x in (any_row[d]["N"] if d in any_row else None, events.get(d))])
+        styles.append("")
+
+    def total_key(k: tuple[str, str]) -> tuple[int, str]:
+        tot = terms[k].get(TOTAL)
+        return (-(tot["N_AFFECTED"] if tot else 0), str(k[1]).lower())
+
+    for soc in socs:
+        rows.append([soc] + [None] * (len(heads) + 1))
+        extra.append([soc, None] + [None] * (2 * len(heads)))
+        styles.append("group")
+        for key in sorted((k for k in terms if k[0] == soc), key=total_key):
+            cells = terms[key]
+            line: list[Cell] = [key[1]]
+            x: list[Cell] = [soc, key[1]]
+            for dose, _ in heads:
+                c = cells.get(dose)
+                if c is None:
+                    line.append(None)
+                    x += [None, None]
+                    continue
+                pct = pct_half_up(c["N_AFFECTED"], c["N_AT_RISK"])
+                line.append(fmt_npct(c["N_AFFECTED"], pct))
+                x += [c["N_AFFECTED"], c["N_EVENTS"]]
+            tot = cells.get(TOTAL)
+            line.append(tot["N_EVENTS"] if tot else None)
+            rows.append(line)
+            extra.append(x)
+            styles.append("indent")
+    extra_cols = ["SOC", "PT"]
+    for dose, _ in heads:
+        name = "Total" if dose == TOTAL else dose
+        extra_cols += [f"{name} participants", f"{name} events"]
+    return DisplayTable(
+        id="teae_soc_pt",
+        title="Treatment-emergent adverse events by MedDRA system organ class and preferred term",
+        columns=["System organ class / Preferred term"] + [h for _, h in heads] + ["Events (Total)"],
+        rows=rows,
+        row_styles=styles,
+        extra_columns=extra_cols,
+        extra_rows=extra,
+        sheet="TEAE by SOC and PT",
+        footnote=(
+            "n (%) = participants with the preferred term, counted once; % of the column N. Events (Total) "
+            "counts every event in all dose levels. SOCs in alphabetical order; preferred terms by decreasing "
+            "number of participants (Total). SOC lines are headings: a participant may have several terms in one SOC. "
+            "Uncoded events are shown as 'Uncoded: <reported term>'. Source: analysis.ae_by_term."
+            + (" " + _missing_note(t, "ae_by_term")).rstrip()
+        ),
+    )
+
+
+def _listing_dose(r: dict[str, Any]) -> str:
+    if r.get("DOSEA"):
+        return r["DOSEA"]
+    if r.get("DOSEP"):
+        return f"Not infused ({r['DOSEP']})"
+    return "Not enrolled"
+
+
+def _duration(r: dict[str, Any]) -> Cell:
+    if r.get("ASTDT") and r.get("AENDT"):
+        return (r["AENDT"] - r["ASTDT"]).days + 1
+    if r.get("ASTDT"):
+        return "ongoing"
+    return None
+
+
+def _yn(v: Any) -> str:
+    return {"Y": "Yes", "N": "No"}.get(v, "" if v is None else str(v))
+
+
+def _grade(v: Any) -> Cell:
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def layout_dlt_listing(t: ReportTables) -> DisplayTable:
+    cols = ["Dose level", "Participant", "AE no.", "Reported term", "Preferred term", "Onset date",
+            "Day", "Grade", "Duration (days)", "Serious", "Relationship", "Outcome"]
+    rows = [
+        [_listing_dose(r), r["SUBJID"], r["AESPID"], r["AETERM"], r["AEDECOD"], fmt_date(r["ASTDT"]),
+         r["ADY"], _grade(r["ATOXGR"]), _duration(r), _yn(r["AESER"]), r["AEREL"], r["AEOUT"]]
+        for r in t.dlt_listing
+    ]
+    return DisplayTable(
+        id="dlt_listing",
+        title="Listing of dose-limiting toxicities",
+        columns=cols,
+        rows=rows,
+        kind="listing",
+        sheet="DLT listing",
+        empty_text="No dose-limiting toxicity has been adjudicated at this data cut.",
+        footnote=(
+            "Adjudicated DLTs: events the investigator assessed as DLT with onset inside the DLT window "
+            "(analysis.adae DLTFL = 'Y'). Day: days from infusion (day 0 = infusion). Duration: end date - "
+            "onset date + 1; 'ongoing' when no end date. Grade: CTCAE v5.0 / ASTCT 2019 for CRS and ICANS."
+            + (" " + _missing_note(t, "adae", "adsl")).rstrip()
+        ),
+    )
+
+
+def layout_sae_listing(t: ReportTables) -> DisplayTable:
+    cols = ["Dose level", "Participant", "AE no.", "Reported term", "Preferred term", "System organ class",
+            "Onset date", "Day", "Grade", "Relationship", "Outcome", "TEAE", "DLT"]
+    rows = [
+        [_listing_dose(r), r["SUBJID"], r["AESPID"], r["AETERM"], r["AEDECOD"], r["AEBODSYS"],
+         fmt_date(r["ASTDT"]), r["ADY"], _grade(r["ATOXGR"]), r["AEREL"], r["AEOUT"],
+         _yn(r["TRTEMFL"] or "N"), _yn(r["DLTFL"])]
+        for r in t.sae_listing
+    ]
+    return DisplayTable(
+        id="sae_listing",
+        title="Listing of serious adverse events",
+        columns=cols,
+        rows=rows,
+        kind="listing",
+        sheet="SAE listing",
+        empty_text="No serious adverse event has been reported at this data cut.",
+        footnote=(
+            "All serious adverse events recorded, including those before infusion (TEAE = No). Dose level: "
+            "actual dose level received; for participants not infused, the assigned level in brackets. "
+            "Day: days from infusion (day 0 = infusion)."
+            + (" " + _missing_note(t, "adae", "adsl")).rstrip()
+        ),
+    )
+
+
+def layout_deaths_listing(t: ReportTables) -> DisplayTable:
+    cols = ["Dose level", "Participant", "Age", "Sex", "Infusion date", "Date of death",
+            "Day after infusion", "Cause of death", "Fatal adverse event(s)"]
+    rows = [
+        [_listing_dose(r), r["SUBJID"], r["AGE"], r["SEX"], fmt_date(r["TRTSDT"]), fmt_date(r["DTHDT"]),
+         r["DTHDY"], r["DTHCAUS"], r["FATALAE"]]
+        for r in t.deaths
+    ]
+    return DisplayTable(
+        id="deaths",
+        title="Listing of deaths",
+        columns=cols,
+        rows=rows,
+        kind="listing",
+        sheet="Deaths",
+        empty_text="No death has been reported at this data cut.",
+        footnote=(
+            "All deaths of screened participants. Cause of death as recorded (free text). Fatal adverse "
+            "events: preferred terms of grade 5 events or events with fatal outcome."
+            + (" " + _missing_note(t, "adsl", "adae")).rstrip()
+        ),
+    )
+
+
+def display_tables(t: ReportTables) -> list[DisplayTable]:
+    """Every display table in report order (the workbook writes one sheet per table)."""
+    return [
+        layout_participant_flow(t),
+        layout_dose_escalation(t),
+        layout_dlt_listing(t),
+        layout_teae_overview(t),
+        layout_teae_by_soc_pt(t),
+        layout_sae_listing(t),
+        layout_deaths_listing(t),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Flow diagram data and cross-table checks
+
+
+@dataclass
+class FlowBox:
+    label: str
+    total: int | None
+    by_dose: list[tuple[str, int]]  # (dose id, n); empty for overall-only boxes
+    side_title: str = ""
+    side: list[tuple[str, int]] = field(default_factory=list)  # (reason, n), Total column
+    kind: str = "stage"  # "stage" or "set"
+
+
+def flow_boxes(t: ReportTables) -> list[FlowBox]:
+    """CONSORT-style boxes: screened (with screen failures), then each stage with its exits."""
+    boxes: list[FlowBox] = []
+    scr = {r["ROWN"]: r for r in t.flow_screening}
+    screened = scr.get(1)
+    if screened is not None:
+        reasons = []
+        for r in t.flow_screening:
+            label, indent = _label_indent(r["ROWLBL"])
+            if indent and r["N"]:
+                reasons.append((label, r["N"]))
+        not_enr = scr.get(2)
+        boxes.append(
+            FlowBox(
+                label=screened["ROWLBL"],
+                total=screened["N"],
+                by_dose=[],
+                side_title=f"{not_enr['ROWLBL']} (n={not_enr['N']})" if not_enr else "",
+                side=reasons,
+            )
+        )
+    stages: dict[int, dict[str, Any]] = {}
+    for r in t.participant_flow:
+        s = stages.setdefault(r["STAGEN"], {"label": r["STAGELBL"], "kind": r["STAGEKIND"], "n": {}})
+        s["n"][r["DOSE"]] = r["N"]
+    exits: dict[int, list[tuple[str, int]]] = {}
+    for e in t.flow_exits:
+        if e["DOSE"] == TOTAL:
+            exits.setdefault(e["STAGEN"], []).append((e["REASON"] or "Reason not recorded", e["N"]))
+    dose_ids = [d["DOSE"] for d in t.dose_levels]
+    order = sorted(stages)
+    for i, n in enumerate(order):
+        s = stages[n]
+        box = FlowBox(
+            label=s["label"],
+            total=s["n"].get(TOTAL),
+            by_dose=[(d, s["n"].get(d, 0)) for d in dose_ids],
+            kind="set" if s["kind"] != "STAGE" else "stage",
+        )
+        if box.kind == "set":
+            out = exits.get(n, [])
+            box.side_title = f"Not {_lower_first(s['label'])} (n={sum(x for _, x in out)})" if out else ""
+            box.side = out
+        else:
+            nxt = next((m for m in order[i + 1 :] if stages[m]["kind"] == "STAGE"), None)
+            out = exits.get(nxt, []) if nxt is not None else []
+            if out:
+                box.side_title = f"Did not reach '{_short_stage(stages[nxt]['label'])}' (n={sum(x for _, x in out)})"
+                box.side = out
+        boxes.append(box)
+    return boxes
+
+
+def consistency_problems(t: ReportTables) -> list[str]:
+    """Cross-table checks the DSMB can rely on: denominators and counts agree between tables."""
+    problems: list[str] = []
+    flow = {(r["STAGE"], r["DOSE"]): r["N"] for r in t.participant_flow}
+    scr = {r["ROWN"]: r["N"] for r in t.flow_screening}
+    if 1001 in scr and ("enrolled", TOTAL) in flow and scr[1001] != flow[("enrolled", TOTAL)]:
+        problems.append(f"flow_screening enrolled {scr[1001]} != participant_flow enrolled {flow[('enrolled', TOTAL)]}")
+    groups = {g["DOSE"]: g["N_AT_RISK"] for g in t.safety_groups}
+    for r in t.teae_summary:
+        if r["DENOM"] is not None and groups.get(r["DOSE"]) != r["DENOM"]:
+            problems.append(f"teae_summary row {r['ROWN']} {r['DOSE']}: denominator {r['DENOM']} != N at risk {groups.get(r['DOSE'])}")
+    for r in t.ae_by_term:
+        if groups.get(r["DOSE"]) != r["N_AT_RISK"]:
+            problems.append(f"ae_by_term {r['AEDECOD']} {r['DOSE']}: N at risk {r['N_AT_RISK']} != {groups.get(r['DOSE'])}")
+            break
+    if ("infused", TOTAL) in flow and TOTAL in groups and flow[("infused", TOTAL)] != groups[TOTAL]:
+        problems.append(f"infused {flow[('infused', TOTAL)]} (flow) != safety population {groups[TOTAL]}")
+    for r in t.dose_escalation:
+        for col, stage in (("ENROLLED", "enrolled"), ("INFUSED", "infused"), ("EVALUABLE", "dlt_evaluable")):
+            f = flow.get((stage, r["DOSE"]))
+            if f is not None and r[col] is not None and f != r[col]:
+                problems.append(f"{r['DOSE']}: dose_escalation {col.lower()} {r[col]} != participant_flow {stage} {f}")
+    dlt_total = sum(1 for _ in {(r["SUBJID"]) for r in t.dlt_listing})
+    esc_dlts = sum((r["DLTS"] or 0) for r in t.dose_escalation)
+    if t.dose_escalation and "adae" not in t.missing and dlt_total != esc_dlts:
+        problems.append(f"participants in the DLT listing ({dlt_total}) != DLTs in dose_escalation ({esc_dlts})")
+    return problems
+
+
+def key_figures(t: ReportTables) -> list[tuple[str, Cell]]:
+    """Headline numbers for the summary, each read from an analysis table."""
+    flow = {(r["STAGE"], r["DOSE"]): r["N"] for r in t.participant_flow}
+    scr = {r["ROWN"]: r["N"] for r in t.flow_screening}
+    summ = {(r["ROWN"], r["DOSE"]): r for r in t.teae_summary}
+    out: list[tuple[str, Cell]] = []
+    if 1 in scr:
+        out.append(("Screened", scr[1]))
+    for stage, label in (("enrolled", "Enrolled"), ("infused", "Infused (safety population)"),
+                         ("dlt_evaluable", "DLT-evaluable")):
+        if (stage, TOTAL) in flow:
+            out.append((label, flow[(stage, TOTAL)]))
+    for rown, label in ((9, "Participants with a DLT"), (4, "Participants with a serious TEAE"),
+                        (3, "Participants with a grade >= 3 TEAE")):
+        r = summ.get((rown, TOTAL))
+        if r is not None:
+            out.append((label, fmt_npct(r["N"], r["PCT"])))
+    if "adsl" not in t.missing:
+        out.append(("Deaths (all screened participants)", len(t.deaths)))
+    return out
