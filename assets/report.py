@@ -78,13 +78,14 @@ def sponsor_workbook(trial: TrialResource) -> dg.MaterializeResult:
 def registry_results(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
         section = registry.build_results_section(con, trial.cfg, trial.cut)
+        enrolled = con.execute("SELECT count(*) FROM analysis.adsl WHERE ENRLFL = 'Y'").fetchall()[0][0]
     xml = registry.results_xml(section, trial.cfg)
     xml_errors = registry.validate_xml(xml, RRS_XSD) if RRS_XSD.is_file() else []
     if not RRS_XSD.is_file():
         context.log.warning(f"{RRS_XSD} not found: PRS XML written but not validated against the schema")
     if xml_errors:
         raise dg.Failure(description="PRS XML does not validate against RRSUploadSchema.xsd", metadata={"errors": dg.MetadataValue.json(xml_errors[:20])})
-    findings = registry.precheck(section, xml_errors)
+    findings = registry.precheck(section, xml_errors, cfg=trial.cfg, actual_enrollment=enrolled)
     _path(trial, "registry_json").write_bytes(registry.results_json(section, trial.cfg))
     _path(trial, "registry_xml").write_bytes(xml)
     _path(trial, "registry_draft_html").write_text(
