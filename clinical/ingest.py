@@ -156,13 +156,15 @@ def load_form(
 
     # One quarantine row per (row, failed rule): required value missing, bad type, bad code, duplicate key.
     # Rows sharing a key are all held back: which of them is right is the site's call, not ours.
-    params: dict[str, object] = {"export_id": export_id, "form": form.id}
+    # Messages and codelists are parameters: only contract field names (checked identifiers) enter the SQL text.
+    params: dict[str, object] = {"export_id": export_id, "form": form.id, "file": path.name}
     checks = []
     for f in fields:
         col = f'"{f.name}"'
         if f.required:
+            params[f"msg{len(checks)}"] = f"{f.label} is required"
             checks.append(
-                f"SELECT _line, \"SUBJID\", '{f.name}', 'REQUIRED', {col}, '{f.label} is required' "
+                f"SELECT _line, \"SUBJID\", '{f.name}', 'REQUIRED', {col}, $msg{len(checks)} "
                 f"FROM raw.{form.id} WHERE {col} IS NULL"
             )
         rule = _type_rule(f, codelists)
@@ -170,21 +172,22 @@ def load_form(
             predicate, rule_id = rule
             if f.type == "code":
                 params[f"{f.name}_codes"] = codelists.resolve(f.codelist)
+            params[f"msg{len(checks)}"] = f"{f.label}: value not allowed by rule {rule_id}"
             checks.append(
-                f"SELECT _line, \"SUBJID\", '{f.name}', '{rule_id}', {col}, "
-                f"'{f.label}: value not allowed by rule {rule_id}' "
+                f"SELECT _line, \"SUBJID\", '{f.name}', '{rule_id}', {col}, $msg{len(checks)} "
                 f"FROM raw.{form.id} WHERE {col} IS NOT NULL AND {predicate}"
             )
     key = ", ".join(f'"{k}"' for k in form.key)
+    params[f"msg{len(checks)}"] = f"key ({', '.join(form.key)}) occurs on more than one row"
     checks.append(
         f"SELECT _line, \"SUBJID\", '{'+'.join(form.key)}', 'DUPLICATE-KEY', concat_ws('|', {key}), "
-        f"'key ({', '.join(form.key)}) occurs on ' || k || ' rows' FROM ("
+        f"$msg{len(checks)} FROM ("
         f"SELECT *, count(*) OVER (PARTITION BY {key}) AS k FROM raw.{form.id}) WHERE k > 1"
     )
     con.execute("DELETE FROM raw.quarantine WHERE export_id = ? AND form = ?", [export_id, form.id])
     con.execute(
         f"""INSERT INTO raw.quarantine
-            SELECT $export_id, $form, '{path.name}', q.* FROM ({' UNION ALL '.join(checks)}) q""",
+            SELECT $export_id, $form, $file, q.* FROM ({' UNION ALL '.join(checks)}) q""",
         params,
     )
     typed = ", ".join(_typed_expr(f) for f in fields)
