@@ -1,7 +1,12 @@
 """ADAE-like adverse-event analysis table ``analysis.adae``: one row per recorded AE.
 
-- ASTDT/AENDT: dates with a missing day imputed to the first of the month (ASTDTF = 'D'); a
-  year-only date stays missing (admiral, highest imputation "D"; as in the CDISC pilot ADAE).
+- ASTDT/AENDT: partial dates imputed as admiral's ADAE template does: start dates to the first
+  possible date but not before infusion when infusion lies in the possible range (``min_dates``),
+  end dates to the last possible date but not after death or end of study (``max_dates``); the flag
+  (ASTDTF/AENDTF) names the highest component imputed ('D' day, 'M' month). The configuration's
+  ``safety.date_imputation`` sets the highest level: 'M' (default, admiral's template) or 'D' (a
+  year-only date stays missing, as in the CDISC pilot ADAE).
+- WORSTFL: the participant's worst-graded occurrence of each preferred term.
 - ADY: protocol day relative to infusion, day 0 = infusion (CAR-T convention).
   ASTDY: CDISC study day relative to infusion, which has no day 0 (day 1 = infusion day).
 - APERIOD: PRE-TREATMENT (consent to before lymphodepletion), LYMPHODEPLETION (from its start to
@@ -24,8 +29,8 @@ ADAE_SQL = """
 CREATE OR REPLACE TABLE analysis.adae AS
 WITH a AS (
   SELECT ae.*, s.TRTSDT, s.LDSTDT, s.DOSEA, s.DOSEAN, s.SAFFL, s.DLTWEND,
-    impute_day_first(ae.AESTDAT) AS ASTDT, impute_flag(ae.AESTDAT) AS ASTDTF,
-    impute_day_first(ae.AEENDAT) AS AENDT, impute_flag(ae.AEENDAT) AS AENDTF,
+    impute_first(ae.AESTDAT, $highest, s.TRTSDT) AS ASTDT, impute_flag(ae.AESTDAT, $highest) AS ASTDTF,
+    impute_last(ae.AEENDAT, $highest, least(s.DTHDT, s.EOSDT)) AS AENDT, impute_flag(ae.AEENDAT, $highest) AS AENDTF,
     CASE WHEN $anchor = 'infusion' THEN s.TRTSDT ELSE s.LDSTDT END AS ANCHOR
   FROM stage.ae ae JOIN analysis.adsl s USING (SUBJID)
 )
@@ -48,7 +53,11 @@ SELECT
        WHEN a.ASTDT IS NULL THEN 'Y'
        WHEN a.ASTDT >= a.ANCHOR AND ($end_days IS NULL OR a.ASTDT <= a.ANCHOR + $end_days) THEN 'Y'
        END AS TRTEMFL,
-  CASE WHEN a.AEDLT = 'Y' AND a.ASTDT BETWEEN a.TRTSDT AND a.DLTWEND THEN 'Y' ELSE 'N' END AS DLTFL
+  CASE WHEN a.AEDLT = 'Y' AND a.ASTDT BETWEEN a.TRTSDT AND a.DLTWEND THEN 'Y' ELSE 'N' END AS DLTFL,
+  -- The participant's worst-graded occurrence of each preferred term (first by onset on ties).
+  CASE WHEN row_number() OVER (PARTITION BY a.SUBJID, coalesce(a.AEDECOD, a.AETERM)
+                               ORDER BY a.AETOXGR DESC, a.ASTDT NULLS LAST, a.AESPID) = 1
+       THEN 'Y' ELSE 'N' END AS WORSTFL
 FROM a
 CROSS JOIN (SELECT any_value(STUDYID) AS STUDYID FROM analysis.adsl) STUDYID_ADSL
 ORDER BY a.SUBJID, a.AESPID
@@ -62,6 +71,7 @@ def build_adae(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> int:
             "anchor": cfg.safety.treatment_emergent_anchor,
             "end_days": cfg.safety.treatment_emergent_end_days,
             "related": cfg.safety.related_values,
+            "highest": cfg.safety.date_imputation,
         },
     )
     return con.execute("SELECT count(*) FROM analysis.adae").fetchone()[0]

@@ -28,14 +28,27 @@ from clinical.study import StudyConfig
 
 SETUP_SQL = """
 CREATE SCHEMA IF NOT EXISTS analysis;
--- Partial-date imputation, admiral style with highest imputation level "D": a missing day becomes
--- the first of the month, a missing month (year only) is not imputed (stays NULL).
-CREATE OR REPLACE MACRO impute_day_first(s) AS
-  CASE WHEN regexp_full_match(s, '\\d{4}-\\d{2}-\\d{2}') THEN try_cast(s AS DATE)
-       WHEN regexp_full_match(s, '\\d{4}-\\d{2}') THEN try_cast(s || '-01' AS DATE) END;
-CREATE OR REPLACE MACRO impute_flag(s) AS
-  CASE WHEN regexp_full_match(s, '\\d{4}-\\d{2}') THEN 'D'
-       WHEN regexp_full_match(s, '\\d{4}') THEN 'M' END;
+-- Partial-date imputation as admiral's derive_vars_dt(): a missing day (YYYY-MM) and, with highest
+-- level 'M', a missing month (YYYY) are imputed to the first possible date ("first", start dates) or
+-- the last ("last", end dates), never outside what the known parts allow. min_date / max_date bound
+-- the result only when they fall inside that range (admiral's min_dates / max_dates).
+CREATE OR REPLACE MACRO partial_range(s, highest) AS
+  CASE WHEN regexp_full_match(s, '[0-9]{4}-[0-9]{2}-[0-9]{2}') THEN [try_cast(s AS DATE), try_cast(s AS DATE)]
+       WHEN regexp_full_match(s, '[0-9]{4}-[0-9]{2}') AND highest IN ('D', 'M')
+         THEN [try_cast(s || '-01' AS DATE), last_day(try_cast(s || '-01' AS DATE))]
+       WHEN regexp_full_match(s, '[0-9]{4}') AND highest = 'M'
+         THEN [try_cast(s || '-01-01' AS DATE), try_cast(s || '-12-31' AS DATE)] END;
+CREATE OR REPLACE MACRO impute_first(s, highest, min_date) AS
+  CASE WHEN min_date BETWEEN partial_range(s, highest)[1] AND partial_range(s, highest)[2] THEN min_date
+       ELSE partial_range(s, highest)[1] END;
+CREATE OR REPLACE MACRO impute_last(s, highest, max_date) AS
+  CASE WHEN max_date BETWEEN partial_range(s, highest)[1] AND partial_range(s, highest)[2] THEN max_date
+       ELSE partial_range(s, highest)[2] END;
+-- The flag names the highest component imputed: 'D' day, 'M' month (and day); NULL when none was.
+CREATE OR REPLACE MACRO impute_flag(s, highest) AS
+  CASE WHEN partial_range(s, highest) IS NULL THEN NULL
+       WHEN regexp_full_match(s, '[0-9]{4}-[0-9]{2}') THEN 'D'
+       WHEN regexp_full_match(s, '[0-9]{4}') THEN 'M' END;
 """
 
 
@@ -65,10 +78,10 @@ ie_fail AS (
   WHERE i.IEYN = 'N' GROUP BY i.SUBJID),
 ld AS (SELECT SUBJID, min(EXSTDAT) AS LDSTDT, max(EXSTDAT) AS LDENDT FROM stage.ld GROUP BY SUBJID),
 dlt AS (
-  SELECT a.SUBJID, min(impute_day_first(a.AESTDAT)) AS DLTDT
+  SELECT a.SUBJID, min(impute_first(a.AESTDAT, $highest, i.EXSTDAT)) AS DLTDT
   FROM stage.ae a JOIN stage.inf i USING (SUBJID)
   WHERE a.AEDLT = 'Y'
-    AND impute_day_first(a.AESTDAT) BETWEEN i.EXSTDAT AND i.EXSTDAT + $window
+    AND impute_first(a.AESTDAT, $highest, i.EXSTDAT) BETWEEN i.EXSTDAT AND i.EXSTDAT + $window
   GROUP BY a.SUBJID),
 pk AS (
   SELECT p.SUBJID, count(*) FILTER (WHERE p.PCBLQ = 'N' AND p.PCDAT >= i.EXSTDAT) AS n_quant
@@ -140,6 +153,11 @@ def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.da
     write_reference_tables(con, cfg)
     con.execute(
         ADSL_SQL,
-        {"window": cfg.escalation.dlt_window_days, "cut": data_cut, "tolerance": cfg.escalation.dose_tolerance},
+        {
+            "window": cfg.escalation.dlt_window_days,
+            "cut": data_cut,
+            "tolerance": cfg.escalation.dose_tolerance,
+            "highest": cfg.safety.date_imputation,
+        },
     )
     return con.execute("SELECT count(*) FROM analysis.adsl").fetchone()[0]

@@ -53,7 +53,7 @@ WITH
 ev AS (SELECT * FROM analysis.adae WHERE AECAT IN ('CRS', 'ICANS') AND SAFFL = 'Y'),
 cm AS (
   SELECT SUBJID, CMSPID, CMTRT, CMCLAS, CMAESPID,
-         impute_day_first(CMSTDAT) AS CMSTDT, impute_day_first(CMENDAT) AS CMENDT
+         impute_first(CMSTDAT, 'D', NULL) AS CMSTDT, impute_last(CMENDAT, 'D', NULL) AS CMENDT
   FROM stage.cm WHERE CMCLAS IN ('TOCILIZUMAB', 'CORTICOSTEROID')),
 tx AS (
   SELECT ev.SUBJID, ev.AESPID,

@@ -119,6 +119,12 @@ class Safety(_Strict):
     treatment_emergent_end_days: int | None = None
     related_values: list[str] = Field(min_length=1)
     registry_frequency_threshold: str = Field(pattern=r"^\d+(\.\d+)?$")
+    # default: admiral's ADAE template: partial dates imputed up to the month ("M": a missing day, or a
+    # missing month and day); "D" imputes a missing day only, leaving year-only dates missing.
+    date_imputation: Literal["D", "M"] = "M"
+    # default: a death from these causes (ds DTHCAUS, case-insensitive) needs no grade-5 AE (CTCAE v5:
+    # death from disease progression is not reported as an AE); any other death does (rule XF-DEATH-NO-G5).
+    death_causes_not_ae: list[str] = ["Disease progression"]
 
 
 class PK(_Strict):
@@ -150,6 +156,8 @@ class StudyConfig(_Strict):
     lymphodepletion: Lymphodepletion
     visits: list[Visit] = Field(min_length=1)
     eligibility: list[Criterion]
+    # default: the visit (visits[].id) whose lab results are the screening values for eligibility.
+    screening_visit: str = "SCREENING"
     safety: Safety
     pk: PK
     registry: Registry
