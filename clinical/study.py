@@ -111,6 +111,23 @@ class Criterion(_Strict):
     basis: Literal["value", "xuln"] = "value"
 
 
+class DltRule(_Strict):
+    """One dose-limiting-toxicity rule, evaluated on AEs or labs inside the DLT window."""
+
+    id: str = Field(pattern=r"^[A-Z0-9_]+$")
+    label: str
+    source: Literal["ae", "lab"] = "ae"
+    min_grade: int = Field(ge=1, le=5)
+    categories: list[str] | None = None  # AE categories (CRS, ICANS, OTHER); None = any
+    terms: list[str] | None = None  # MedDRA preferred terms; None = any
+    exclude_socs: list[str] = []
+    exclude_terms: list[str] = []
+    min_duration_days: int | None = Field(default=None, ge=1)  # ongoing events count to the data cut
+    related: bool = False  # attribution among safety.related_values
+    params: list[str] | None = None  # lab PARAMCDs, for source "lab"
+    persists_from_day: int | None = None  # lab: graded value on or after this protocol day
+
+
 class Safety(_Strict):
     ctcae_version: Literal["5.0", "6.0"]
     meddra_version: str
@@ -122,6 +139,8 @@ class Safety(_Strict):
     # default: admiral's ADAE template: partial dates imputed up to the month ("M": a missing day, or a
     # missing month and day); "D" imputes a missing day only, leaving year-only dates missing.
     date_imputation: Literal["D", "M"] = "M"
+    # DLT rules that give candidate DLTs for comparison with the investigator's adjudication.
+    dlt_rules: list[DltRule] = []
     # default: a death from these causes (ds DTHCAUS, case-insensitive) needs no grade-5 AE (CTCAE v5:
     # death from disease progression is not reported as an AE); any other death does (rule XF-DEATH-NO-G5).
     death_causes_not_ae: list[str] = ["Disease progression"]
@@ -149,6 +168,33 @@ class Registry(_Strict):
     point_of_contact: Contact
 
 
+class Input(_Strict):
+    """How the study's exports arrive (see docs/ingest.md). Paths are relative to the configuration file."""
+
+    # Encodings a CSV may be in besides UTF-8 (with or without BOM), tried strictly in this order.
+    encodings: list[str] = ["utf-8"]
+    delimiters: list[Literal[",", ";", "\t", "|"]] = [",", ";"]
+    # Participant identifier pattern when it is not the contract's site-number (e.g. SDTM USUBJID).
+    subject_id_pattern: str | None = None
+    max_text_chars: int = Field(default=2000, gt=0)
+    # Further column names that are direct identifiers and are dropped (besides the built-in list).
+    identifier_columns: list[str] = []
+    odm_mapping: str | None = None  # FormOID/ItemGroupOID/ItemOID -> form and field
+    sdtm_mapping: str | None = None  # SDTM domains and variables -> form and field
+
+    @field_validator("encodings")
+    @classmethod
+    def _known_codecs(cls, v: list[str]) -> list[str]:
+        import codecs
+
+        for name in v:
+            try:
+                codecs.lookup(name)
+            except LookupError as exc:
+                raise ValueError(f"unknown encoding {name!r}") from exc
+        return v
+
+
 class StudyConfig(_Strict):
     study: StudyInfo
     dose_levels: list[DoseLevel] = Field(min_length=1)
@@ -161,6 +207,9 @@ class StudyConfig(_Strict):
     safety: Safety
     pk: PK
     registry: Registry
+    # The CRF forms the study collects (default: all). The others are loaded as empty tables.
+    forms: list[str] | None = None
+    input: Input = Input()
     # Filled by load_study, not by the file: sha256 of the file's bytes, for the audit trail.
     config_sha256: str = ""
     config_path: str = ""
@@ -175,6 +224,11 @@ class StudyConfig(_Strict):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"{name}: duplicate id(s) {dupes}")
+        from clinical.crf import FORM_IDS
+
+        unknown = sorted(set(self.forms or []) - set(FORM_IDS))
+        if unknown:
+            raise ValueError(f"forms: unknown form(s) {unknown}; the contract has {list(FORM_IDS)}")
         cells = [d.cells for d in self.dose_levels]
         if cells != sorted(cells):
             raise ValueError("dose_levels: must be listed from lowest to highest dose")
