@@ -101,3 +101,30 @@ def build_safety_tables(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         t: con.execute(f"SELECT count(*) FROM analysis.{t}").fetchone()[0]
         for t in ("safety_groups", "teae_summary", "ae_by_term")
     }
+
+
+# AET04-like: participants by the worst grade of each preferred term (and of any TEAE).
+AE_BY_GRADE_SQL = f"""
+CREATE OR REPLACE TABLE analysis.ae_by_grade AS
+WITH t AS ({TEAE_GROUPED}),
+worst AS (
+  SELECT DOSE, 'Any TEAE' AS AEBODSYS, NULL AS AEDECOD, SUBJID, max(ATOXGR) AS GRADE FROM t GROUP BY ALL
+  UNION ALL
+  SELECT DOSE, coalesce(AEBODSYS, 'Uncoded'), coalesce(AEDECOD, 'Uncoded: ' || AETERM), SUBJID, max(ATOXGR)
+  FROM t GROUP BY ALL),
+terms AS (SELECT DISTINCT AEBODSYS, AEDECOD FROM worst),
+grades AS (SELECT unnest(range(1, 6)) AS GRADE),
+counted AS (
+  SELECT r.AEBODSYS, r.AEDECOD, g.DOSE, g.DOSEN, gr.GRADE, count(w.SUBJID) AS N, g.N_AT_RISK
+  FROM terms r CROSS JOIN analysis.safety_groups g CROSS JOIN grades gr
+  LEFT JOIN worst w ON w.AEBODSYS = r.AEBODSYS AND w.AEDECOD IS NOT DISTINCT FROM r.AEDECOD
+                   AND w.DOSE = g.DOSE AND w.GRADE = gr.GRADE
+  GROUP BY ALL)
+SELECT * FROM counted ORDER BY AEBODSYS <> 'Any TEAE', AEBODSYS, AEDECOD NULLS FIRST, DOSEN, GRADE
+"""
+
+
+def build_ae_by_grade(con: duckdb.DuckDBPyConnection) -> int:
+    """Participants counted once per term, at their worst grade; needs analysis.safety_groups."""
+    con.execute(AE_BY_GRADE_SQL)
+    return con.execute("SELECT count(*) FROM analysis.ae_by_grade").fetchall()[0][0]

@@ -5,6 +5,7 @@
   escalate   the 3+3 decision for an outcome path such as "1NNN 2NTN"
   nca        non-compartmental analysis of a subject,time,conc CSV
   contract   regenerate docs/crf-export.md and expectations/*.json from the CRF contract
+  analysis-docs  regenerate docs/analysis-data.md from the code and a demo-run database
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in write_artifacts(Path(__file__).resolve().parent.parent):
             print(path)
+        return 0
+    if command == "analysis-docs":
+        parser = argparse.ArgumentParser(prog="python -m pipelines analysis-docs")
+        parser.add_argument("--database", required=True, help="a trial.duckdb built by the pipeline (the demo run)")
+        parser.add_argument("--out", default="docs/analysis-data.md")
+        args = parser.parse_args(rest)
+        from pathlib import Path
+
+        from clinical.analysis_docs import write_analysis_docs
+
+        print(write_analysis_docs(Path(args.database), Path(args.out)))
         return 0
     if command == "run":
         parser = argparse.ArgumentParser(prog="python -m pipelines run")
