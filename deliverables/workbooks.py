@@ -21,12 +21,14 @@ import datetime as dt
 import io
 import math
 import zipfile
+from copy import copy
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
 from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter, quote_sheetname
@@ -112,68 +114,140 @@ def _header_text(text: str) -> str:
     return safe_cell_value(text).replace("&", "&&")
 
 
-def _page_setup(ws: Worksheet, cfg: StudyConfig, cut: dt.date, landscape: bool = True) -> None:
+def _page_setup(ws, cfg: StudyConfig, cut: dt.date, landscape: bool = True) -> None:
     ws.oddHeader.left.text = _header_text(f"{cfg.study.id} · {cfg.study.nct_id}")
     ws.oddHeader.center.text = _header_text(f"Data cut-off: {cut.isoformat()}")
     ws.oddHeader.right.text = _header_text(cfg.study.protocol_id)
     ws.oddFooter.left.text = _header_text(cfg.study.confidentiality)
     ws.oddFooter.right.text = "Page &P of &N"
     ws.page_setup.orientation = "landscape" if landscape else "portrait"
-    ws.page_setup.paperSize = ws.PAPERSIZE_A4
+    ws.page_setup.paperSize = Worksheet.PAPERSIZE_A4
     ws.page_setup.fitToWidth = 1
     ws.page_setup.fitToHeight = 0
     ws.sheet_properties.pageSetUpPr.fitToPage = True
     ws.print_options.gridLines = False
 
 
-def _fit_columns(
-    ws: Worksheet, first_row: int, min_width: int = 6, max_width: int = 60, skip_rows: frozenset[int] = frozenset()
-) -> None:
-    """Column widths from the longest text in the header and data rows (title rows and skip_rows,
-    whose text runs across empty neighbours, excluded)."""
+class _Styles:
+    """Cell styles of one workbook, each combination resolved once.
+
+    openpyxl hashes every font, fill and alignment object on assignment to find its index in the
+    workbook; for tens of thousands of cells that dominates the write. Here a combination
+    (font, fill, alignment, number format, quote prefix) is resolved once on a scratch cell and
+    its index array copied onto every cell that uses it.
+    """
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.cache: dict[tuple, Any] = {}
+
+    def get(self, font: Font | None, fill: PatternFill | None, alignment: Alignment | None,
+            number_format: str | None, quote: bool) -> Any:
+        key = (font, fill, alignment, number_format, quote)
+        arr = self.cache.get(key)
+        if arr is None:
+            scratch = WriteOnlyCell(self.ws)
+            if font is not None:
+                scratch.font = font
+            if fill is not None:
+                scratch.fill = fill
+            if alignment is not None:
+                scratch.alignment = alignment
+            if number_format is not None:
+                scratch.number_format = number_format
+            if quote:
+                scratch.quotePrefix = True
+            arr = self.cache[key] = scratch._style
+        return arr
+
+
+def _align(**kwargs: Any) -> Alignment:
+    key = tuple(sorted(kwargs.items()))
+    found = _ALIGNMENTS.get(key)
+    if found is None:
+        found = _ALIGNMENTS[key] = Alignment(**kwargs)
+    return found
+
+
+_ALIGNMENTS: dict[tuple, Alignment] = {}
+
+
+def write_cell(ws, styles: _Styles, value: Any, number_format: str | None = None, *, font: Font | None = None,
+               fill: PatternFill | None = None, alignment: Alignment | None = None, clean: bool = False) -> Any:
+    """:func:`set_cell` for a write-only sheet: a detached cell, cleaned, text kept as text.
+
+    A value that needs no style and that openpyxl would store as it is (numbers without a format,
+    text that does not look like a formula or an error code) is returned as the bare value: the
+    write-only sheet writes it the same, several times faster. ``clean``: the value already went
+    through :func:`safe_cell_value`.
+    """
+    v = value if clean else safe_cell_value(value)
+    if font is None and fill is None and alignment is None and number_format is None:
+        if v is None or (isinstance(v, str) and not v.startswith(FORMULA_TRIGGERS) and not v.startswith("#")):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v
+    cell = WriteOnlyCell(ws)
+    cell.value = v
+    quote = False
+    fmt = None
+    if isinstance(v, str):
+        if cell.data_type != "s":  # "=..." was inferred as a formula, "#N/A" as an error
+            cell.data_type = "s"
+        quote = v.startswith(FORMULA_TRIGGERS)
+    elif isinstance(v, dt.datetime):
+        fmt = "yyyy-mm-dd hh:mm"
+    elif isinstance(v, dt.date):
+        fmt = "yyyy-mm-dd"
+    if number_format is not None and not isinstance(v, str):
+        fmt = number_format
+    if font is not None or fill is not None or alignment is not None or fmt is not None or quote:
+        cell._style = copy(styles.get(font, fill, alignment, fmt, quote))
+    return cell
+
+
+def _text_width(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, dt.date):
+        return 10
+    if isinstance(value, float):
+        return len(f"{value:.1f}")
+    text = str(value)
+    n = max((len(line) for line in text.splitlines()), default=0)
+    # Wide (CJK) characters take about two columns.
+    if not text.isascii():
+        n += sum(1 for ch in text if ord(ch) > 0x2E80)
+    return n
+
+
+def _column_widths(rows: list[list[Any]], min_width: int = 6, max_width: int = 60) -> dict[int, float]:
+    """Column widths (1-based) from the longest text of each column of ``rows`` (cleaned values)."""
     widths: dict[int, int] = {}
-    for row in ws.iter_rows(min_row=first_row):
-        for c in row:
-            if c.value is None or c.row in skip_rows:
+    for row in rows:
+        for j, v in enumerate(row, start=1):
+            if v is None:
                 continue
-            if isinstance(c.value, dt.date):
-                n = 10
-            elif isinstance(c.value, float):
-                n = len(f"{c.value:.1f}")
-            else:
-                n = max((len(line) for line in str(c.value).splitlines()), default=0)
-                # Wide (CJK) characters take about two columns.
-                n += sum(1 for ch in str(c.value) if ord(ch) > 0x2E80)
-            widths[c.column] = max(widths.get(c.column, 0), n)
-    for col, n in widths.items():
-        ws.column_dimensions[get_column_letter(col)].width = max(min_width, min(max_width, n + 2))
-    for row in ws.iter_rows(min_row=first_row):
-        for c in row:
-            if isinstance(c.value, str) and len(c.value) > max_width and c.row not in skip_rows:
-                c.alignment = Alignment(
-                    wrap_text=True, vertical="top", horizontal=c.alignment.horizontal, indent=c.alignment.indent
-                )
+            n = _text_width(v)
+            if n > widths.get(j, -1):
+                widths[j] = n
+    return {j: max(min_width, min(max_width, n + 2)) for j, n in widths.items()}
 
 
-def _span(ws: Worksheet, row: int, first_col: int, last_col: int, *, font: Font | None = None,
-          italic: bool = False) -> None:
-    """Merge a text cell across columns, wrap it, and give the row the height the text needs
-    (spreadsheets do not fit the height of merged cells)."""
-    if last_col <= first_col:
-        return
-    cell = ws.cell(row=row, column=first_col)
-    text = "" if cell.value is None else str(cell.value)
-    width = sum(ws.column_dimensions[get_column_letter(c)].width or 8.43 for c in range(first_col, last_col + 1))
-    ws.merge_cells(start_row=row, start_column=first_col, end_row=row, end_column=last_col)
-    cell.alignment = Alignment(wrap_text=True, vertical="top")
-    if font is not None:
-        cell.font = font
-    elif italic:
-        cell.font = NOTE_FONT
-    size = (font.sz if font is not None and font.sz else 11) or 11
+def _span_height(text: str, width: float, size: float) -> float:
+    """Height of a row whose merged, wrapped cell of ``width`` holds ``text`` (spreadsheets do not
+    fit the height of merged cells)."""
     chars_per_line = max(1.0, width * 11 / size * 0.95)
     lines = sum(max(1, math.ceil(len(part) / chars_per_line)) for part in text.split("\n"))
-    ws.row_dimensions[row].height = round(lines * size * 1.35 + 2, 1)
+    return round(lines * size * 1.35 + 2, 1)
+
+
+def _merge(ws, row: int, first_col: int, last_col: int, widths: dict[int, float], text: str, size: float) -> None:
+    if last_col <= first_col:
+        return
+    width = sum(widths.get(c, 8.43) for c in range(first_col, last_col + 1))
+    ws.merged_cells.add(f"{get_column_letter(first_col)}{row}:{get_column_letter(last_col)}{row}")
+    ws.row_dimensions[row].height = _span_height(text, width, size)
 
 
 def _number_format(column_name: str, value: Any) -> str | None:
@@ -227,97 +301,127 @@ def _as_date(value: dt.date | str) -> dt.date:
 
 TITLE_ROW, NOTE_ROW, HEADER_ROW = 1, 2, 3
 FIRST_DATA_ROW = HEADER_ROW + 1
+EXCEL_MAX_ROWS = 1_048_576
+# Data rows one sheet holds; a longer listing continues on "<sheet> (2)", "<sheet> (3)", ...
+SHEET_DATA_ROWS = EXCEL_MAX_ROWS - FIRST_DATA_ROW + 1
+TITLE_SIZE, NOTE_SIZE = 12, 9
+NOTE_FONT_SMALL = Font(italic=True, size=NOTE_SIZE)
 
 
-def _write_display_sheet(ws: Worksheet, t: DisplayTable, cfg: StudyConfig, cut: dt.date) -> None:
-    set_cell(ws, TITLE_ROW, 1, f"{t.title} — {cfg.study.id} ({cfg.study.nct_id}) — Data cut-off: {cut.isoformat()}")
-    ws.cell(row=TITLE_ROW, column=1).font = TITLE_FONT
-    set_cell(ws, NOTE_ROW, 1, t.footnote)
-    ws.cell(row=NOTE_ROW, column=1).font = Font(italic=True, size=9)
+def _parts(t: DisplayTable) -> list[tuple[int, int]]:
+    """(first, last) row indices of each sheet a display table needs (one unless it exceeds Excel's rows)."""
+    n = len(t.rows)
+    if n <= SHEET_DATA_ROWS:
+        return [(0, n)]
+    return [(i, min(i + SHEET_DATA_ROWS, n)) for i in range(0, n, SHEET_DATA_ROWS)]
+
+
+def _write_display_sheet(ws, styles: _Styles, t: DisplayTable, cfg: StudyConfig, cut: dt.date,
+                         part: tuple[int, int] | None = None, n_parts: int = 1) -> None:
+    """One display table (or one part of a very long one) on a write-only sheet."""
+    first, last = part if part is not None else (0, len(t.rows))
+    rows = t.rows[first:last]
+    row_styles = t.row_styles[first:last]
+    extra = t.extra_rows[first:last] if t.extra_columns else []
     columns = list(t.columns) + list(t.extra_columns)
-    for j, name in enumerate(columns, start=1):
-        c = set_cell(ws, HEADER_ROW, j, name)
-        c.font = HEADER_FONT
-        c.fill = HEADER_FILL
-        c.alignment = Alignment(wrap_text=True, vertical="bottom")
-    r = FIRST_DATA_ROW
-    for i, row in enumerate(t.rows):
-        style = t.row_styles[i]
-        values = list(row) + (list(t.extra_rows[i]) if t.extra_columns else [])
-        for j, v in enumerate(values, start=1):
-            c = set_cell(ws, r, j, v, _number_format(columns[j - 1], v))
-            if style == "note":
-                c.alignment = Alignment(vertical="top", wrap_text=j > 1)
-            elif j == 1:
-                c.alignment = Alignment(horizontal="left", indent=2 if style == "indent" else 0)
-            elif (t.kind == "table" and j <= len(t.columns)) or isinstance(c.value, (int, float)):
-                # Display cells mix numbers and "n (%)" text: centre them like the PDF does.
-                c.alignment = Alignment(horizontal="center")
-            if style == "group":
-                c.font = GROUP_FONT
-            elif style in ("note", "set"):
-                c.font = NOTE_FONT
-        r += 1
-    if not t.rows:
-        set_cell(ws, r, 1, t.empty_text).font = NOTE_FONT
-    last_col = get_column_letter(len(columns))
-    ws.freeze_panes = f"B{FIRST_DATA_ROW}"
-    notes = frozenset(FIRST_DATA_ROW + i for i, st in enumerate(t.row_styles) if st == "note")
-    _fit_columns(ws, HEADER_ROW, skip_rows=notes)
+    title = f"{t.title} — {cfg.study.id} ({cfg.study.nct_id}) — Data cut-off: {cut.isoformat()}"
+    footnote = t.footnote
+    if n_parts > 1:
+        k = first // SHEET_DATA_ROWS + 1
+        title += f" — part {k} of {n_parts} (rows {first + 1:,} to {last:,} of {len(t.rows):,})"
+        footnote = (f"This listing has more rows than an Excel sheet holds: it continues over {n_parts} sheets. "
+                    + footnote)
+    values = [[safe_cell_value(v) for v in (list(r) + (list(extra[i]) if t.extra_columns else []))]
+              for i, r in enumerate(rows)]
+    notes = {i for i, st in enumerate(row_styles) if st == "note"}
+    # Column widths: header and data rows (note rows run across their neighbours; the empty text counts).
+    widths = _column_widths([columns] + [v for i, v in enumerate(values) if i not in notes]
+                            + ([[t.empty_text]] if not rows else []))
+    for j, w in widths.items():
+        ws.column_dimensions[get_column_letter(j)].width = w
+    ws.freeze_panes = f"B{FIRST_DATA_ROW}"  # a write-only sheet writes its view before the rows
+    ncols = len(t.columns)
     # Trailing note rows (the escalation decision) stay outside the filter range and span the table.
-    n_data = len(t.rows)
-    while n_data and t.row_styles[n_data - 1] == "note":
+    n_data = len(rows)
+    while n_data and row_styles[n_data - 1] == "note":
         n_data -= 1
+    _merge(ws, TITLE_ROW, 1, ncols, widths, title, TITLE_SIZE)
+    _merge(ws, NOTE_ROW, 1, ncols, widths, safe_cell_value(footnote) or "", NOTE_SIZE)
+    ws.append([write_cell(ws, styles, title, font=TITLE_FONT,
+                          alignment=_align(wrap_text=True, vertical="top") if ncols > 1 else None)])
+    ws.append([write_cell(ws, styles, footnote, font=NOTE_FONT_SMALL,
+                          alignment=_align(wrap_text=True, vertical="top") if ncols > 1 else None)])
+    header_align = _align(wrap_text=True, vertical="bottom")
+    ws.append([write_cell(ws, styles, name, font=HEADER_FONT, fill=HEADER_FILL, alignment=header_align)
+               for name in columns])
+    wrap_over = 60
+    for i, row in enumerate(values):
+        style = row_styles[i]
+        r = FIRST_DATA_ROW + i
+        if i in notes and i >= n_data and len(columns) > 2:
+            _merge(ws, r, 2, ncols, widths, safe_cell_value(row[1]) or "" if len(row) > 1 else "", 11)
+        font = GROUP_FONT if style == "group" else NOTE_FONT if style in ("note", "set") else None
+        cells = []
+        for j, clean in enumerate(row, start=1):
+            fmt = _number_format(columns[j - 1], clean)
+            if style == "note":
+                align = _align(vertical="top", wrap_text=j > 1)
+            elif j == 1:
+                align = _align(horizontal="left", indent=2 if style == "indent" else 0)
+            elif (t.kind == "table" and j <= ncols) or isinstance(clean, (int, float)) and not isinstance(clean, bool):
+                # Display cells mix numbers and "n (%)" text: centre them like the PDF does.
+                align = _align(horizontal="center")
+            else:
+                align = None
+            if isinstance(clean, str) and len(clean) > wrap_over and style != "note":
+                align = _align(wrap_text=True, vertical="top", horizontal=align.horizontal if align else None,
+                               indent=align.indent if align else 0)
+            cells.append(write_cell(ws, styles, clean, fmt, font=font, alignment=align, clean=True))
+        ws.append(cells)
+    if not rows:
+        ws.append([write_cell(ws, styles, t.empty_text, font=NOTE_FONT)])
+    last_col = get_column_letter(len(columns))
     ws.auto_filter.ref = f"A{HEADER_ROW}:{last_col}{HEADER_ROW + n_data}"
-    for note_row in sorted(notes):
-        if note_row - FIRST_DATA_ROW >= n_data and len(columns) > 2:
-            _span(ws, note_row, 2, len(t.columns), italic=True)
-    _span(ws, TITLE_ROW, 1, len(t.columns), font=TITLE_FONT)
-    _span(ws, NOTE_ROW, 1, len(t.columns), font=Font(italic=True, size=9))
     _page_setup(ws, cfg, cut, landscape=True)
     ws.print_title_rows = f"{HEADER_ROW}:{HEADER_ROW}"
     # Print what the PDF shows; the numeric companion columns are for filtering on screen.
-    ws.print_area = f"A1:{get_column_letter(len(t.columns))}{FIRST_DATA_ROW + max(len(t.rows), 1) - 1}"
+    ws.print_area = f"A1:{get_column_letter(ncols)}{FIRST_DATA_ROW + max(len(rows), 1) - 1}"
 
 
 def _write_cover(
-    ws: Worksheet,
+    ws,
+    styles: _Styles,
     cfg: StudyConfig,
     cut: dt.date,
     heading: str,
     facts: list[tuple[str, Any]],
     contents: list[tuple[str, str, int]],
 ) -> None:
-    set_cell(ws, 1, 1, heading).font = Font(bold=True, size=14)
-    r = 3
-    for label, value in facts:
-        set_cell(ws, r, 1, label).font = HEADER_FONT
-        ws.cell(row=r, column=1).alignment = Alignment(vertical="top")
-        c = set_cell(ws, r, 2, value)
-        c.alignment = Alignment(horizontal="left", vertical="top", wrap_text=True)
-        lines = max(1, math.ceil(len(cell_text_len(value)) / 110))
-        if lines > 1:
-            ws.row_dimensions[r].height = 15 * lines
-        r += 1
-    r += 1
-    set_cell(ws, r, 1, "Contents").font = Font(bold=True, size=12)
-    r += 1
-    for j, name in enumerate(("Sheet", "Title", "Rows"), start=1):
-        c = set_cell(ws, r, j, name)
-        c.font = HEADER_FONT
-        c.fill = HEADER_FILL
-    header_row = r
-    for sheet, title, n in contents:
-        r += 1
-        c = set_cell(ws, r, 1, sheet)
-        # An internal link: a location inside the workbook, not an external target.
-        c.hyperlink = Hyperlink(ref=c.coordinate, location=f"{quote_sheetname(sheet)}!A1", display=sheet)
-        c.font = LINK_FONT
-        set_cell(ws, r, 2, title)
-        set_cell(ws, r, 3, n, "0")
     ws.column_dimensions["A"].width = 30
     ws.column_dimensions["B"].width = 90
     ws.column_dimensions["C"].width = 8
+    ws.append([write_cell(ws, styles, heading, font=Font(bold=True, size=14))])
+    ws.append([])
+    r = 3
+    for label, value in facts:
+        lines = max(1, math.ceil(len(cell_text_len(value)) / 110))
+        if lines > 1:
+            ws.row_dimensions[r].height = 15 * lines
+        ws.append([
+            write_cell(ws, styles, label, font=HEADER_FONT, alignment=_align(vertical="top")),
+            write_cell(ws, styles, value, alignment=_align(horizontal="left", vertical="top", wrap_text=True)),
+        ])
+        r += 1
+    ws.append([])
+    ws.append([write_cell(ws, styles, "Contents", font=Font(bold=True, size=12))])
+    ws.append([write_cell(ws, styles, name, font=HEADER_FONT, fill=HEADER_FILL) for name in ("Sheet", "Title", "Rows")])
+    r += 2  # the blank row, "Contents" and the header row: r is the row before the first sheet line
+    for sheet, title, n in contents:
+        r += 1
+        c = write_cell(ws, styles, sheet, font=LINK_FONT)
+        # An internal link: a location inside the workbook, not an external target.
+        c.hyperlink = Hyperlink(ref=f"A{r}", location=f"{quote_sheetname(sheet)}!A1", display=sheet)
+        ws.append([c, write_cell(ws, styles, title), write_cell(ws, styles, n, "0")])
     _page_setup(ws, cfg, cut, landscape=False)
 
 
@@ -347,28 +451,43 @@ def write_sponsor_workbook(
     data_cut: dt.date | str,
     path: Path | str,
 ) -> Path:
-    """The sponsor workbook: a cover sheet with contents, then one sheet per display table."""
+    """The sponsor workbook: a cover sheet with contents, then one sheet per display table.
+
+    Every listing is complete here (the DSMB PDF summarises listings beyond its page budget); a
+    listing longer than an Excel sheet continues on numbered sheets. Written in openpyxl's
+    write-only (streaming) mode.
+    """
     cut = _as_date(data_cut)
     path = Path(path)
     shown = display_tables(tables)
-    wb = Workbook()
-    cover = wb.active
+    wb = Workbook(write_only=True)
+    cover = wb.create_sheet("Contents")
+    styles = _Styles(cover)
     used = {"contents"}
-    cover.title = "Contents"
-    contents = []
+    plan = []
     for t in shown:
-        ws = wb.create_sheet(_sheet_title(t.sheet or t.title, used))
-        _write_display_sheet(ws, t, cfg, cut)
-        contents.append((ws.title, t.title, len(t.rows)))
+        parts = _parts(t)
+        for part in parts:
+            title = _sheet_title(t.sheet or t.title, used)
+            plan.append((title, t, part, len(parts)))
+    contents = [(title, t.title if n == 1 else f"{t.title} (part {part[0] // SHEET_DATA_ROWS + 1} of {n})",
+                 part[1] - part[0]) for title, t, part, n in plan]
     facts = _study_facts(cfg, cut) + [
         ("Generated by", f"{GENERATOR}, from the pipeline's analysis tables at data cut-off {cut.isoformat()}"),
-        ("Same numbers as", "the DSMB report of this data cut: every sheet is one of its tables or listings"),
+        ("Same numbers as", (
+            "the DSMB report of this data cut: every sheet is one of its tables or listings "
+            "(listings beyond the report's page budget are summarised there and complete here)"
+        )),
     ]
     if cfg.config_sha256:
         facts.append(("Study configuration (sha256)", cfg.config_sha256))
     if tables.missing:
         facts.append(("Not available", ", ".join(f"analysis.{m}" for m in tables.missing)))
-    _write_cover(cover, cfg, cut, f"{cfg.study.id} sponsor workbook — data cut-off {cut.isoformat()}", facts, contents)
+    _write_cover(cover, styles, cfg, cut, f"{cfg.study.id} sponsor workbook — data cut-off {cut.isoformat()}",
+                 facts, contents)
+    for title, t, part, n in plan:
+        ws = wb.create_sheet(title)
+        _write_display_sheet(ws, styles, t, cfg, cut, part, n)
     wb.properties.title = f"{cfg.study.id} sponsor workbook, data cut-off {cut.isoformat()}"
     wb.properties.subject = cfg.study.nct_id
     return _deterministic_save(wb, path, cut)
@@ -433,10 +552,11 @@ def load_queries(con: duckdb.DuckDBPyConnection) -> tuple[list[list[Any]], list[
             seen.add(r[0])
     quarantine: list[list[Any]] = []
     if _table_exists(con, "raw", "quarantine"):
-        for r in con.execute(QUARANTINE_AS_QUERIES).fetchall():
-            if r[0] not in seen:  # quarantined rows count as open queries
+        # analysis.data_queries already holds every quarantined row under its stable id; only a
+        # database without it (a failed derive) lists the quarantine as open queries here.
+        if not seen and not _table_exists(con, "analysis", "data_queries"):
+            for r in con.execute(QUARANTINE_AS_QUERIES).fetchall():
                 queries.append(list(r))
-                seen.add(r[0])
         quarantine = [
             list(r)
             for r in con.execute(
@@ -448,28 +568,50 @@ def load_queries(con: duckdb.DuckDBPyConnection) -> tuple[list[list[Any]], list[
 
 
 def _write_rows_sheet(
-    ws: Worksheet, cfg: StudyConfig, cut: dt.date, title: str, columns: list[str], rows: list[list[Any]], empty: str
+    ws, styles: _Styles, cfg: StudyConfig, cut: dt.date, title: str, columns: list[str], rows: list[list[Any]],
+    empty: str, note: str | None = None,
 ) -> None:
-    set_cell(ws, TITLE_ROW, 1, f"{title} — {cfg.study.id} ({cfg.study.nct_id}) — Data cut-off: {cut.isoformat()}")
-    ws.cell(row=TITLE_ROW, column=1).font = TITLE_FONT
-    set_cell(ws, NOTE_ROW, 1, f"{len(rows)} row(s).")
-    for j, name in enumerate(columns, start=1):
-        c = set_cell(ws, HEADER_ROW, j, name)
-        c.font = HEADER_FONT
-        c.fill = HEADER_FILL
-    for i, row in enumerate(rows):
-        for j, v in enumerate(row, start=1):
-            c = set_cell(ws, FIRST_DATA_ROW + i, j, v, "0" if isinstance(v, int) and not isinstance(v, bool) else None)
-            if isinstance(c.value, (int, float)):
-                c.alignment = Alignment(horizontal="center")
+    title = f"{title} — {cfg.study.id} ({cfg.study.nct_id}) — Data cut-off: {cut.isoformat()}"
+    ints = [[isinstance(v, int) and not isinstance(v, bool) for v in row] for row in rows]
+    rows = [[safe_cell_value(v) for v in row] for row in rows]
+    widths = _column_widths([columns] + rows + ([[empty]] if not rows else []), max_width=80)
+    for j, w in widths.items():
+        ws.column_dimensions[get_column_letter(j)].width = w
+    ws.freeze_panes = f"A{FIRST_DATA_ROW}"  # before the rows (write-only)
+    _merge(ws, TITLE_ROW, 1, len(columns), widths, title, TITLE_SIZE)
+    ws.append([write_cell(ws, styles, title, font=TITLE_FONT,
+                          alignment=_align(wrap_text=True, vertical="top") if len(columns) > 1 else None)])
+    ws.append([write_cell(ws, styles, note if note is not None else f"{len(rows)} row(s).")])
+    ws.append([write_cell(ws, styles, name, font=HEADER_FONT, fill=HEADER_FILL) for name in columns])
+    center = _align(horizontal="center")
+    wrap = _align(wrap_text=True, vertical="top")
+    for row, is_int in zip(rows, ints):
+        cells = []
+        for clean, whole in zip(row, is_int):
+            is_num = isinstance(clean, (int, float)) and not isinstance(clean, bool)
+            align = center if is_num else wrap if isinstance(clean, str) and len(clean) > 80 else None
+            cells.append(write_cell(ws, styles, clean, "0" if whole else None, alignment=align, clean=True))
+        ws.append(cells)
     if not rows:
-        set_cell(ws, FIRST_DATA_ROW, 1, empty).font = NOTE_FONT
+        ws.append([write_cell(ws, styles, empty, font=NOTE_FONT)])
     ws.auto_filter.ref = f"A{HEADER_ROW}:{get_column_letter(len(columns))}{max(HEADER_ROW, HEADER_ROW + len(rows))}"
-    ws.freeze_panes = f"A{FIRST_DATA_ROW}"
-    _fit_columns(ws, HEADER_ROW, max_width=80)
-    _span(ws, TITLE_ROW, 1, len(columns), font=TITLE_FONT)
     _page_setup(ws, cfg, cut, landscape=True)
     ws.print_title_rows = f"{HEADER_ROW}:{HEADER_ROW}"
+
+
+def _rows_sheets(wb, styles: _Styles, used: set[str], cfg: StudyConfig, cut: dt.date, name: str, title: str,
+                 columns: list[str], rows: list[list[Any]], empty: str) -> list[tuple[str, str, int]]:
+    """One sheet, or numbered sheets when the rows exceed an Excel sheet; their contents lines."""
+    n = len(rows)
+    chunks = [(0, n)] if n <= SHEET_DATA_ROWS else [(i, min(i + SHEET_DATA_ROWS, n)) for i in range(0, n, SHEET_DATA_ROWS)]
+    out = []
+    for k, (a, b) in enumerate(chunks, start=1):
+        ws = wb.create_sheet(_sheet_title(name, used))
+        part_title = title if len(chunks) == 1 else f"{title} (part {k} of {len(chunks)})"
+        note = None if len(chunks) == 1 else f"Rows {a + 1:,} to {b:,} of {n:,}: the list continues over {len(chunks)} sheets."
+        _write_rows_sheet(ws, styles, cfg, cut, part_title, columns, rows[a:b], empty, note)
+        out.append((ws.title, part_title, b - a))
+    return out
 
 
 def write_queries_workbook(
@@ -487,32 +629,39 @@ def write_queries_workbook(
     by_status: dict[str, list[list[Any]]] = {}
     for q in queries:
         by_status.setdefault(_status_key(q[6]), []).append(q)
-    wb = Workbook()
-    cover = wb.active
-    cover.title = "Contents"
-    used = {"contents"}
-    contents = []
+    sheets: list[tuple[str, str, list[list[Any]], list[str], str]] = []
     for key, name in STATUS_SHEETS:
-        ws = wb.create_sheet(_sheet_title(name, used))
-        rows = by_status.pop(key, [])
-        _write_rows_sheet(ws, cfg, cut, f"{name} data queries", QUERY_COLUMNS, rows, f"No {name.lower()} queries.")
-        contents.append((ws.title, f"{name} data queries", len(rows)))
+        sheets.append((name, f"{name} data queries", by_status.pop(key, []), QUERY_COLUMNS, f"No {name.lower()} queries."))
     for key in sorted(by_status):  # statuses outside the three expected ones are shown, not dropped
         rows = by_status[key]
         label = str(rows[0][6])
-        ws = wb.create_sheet(_sheet_title(f"Status {label}", used))
-        _write_rows_sheet(ws, cfg, cut, f"Data queries with status {label!r}", QUERY_COLUMNS, rows, "")
-        contents.append((ws.title, f"Data queries with status {label!r}", len(rows)))
-    ws = wb.create_sheet(_sheet_title("Quarantine", used))
-    _write_rows_sheet(ws, cfg, cut, "Quarantined rows (raw.quarantine)", QUARANTINE_COLUMNS, quarantine,
-                      "No quarantined rows.")
-    contents.append((ws.title, "Quarantined rows (raw.quarantine): kept out of the analysis, listed as Open queries", len(quarantine)))
+        sheets.append((f"Status {label}", f"Data queries with status {label!r}", rows, QUERY_COLUMNS, ""))
+    sheets.append(("Quarantine", "Quarantined rows (raw.quarantine)", quarantine, QUARANTINE_COLUMNS, "No quarantined rows."))
+    wb = Workbook(write_only=True)
+    cover = wb.create_sheet("Contents")
+    styles = _Styles(cover)
+    # The contents come first in the workbook but name the sheets after it: plan the names first.
+    plan_used = {"contents"}
+    contents = []
+    for name, title, rows, _cols, _empty in sheets:
+        n = len(rows)
+        k = 1 if n <= SHEET_DATA_ROWS else math.ceil(n / SHEET_DATA_ROWS)
+        for i in range(k):
+            part = title if k == 1 else f"{title} (part {i + 1} of {k})"
+            shown = part
+            if name == "Quarantine":
+                shown = part.replace("Quarantined rows (raw.quarantine)",
+                                     "Quarantined rows (raw.quarantine): kept out of the analysis, listed as Open queries")
+            contents.append((_sheet_title(name, plan_used), shown, min(SHEET_DATA_ROWS, n - i * SHEET_DATA_ROWS)))
     facts = _study_facts(cfg, cut) + [
         ("Generated by", f"{GENERATOR}, from analysis.data_queries and raw.quarantine at data cut-off {cut.isoformat()}"),
         ("Queries", len(queries)),
         ("Analysis queries table", "present" if _table_exists(con, "analysis", "data_queries") else "not produced"),
     ]
-    _write_cover(cover, cfg, cut, f"{cfg.study.id} data queries — data cut-off {cut.isoformat()}", facts, contents)
+    _write_cover(cover, styles, cfg, cut, f"{cfg.study.id} data queries — data cut-off {cut.isoformat()}", facts, contents)
+    used = {"contents"}
+    for name, title, rows, cols, empty in sheets:
+        _rows_sheets(wb, styles, used, cfg, cut, name, title, cols, rows, empty)
     wb.properties.title = f"{cfg.study.id} data queries, data cut-off {cut.isoformat()}"
     wb.properties.subject = cfg.study.nct_id
     return _deterministic_save(wb, path, cut)

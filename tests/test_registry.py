@@ -1146,17 +1146,12 @@ def test_html_escapes_free_text(db):
 
 
 # --------------------------------------------------------------------------------------------------
-# The pipeline database, when present
+# The demo export run through the whole Dagster job (tests/conftest.py)
 # --------------------------------------------------------------------------------------------------
 
-PIPELINE_DB = ROOT / "output" / "IM83" / "2025-12-31" / "trial.duckdb"
 
-
-@pytest.mark.skipif(
-    not PIPELINE_DB.exists(), reason=f"pipeline database {PIPELINE_DB} not built yet"
-)
-def test_pipeline_database_draft(tmp_path):
-    con = duckdb.connect(str(PIPELINE_DB), read_only=True)
+def test_pipeline_database_draft(demo_run):
+    con = duckdb.connect(str(demo_run.final / "trial.duckdb"), read_only=True)
     try:
         rs = build_results_section(con, CFG, DATA_CUT)
         enrolled = con.execute(
