@@ -1,19 +1,27 @@
 """Derive: analysis tables in the DuckDB ``analysis`` schema. Each asset reads, calls, writes, reports."""
 
 
+import datetime as dt
+
 import dagster as dg
 
 from assets.ingest import OWNERS, raw_forms
 from clinical.adae import build_adae
 from clinical.adlb import build_adlb
 from clinical.adsl import build_adsl
+from clinical.crf import FORMS
 from clinical.crs_icans import build_crs_icans
+from clinical.dlt import build_dlt_review
 from clinical.dose_escalation import build_escalation
+from clinical.eligibility import build_eligibility
+from clinical.expectation_runner import load_suite, resolve_suite
+from clinical.exposure import build_exposure
 from clinical.flow import build_flow, funnel_violations
 from clinical.pk import build_pk
 from clinical.queries import build_queries
-from clinical.safety_tables import build_safety_tables
-from pipelines.resources import TrialResource
+from clinical.rules import RULES
+from clinical.safety_tables import build_ae_by_grade, build_safety_tables
+from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
 COMMON = dict(group_name="derive", kinds={"duckdb"}, owners=OWNERS, pool="trial_db")
 
@@ -82,25 +90,57 @@ def dose_escalation(trial: TrialResource) -> dg.MaterializeResult:
 @dg.asset(
     key=["analysis", "safety_tables"],
     deps=[adsl, adae],
-    description="Treatment-emergent AE overview per dose level and AEs by SOC and PT (all, serious, non-serious).",
+    description="Treatment-emergent AE overview per dose level, AEs by SOC and PT (all, serious, non-serious) "
+    "and by worst grade.",
     **COMMON,
 )
 def safety_tables(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
         counts = build_safety_tables(con)
+        counts["ae_by_grade"] = build_ae_by_grade(con)
     return dg.MaterializeResult(metadata={"dagster/row_count": counts["teae_summary"], **counts})
 
 
 @dg.asset(
     key=["analysis", "data_queries"],
-    deps=[adsl, adae, *[a.key for a in raw_forms]],
-    description="Data queries: every failing record of a cross-form rule and every quarantined row, with stable ids.",
+    # Every asset a rule guards (the rules run again here), and every raw form (quarantine, WARN expectations).
+    deps=[*[dg.AssetKey(list(p)) for p in dict.fromkeys(r.asset_path for r in RULES)], *[a.key for a in raw_forms]],
+    description="Data queries tracked across exports: every failing record of a WARN rule (cross-form rules, "
+    "quarantined rows, WARN expectations) with a stable id, status Open / Closed / Re-opened against the "
+    "previous data cut, first and last seen, days open.",
     **COMMON,
 )
-def data_queries(trial: TrialResource) -> dg.MaterializeResult:
+def data_queries(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
+    previous = trial.previous_final_dir()
+    suites = {
+        f.id: resolve_suite(load_suite(REPO_ROOT / "expectations" / f"{f.id}.json"), trial.codelists) for f in FORMS
+    }
     with trial.connect() as con:
-        n = build_queries(con, trial.cfg, trial.export_id)
-    return dg.MaterializeResult(metadata={"dagster/row_count": n})
+        counts = build_queries(
+            con, trial.cfg, trial.export_id, trial.cut,
+            previous_db=previous / DATABASE_NAME if previous else None,
+            previous_cut=dt.date.fromisoformat(previous.name) if previous else None,
+            suites=suites,
+        )
+    context.log.info(f"data queries: {counts} (history from {previous or 'no earlier data cut'})")
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": counts["total"], **{k: v for k, v in counts.items() if k != "total"},
+                  "previous_data_cut": previous.name if previous else "none"}
+    )
+
+
+@dg.asset(
+    key=["analysis", "eligibility"],
+    deps=[adsl, *_raw("dm", "enrol", "ie", "sc", "lb")],
+    description="Eligibility: every inclusion criterion of the study configuration evaluated on the screening "
+    "values (x ULN from the lab's own range), next to the investigator's assessment; protocol deviations of "
+    "enrolled participants who miss one (analysis.protocol_deviations).",
+    **COMMON,
+)
+def eligibility(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        counts = build_eligibility(con, trial.cfg)
+    return dg.MaterializeResult(metadata={"dagster/row_count": counts["eligibility"], **counts})
 
 
 @dg.asset(
@@ -112,7 +152,7 @@ def data_queries(trial: TrialResource) -> dg.MaterializeResult:
 )
 def adlb(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
-        counts = build_adlb(con, trial.cfg)
+        counts = build_adlb(con, trial.cfg, baseline_visit=trial.cfg.screening_visit)
     return dg.MaterializeResult(metadata={"dagster/row_count": counts["adlb"], **counts})
 
 
@@ -142,4 +182,31 @@ def pharmacokinetics(trial: TrialResource) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"dagster/row_count": counts["adpp"], **counts})
 
 
-derived = [adsl, adae, participant_flow, dose_escalation, safety_tables, data_queries, adlb, crs_icans, pharmacokinetics]
+@dg.asset(
+    key=["analysis", "dlt_review"],
+    deps=[adae, adlb],
+    description="Candidate DLTs from the configured DLT rules (AEs and labs in the window) next to the "
+    "investigator's adjudication; disagreements listed for the medical monitor.",
+    **COMMON,
+)
+def dlt_review(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        counts = build_dlt_review(con, trial.cfg, trial.cut)
+    return dg.MaterializeResult(metadata={"dagster/row_count": counts["candidates"], **counts})
+
+
+@dg.asset(
+    key=["analysis", "exposure"],
+    deps=[adsl, *_raw("ld", "mfg")],
+    description="Exposure: lymphodepletion cumulative doses against the protocol, product release and quality, "
+    "cells infused against the dose level, vein-to-vein time; summary per dose level.",
+    **COMMON,
+)
+def exposure(trial: TrialResource) -> dg.MaterializeResult:
+    with trial.connect() as con:
+        counts = build_exposure(con, trial.cfg)
+    return dg.MaterializeResult(metadata={"dagster/row_count": counts["exposure"], **counts})
+
+
+derived = [exposure, adsl, adae, participant_flow, dose_escalation, safety_tables, data_queries, adlb, crs_icans, pharmacokinetics, dlt_review,
+           eligibility]

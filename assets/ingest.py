@@ -1,4 +1,4 @@
-"""Ingest: the export files as external assets, the export snapshot, and one raw table per CRF form."""
+"""Ingest: the export's sources as external assets, the export snapshot, and one raw table per CRF form."""
 
 
 import shutil
@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 
 from clinical.crf import FORMS, Form
-from clinical.ingest import ExportFileError, load_form, sha256_file
+from clinical.ingest import ExportFileError, IngestSettings, ingest_settings
+from clinical.sources import ExportSource, ingest_form
 from pipelines.resources import DATABASE_NAME, TrialResource
 
 OWNERS = ["team:clinical-data-engineering"]
@@ -15,13 +16,32 @@ OWNERS = ["team:clinical-data-engineering"]
 export_files = [
     dg.AssetSpec(
         key=["export", form.id],
-        description=f"CRF export file `{form.file}`: {form.title} (delivered by the EDC; never modified).",
+        description=f"Source of {form.title}: `{form.file}` in a CSV export, or the records the study's mapping "
+        f"takes from a CDISC ODM or SDTM export (delivered by the EDC or CRO; never modified).",
         group_name="export",
         kinds={"csv"},
         owners=OWNERS,
     )
     for form in FORMS
 ]
+
+
+# One parse of an ODM or SDTM export per run (the job runs in one process), shared by the form assets.
+_SOURCES: dict[tuple[str, str], tuple[ExportSource, IngestSettings]] = {}
+
+
+def export_source(trial: TrialResource) -> tuple[ExportSource, IngestSettings]:
+    key = (str(Path(trial.export_dir).resolve()), trial.cfg.config_sha256)
+    if key not in _SOURCES:
+        settings = ingest_settings(trial.cfg)
+        _SOURCES.clear()
+        _SOURCES[key] = (ExportSource(Path(trial.export_dir), settings), settings)
+    return _SOURCES[key]
+
+
+def _fail(exc: ExportFileError) -> dg.Failure:
+    # A blocking file problem: fail the step with the message a data manager can act on.
+    return dg.Failure(description=str(exc), metadata={"rule": str(exc)})
 
 
 @dg.asset(
@@ -31,65 +51,87 @@ export_files = [
     kinds={"duckdb"},
     owners=OWNERS,
     pool="trial_db",
-    description="Fingerprints every file of the export (SHA-256, bytes) and starts a clean work folder for this run.",
+    description="Fingerprints every file of the export (SHA-256, bytes, format, encoding, delimiter) and starts a "
+    "clean work folder for this run.",
 )
 def export_snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
     work = trial.work_dir
     # A run always rebuilds from the export: clear what a failed earlier run may have left.
     shutil.rmtree(work)
     work.mkdir(parents=True)
-    export = trial.export_dir
-    files = sorted(p for p in Path(export).iterdir() if p.is_file())
-    rows = [(trial.export_id, p.name, sha256_file(p), p.stat().st_size) for p in files]
+    _SOURCES.clear()  # a new run reads the export afresh
+    source, _settings = export_source(trial)
+    try:
+        source.check_study()
+        files = source.describe()
+        fmt = source.format
+    except ExportFileError as exc:
+        raise _fail(exc) from None
+    rows = [(trial.export_id, f.path, f.sha256, f.bytes, f.format, f.encoding, f.delimiter) for f in files]
     with trial.connect() as con:
         con.execute("CREATE SCHEMA IF NOT EXISTS raw")
         con.execute(
-            "CREATE OR REPLACE TABLE raw.export_files (export_id VARCHAR, file VARCHAR, sha256 VARCHAR, bytes BIGINT)"
+            """CREATE OR REPLACE TABLE raw.export_files (export_id VARCHAR, file VARCHAR, sha256 VARCHAR, bytes BIGINT,
+                 format VARCHAR, encoding VARCHAR, delimiter VARCHAR)"""
         )
         if rows:
-            con.executemany("INSERT INTO raw.export_files VALUES (?, ?, ?, ?)", rows)
-    context.log.info(f"export {trial.export_id}: {len(rows)} files, data cut {trial.cut}")
+            con.executemany("INSERT INTO raw.export_files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    encodings = sorted({f"{f.encoding}" for f in files if f.encoding})
+    context.log.info(f"export {trial.export_id} ({fmt}): {len(rows)} files, encodings {encodings}, data cut {trial.cut}")
     return dg.MaterializeResult(
         metadata={
             "export_id": trial.export_id,
             "data_cut": trial.cut.isoformat(),
+            "format": fmt,
             "files": len(rows),
+            "encodings": ", ".join(encodings) or "none",
             "database": dg.MetadataValue.path(str(trial.work_dir / DATABASE_NAME)),
         }
     )
 
 
 def _raw_asset(form: Form) -> dg.AssetsDefinition:
+    # Demographics derive an age at consent from a date of birth with the consent date of enrol.
+    extra = [dg.AssetKey(["export", "enrol"])] if form.id == "dm" else []
+
     @dg.asset(
         name=form.id,
         key_prefix=["raw"],
-        deps=[dg.AssetKey(["export", form.id]), export_snapshot],
+        deps=[dg.AssetKey(["export", form.id]), *extra, export_snapshot],
         group_name="ingest",
         kinds={"duckdb"},
         owners=OWNERS,
         pool="trial_db",
         description=(
-            f"{form.title}: `raw.{form.id}` holds every row of `{form.file}` as received with its line number; "
-            f"`stage.{form.id}` the typed rows; rows breaking a typing rule go to `raw.quarantine` with the reason."
+            f"{form.title}: `raw.{form.id}` holds every record of the form's source as received with its file and line; "
+            f"`stage.{form.id}` the typed rows; rows breaking a rule go to `raw.quarantine` with the reason. Empty "
+            f"when the study does not collect the form."
         ),
     )
     def _load(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
-        path = Path(trial.export_dir) / form.file
+        source, settings = export_source(trial)
         with trial.connect() as con:
             try:
-                result = load_form(con, form, path, trial.export_id, trial.codelists)
+                result = ingest_form(con, form, source, trial.export_id, settings)
             except ExportFileError as exc:
-                # A blocking file problem: fail this step with the message a data manager can act on.
-                raise dg.Failure(description=str(exc), metadata={"file": form.file, "rule": str(exc)}) from None
+                raise _fail(exc) from None
         if result.rows_quarantined:
-            context.log.warning(f"{form.file}: {result.rows_quarantined} row(s) quarantined, see raw.quarantine")
+            context.log.warning(f"{result.file}: {result.rows_quarantined} row(s) of {form.id} quarantined, see raw.quarantine")
+        if result.dropped_identifier_columns:
+            context.log.info(f"{result.file}: identifier columns dropped: {', '.join(result.dropped_identifier_columns)}")
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": result.rows_staged,
+                "collected": result.collected,
+                "source_file": result.file or "none",
+                "format": result.format,
+                "encoding": result.encoding or "n/a",
+                "delimiter": {None: "n/a", "\t": "tab"}.get(result.delimiter, result.delimiter),
                 "rows_received": result.rows_received,
                 "rows_quarantined": result.rows_quarantined,
-                "file_sha256": result.sha256,
+                "file_sha256": result.sha256 or "n/a",
                 "identifier_columns_dropped": ", ".join(result.dropped_identifier_columns) or "none",
+                "ages_from_birth_date": result.ages_from_birth_date,
             }
         )
 

@@ -1,23 +1,48 @@
 """Publish: the manifest, then the run's outputs moved into place together.
 
-The manifest asset runs last: it fingerprints every input and output and only then moves the work
-folder into place, so readers never see a half-written set and a failed run leaves the previous
-outputs of that data cut as they were.
+The manifest asset runs last. It
+
+1. refuses to touch a data cut that was frozen for a DSMB meeting (``python -m pipelines freeze``);
+2. rewrites the DuckDB file into its canonical, byte-reproducible form (``pipelines.storage``);
+3. archives the export and the study configuration the outputs were made from (content-addressed,
+   under ``<output root>/<study>/archive/``), so ``python -m pipelines verify`` can regenerate them;
+4. fingerprints every input and output into ``manifest.json``;
+5. swaps the finished work folder into place in one atomic step: readers never see a half-written
+   set, and a failed or killed run leaves the previous outputs of that data cut as they were.
+
+Nothing in the manifest comes from the clock or from where the export or the output folder lie
+(input paths are relative to the export folder), so re-running an export gives identical bytes.
 """
 
+import hashlib
 import json
 import shutil
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import dagster as dg
 
 from assets.ingest import OWNERS
-from assets.report import OUTPUT_FILES, dsmb_report, queries_workbook, registry_results, sponsor_workbook
+from assets.report import (
+    OUTPUT_FILES,
+    dsmb_report,
+    queries_workbook,
+    registry_results,
+    sponsor_workbook,
+)
 from clinical.crf import FORMS
 from clinical.ingest import sha256_file
-from pipelines.resources import REPO_ROOT, TrialResource
+from pipelines.audit import export_fingerprint
+from pipelines.faults import pause_point
+from pipelines.freeze import frozen_record
+from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
+from pipelines.storage import canonical_database, fsync_tree, publish_dir
 
-COMMON = dict(group_name="report", owners=OWNERS, pool="trial_db")
+COMMON = {"group_name": "report", "owners": OWNERS, "pool": "trial_db"}
+CODE_DIRS = ("pipelines", "assets", "clinical", "deliverables", "report_templates", "expectations")
+CODE_SUFFIXES = {".py", ".j2", ".css", ".json", ".yaml", ".yml", ".html", ".xsd"}
+# Libraries whose version can change output bytes (PDF layout, workbook XML, DuckDB storage).
+ENVIRONMENT_PACKAGES = ("duckdb", "polars", "weasyprint", "pydyf", "fonttools", "openpyxl", "lxml", "jinja2")
 
 
 def code_version() -> str:
@@ -34,16 +59,76 @@ def code_version() -> str:
         return version("im83-pipeline")
 
 
+def code_sha256() -> str:
+    """SHA-256 over the pipeline's source files (path and content): tells apart uncommitted changes."""
+    digest = hashlib.sha256()
+    for folder in CODE_DIRS:
+        for path in sorted((REPO_ROOT / folder).rglob("*")):
+            if path.is_file() and path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts:
+                digest.update(f"{path.relative_to(REPO_ROOT).as_posix()}\n".encode())
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def environment() -> dict[str, str]:
+    out = {}
+    for name in ENVIRONMENT_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def archive_dir(study_root: Path, export_sha256: str, export_id: str) -> Path:
+    return study_root / "archive" / "exports" / export_sha256[:16] / export_id
+
+
+def config_archive(study_root: Path, config_sha256: str, config_path: str) -> Path:
+    return study_root / "archive" / "configs" / config_sha256[:16] / Path(config_path).name
+
+
+def _archive_copy(files: list[tuple[Path, str]], dest: Path) -> None:
+    """Copy files (source, expected sha256) into ``dest`` atomically and read-only; idempotent."""
+    if dest.is_dir():
+        return
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for src, sha in files:
+        target = tmp / src.name
+        shutil.copyfile(src, target)
+        if sha256_file(target) != sha:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise dg.Failure(
+                description=f"{src} changed while the run was using it (sha256 differs from the one ingested); "
+                "the outputs were not published",
+                allow_retries=False,
+            )
+        target.chmod(0o444)
+    fsync_tree(tmp)
+    tmp.rename(dest)
+
+
 @dg.asset(
     key=["report", "manifest"],
     deps=[dsmb_report, sponsor_workbook, registry_results, queries_workbook],
     kinds={"json"},
-    description="manifest.json: every input (path, sha256, rows) and output (role, path, sha256); then the run's "
-    "outputs are moved into place together.",
+    description="manifest.json: every input (path in the export, sha256, rows) and output (role, path, sha256), the "
+    "export, configuration and code fingerprints; the DuckDB file made byte-reproducible; the export archived; then "
+    "the run's outputs are moved into place together in one atomic step. Refuses a data cut frozen for a DSMB meeting.",
     **COMMON,
 )
 def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
     work, final = trial.work_dir, trial.final_dir
+    study_root = final.parent
+    frozen = frozen_record(final)
+    if frozen:
+        raise dg.Failure(
+            description=f"data cut {trial.cut} of {trial.cfg.study.id} is frozen ({frozen.get('reason', 'DSMB')}, "
+            f"since {frozen.get('frozen_at')}): its outputs are read-only and were not overwritten",
+            allow_retries=False,
+        )
     with trial.connect() as con:
         rows = dict(
             con.execute(
@@ -51,7 +136,17 @@ def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.Mate
             ).fetchall()
         )
         files = con.execute("SELECT file, sha256, bytes FROM raw.export_files ORDER BY file").fetchall()
+    export_sha = export_fingerprint([(name, sha) for name, sha, _ in files])
+    seed = f"{trial.cfg.study.id}|{trial.cut.isoformat()}|{export_sha}"
+    if not canonical_database(work / DATABASE_NAME, seed):
+        context.log.warning(f"{DATABASE_NAME}: unknown DuckDB header layout; the file is not byte-reproducible")
     export_dir = Path(trial.export_dir).resolve()
+    _archive_copy([(export_dir / name, sha) for name, sha, _ in files], archive_dir(study_root, export_sha, trial.export_id))
+    _archive_copy(
+        [(Path(trial.cfg.config_path), trial.cfg.config_sha256)],
+        config_archive(study_root, trial.cfg.config_sha256, trial.cfg.config_path).parent,
+    )
+    outputs = [{"role": role, "path": name, "sha256": sha256_file(work / name)} for role, name in OUTPUT_FILES.items()]
     doc = {
         "study": trial.cfg.study.id,
         "nct_id": trial.cfg.study.nct_id,
@@ -59,28 +154,31 @@ def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.Mate
         "data_cut": trial.cut.isoformat(),
         "config": {"path": trial.cfg.config_path, "sha256": trial.cfg.config_sha256},
         "code_version": code_version(),
+        "code_sha256": code_sha256(),
+        "environment": environment(),
+        "export_sha256": export_sha,
         "inputs": [
-            {"path": str(export_dir / name), "sha256": sha, "bytes": size, "rows": rows.get(name)}
-            for name, sha, size in files
+            {"path": name, "sha256": sha, "bytes": size, "rows": rows.get(name)} for name, sha, size in files
         ],
-        "outputs": [
-            {"role": role, "path": name, "sha256": sha256_file(work / name)}
-            for role, name in OUTPUT_FILES.items()
-        ],
+        "outputs": outputs,
     }
     (work / "manifest.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    # Swap the finished work folder into place; the previous outputs stay until this point.
-    if final.exists():
-        old = final.with_name(f".{final.name}.previous")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        work.rename(final)
-        shutil.rmtree(old)
-    else:
-        work.rename(final)
+    pause_point("publish")
+    # Swap the finished work folder into place; the previous outputs stay until this instant.
+    publish_dir(work, final)
     context.log.info(f"outputs in {final}")
+    table = "\n".join(f"| {o['role']} | `{o['path']}` | `{o['sha256'][:16]}…` |" for o in outputs)
     return dg.MaterializeResult(
-        metadata={"manifest": dg.MetadataValue.path(str(final / "manifest.json")), "outputs": len(OUTPUT_FILES)}
+        metadata={
+            "manifest": dg.MetadataValue.path(str(final / "manifest.json")),
+            "output_folder": dg.MetadataValue.path(str(final)),
+            "outputs": dg.MetadataValue.md(f"| role | file | sha256 |\n|---|---|---|\n{table}"),
+            "export_id": dg.MetadataValue.text(trial.export_id),
+            "export_sha256": dg.MetadataValue.text(export_sha),
+            "data_cut": dg.MetadataValue.text(trial.cut.isoformat()),
+            "database_sha256": dg.MetadataValue.text(outputs[0]["sha256"]),
+            "code_version": dg.MetadataValue.text(doc["code_version"]),
+        }
     )
 
 

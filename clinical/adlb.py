@@ -42,7 +42,12 @@ from __future__ import annotations
 
 import duckdb
 
-from clinical.grading import CTCAE_VERSIONS, create_ctcae_macros, ctcae_terms
+from clinical.grading import (
+    CTCAE_VERSIONS,
+    create_ctcae_macros,
+    ctcae_terms,
+    ctcae_tests_reading,
+)
 from clinical.study import StudyConfig
 
 TOTAL = "TOTAL"
@@ -58,22 +63,33 @@ WITH
 visits AS (SELECT unnest($visit_ids) AS VISIT, unnest($visit_days) AS VISITDY),
 terms AS (SELECT unnest($term_tests) AS PARAMCD, unnest($term_names) AS ATOXTERM, unnest($term_dirs) AS ATOXDIR),
 base AS (SELECT SUBJID, LBTESTCD, LBORRES AS BASE FROM stage.lb WHERE VISIT = $baseline_visit),
-lb AS (
+lb AS MATERIALIZED (
   SELECT l.*, b.BASE, s.TRTSDT, s.DOSEA, s.DOSEAN, s.SAFFL,
-         CASE WHEN l.VISIT = $baseline_visit THEN 'Y' END AS ABLFL
+         CASE WHEN l.VISIT = $baseline_visit THEN 'Y' END AS ABLFL,
+         -- the baseline as the grader sees it: not for the baseline record itself, and only for tests
+         -- whose grading reads a baseline (so that the distinct inputs below stay few)
+         CASE WHEN l.VISIT IS DISTINCT FROM $baseline_visit AND list_contains($base_tests, l.LBTESTCD)
+              THEN b.BASE END AS GBASE
   FROM stage.lb l
   LEFT JOIN base b USING (SUBJID, LBTESTCD)
   LEFT JOIN analysis.adsl s USING (SUBJID)
-)
+),
+-- Each distinct grader input is graded once: lab values repeat (a million results of a 10,000-participant
+-- export have ~20,000 distinct test/value/range/baseline combinations).
+inputs AS (SELECT DISTINCT LBTESTCD, LBORRES, LBORNRLO, LBORNRHI, GBASE FROM lb),
+graded AS (SELECT *, ctcae_grade(LBTESTCD, $version, LBORRES, LBORNRLO, LBORNRHI, GBASE) AS ATOXGR FROM inputs)
 SELECT
   lb.SUBJID, lb.VISIT, v.VISITDY, lb.LBDAT, lb.LBDAT - lb.TRTSDT AS ADY,
   lb.LBTESTCD AS PARAMCD, t.ATOXTERM, t.ATOXDIR,
   lb.LBORRES AS AVAL, lb.LBORRESU AS AVALU, lb.LBORNRLO AS ANRLO, lb.LBORNRHI AS ANRHI,
   lb.BASE, lb.ABLFL,
-  ctcae_grade(lb.LBTESTCD, $version, lb.LBORRES, lb.LBORNRLO, lb.LBORNRHI,
-              CASE WHEN lb.ABLFL = 'Y' THEN NULL ELSE lb.BASE END) AS ATOXGR,
+  g.ATOXGR,
   lb.TRTSDT, lb.DOSEA, lb.DOSEAN, coalesce(lb.SAFFL, 'N') AS SAFFL
 FROM lb
+LEFT JOIN graded g
+  ON g.LBTESTCD IS NOT DISTINCT FROM lb.LBTESTCD AND g.LBORRES IS NOT DISTINCT FROM lb.LBORRES
+ AND g.LBORNRLO IS NOT DISTINCT FROM lb.LBORNRLO AND g.LBORNRHI IS NOT DISTINCT FROM lb.LBORNRHI
+ AND g.GBASE IS NOT DISTINCT FROM lb.GBASE
 LEFT JOIN visits v USING (VISIT)
 LEFT JOIN terms t ON t.PARAMCD = lb.LBTESTCD
 ORDER BY lb.SUBJID, lb.LBTESTCD, lb.LBDAT, lb.VISIT
@@ -167,6 +183,7 @@ def build_adlb(
             "visit_days": [v.day for v in cfg.visits],
             "baseline_visit": baseline_visit,
             "version": version,
+            "base_tests": list(ctcae_tests_reading(version, "BASE")),
             **term_params,
         },
     )

@@ -117,13 +117,16 @@ flags AS (
   SELECT *,
     'Y' AS SCRNFL,
     CASE WHEN DOSEP IS NOT NULL THEN 'Y' ELSE 'N' END AS ENRLFL,
-    CASE WHEN DOSEP IS NOT NULL AND PRYN = 'Y' THEN 'Y' ELSE 'N' END AS APHFL,
-    CASE WHEN DOSEP IS NOT NULL AND PRYN = 'Y'
-              AND MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') THEN 'Y' ELSE 'N' END AS MFGFL,
-    CASE WHEN DOSEP IS NOT NULL AND PRYN = 'Y'
-              AND MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') AND LDSTDT IS NOT NULL THEN 'Y' ELSE 'N' END AS LDFL,
-    CASE WHEN DOSEP IS NOT NULL AND PRYN = 'Y' AND MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION')
-              AND LDSTDT IS NOT NULL AND TRTSDT IS NOT NULL THEN 'Y' ELSE 'N' END AS SAFFL,
+    -- A stage whose form the study does not collect (configuration forms:) holds no one back.
+    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected) THEN 'Y' ELSE 'N' END AS APHFL,
+    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected)
+              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected) THEN 'Y' ELSE 'N' END AS MFGFL,
+    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected)
+              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected)
+              AND (LDSTDT IS NOT NULL OR NOT $ld_collected) THEN 'Y' ELSE 'N' END AS LDFL,
+    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected)
+              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected)
+              AND (LDSTDT IS NOT NULL OR NOT $ld_collected) AND TRTSDT IS NOT NULL THEN 'Y' ELSE 'N' END AS SAFFL,
     CASE WHEN DLTDT IS NOT NULL THEN 'Y' ELSE 'N' END AS DLTFL,
     -- Last date the participant is known to be on study, used for window completion.
     least(coalesce(EOSDT, $cut), coalesce(DTHDT, $cut), $cut) AS ONSTDT
@@ -158,6 +161,7 @@ def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.da
             "cut": data_cut,
             "tolerance": cfg.escalation.dose_tolerance,
             "highest": cfg.safety.date_imputation,
+            **{f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")},
         },
     )
     return con.execute("SELECT count(*) FROM analysis.adsl").fetchone()[0]

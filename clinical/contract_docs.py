@@ -72,6 +72,7 @@ STUDY_CODELIST_SOURCES: dict[str, str] = {
     "@visits": "visits[].id",
     "@eligibility": "eligibility[].id",
     "@lymphodepletion_agents": "lymphodepletion.agents[].name",
+    "@subjid_pattern": "input.subject_id_pattern (default: the contract's site-number pattern)",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def _expectation(type_: str, kwargs: dict, rule_id: str, severity: str, descript
 def _format_rule(f: Field) -> tuple[str, str] | None:
     """(regex, what it means) for the field's text, or None when the type has no format."""
     if f.type == "id":
-        return SUBJID_PATTERN, "the participant identifier pattern site-number (e.g. 01-007)"
+        return "@subjid_pattern", "the study's participant identifier pattern (by default site-number, e.g. 01-007)"
     if f.type == "date":
         if f.partial:
             return PARTIAL_DATE_REGEX, "an ISO 8601 date YYYY-MM-DD on the calendar, or partial YYYY-MM / YYYY"

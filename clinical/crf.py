@@ -60,6 +60,10 @@ DS_DECOD = [
     "PROGRESSIVE DISEASE",
     "MANUFACTURING FAILURE",
     "SCREEN FAILURE",
+    # Further CDISC CT disposition terms (NCOMPLT, C66727), as SDTM deliveries use them.
+    "PROTOCOL VIOLATION",
+    "LACK OF EFFICACY",
+    "STUDY TERMINATED BY SPONSOR",
 ]
 
 
@@ -341,5 +345,6 @@ def study_codelists(cfg) -> ResolvedCodelists:  # cfg: clinical.study.StudyConfi
             "@visits": [v.id for v in cfg.visits],
             "@eligibility": [c.id for c in cfg.eligibility],
             "@lymphodepletion_agents": [a.name for a in cfg.lymphodepletion.agents],
+            "@subjid_pattern": [cfg.input.subject_id_pattern or SUBJID_PATTERN],
         }
     )

@@ -3,7 +3,10 @@
   analysis.dose_escalation      one row per dose level: enrolled, infused, DLT-evaluable with complete
                                 data, DLTs, pending windows and when they close, and a status line.
   analysis.escalation_decision  one row: the rule variant, the next dose, continue or stop, the MTD,
-                                whether the data are mature, and the engine's reason.
+                                whether the data are mature, and the engine's reason. DETERMINED is
+                                FALSE when the treated participants are no 3+3 path the engine can
+                                decide on (e.g. more than 6 at a dose, as in a benchmark export):
+                                NEXT_DOSE, CONTINUE_TRIAL and MTD are then NULL and REASON says why.
 
 Participants count at their assigned dose level (DOSEP). Infused participants who are not
 DLT-evaluable for a reason other than an open window are excluded and replaced, as the SAP's 3+3
@@ -15,8 +18,82 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from clinical.escalation import ParticipantOutcome, decide_from_participants
+from clinical.escalation import (
+    MAX_PER_DOSE,
+    Cohort,
+    Decision,
+    DoseStatus,
+    EscalationError,
+    EscalationStatus,
+    ParticipantOutcome,
+    check_path,
+    decide_from_participants,
+)
 from clinical.study import StudyConfig
+
+MAX_DEVIATIONS_SHOWN = 3
+
+
+def _undetermined(
+    records: list[ParticipantOutcome], cfg: StudyConfig, error: EscalationError
+) -> tuple[EscalationStatus, str]:
+    """The per-dose status without a 3+3 decision, for paths the engine refuses to decide on.
+
+    The counts follow :func:`clinical.escalation.decide_from_participants` (complete, pending,
+    excluded per dose; cohorts of complete participants in infusion order); the decision is left
+    open and the reason names the first departures from a 3+3 path. Linear in the participants.
+    """
+    n_doses = len(cfg.dose_levels)
+    cs = cfg.escalation.cohort_size
+    doses = [DoseStatus(dose=d, treated=0, dlt=0) for d in range(1, n_doses + 1)]
+    complete: dict[int, list[ParticipantOutcome]] = {}
+    closes = []
+    current = None
+    for r in sorted(records, key=lambda r: r.order):
+        s = doses[r.dose - 1]
+        if not r.evaluable:
+            s.excluded += 1
+            continue
+        current = r.dose
+        if r.dlt or not r.window_open:
+            s.treated += 1
+            s.dlt += int(r.dlt)
+            complete.setdefault(r.dose, []).append(r)
+        else:
+            s.pending += 1
+            if r.window_closes is not None:
+                c = r.window_closes
+                closes.append(c)
+                s.window_closes_first = c if s.window_closes_first is None else min(s.window_closes_first, c)
+                s.window_closes_last = c if s.window_closes_last is None else max(s.window_closes_last, c)
+    grouped = []
+    for dose, rs in complete.items():
+        for i in range(0, len(rs), cs):
+            chunk = rs[i : i + cs]
+            grouped.append((chunk[0].order, Cohort(dose, tuple(p.dlt for p in chunk))))
+    cohorts = tuple(c for _, c in sorted(grouped, key=lambda t: t[0]))
+    over = [f"dose {s.dose} has {s.treated} participants" for s in doses if s.treated > MAX_PER_DOSE]
+    deviations = tuple(over) if over else tuple(check_path(cohorts, n_doses, cfg.escalation.variant,
+                                                           cfg.escalation.require_six_at_mtd))
+    shown = "; ".join(deviations[:MAX_DEVIATIONS_SHOWN]) or str(error)
+    more = f" (and {len(deviations) - MAX_DEVIATIONS_SHOWN} more)" if len(deviations) > MAX_DEVIATIONS_SHOWN else ""
+    reason = (
+        f"no 3+3 decision: the participants treated do not follow a 3+3 path ({shown}{more}; "
+        f"a 3+3 treats at most {MAX_PER_DOSE} per dose); the next step is for the DSMB to decide on the data"
+    )
+    pending = sum(s.pending for s in doses)
+    status = EscalationStatus(
+        decision=Decision(None, False, None, reason),
+        mature=pending == 0,
+        current_dose=current,
+        doses=tuple(doses),
+        cohorts=cohorts,
+        pending=pending,
+        window_closes_first=min(closes) if closes else None,
+        window_closes_last=max(closes) if closes else None,
+        deviations=deviations,
+    )
+    return status, reason
 
 
 def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[str, object]:
@@ -37,13 +114,20 @@ def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[s
         )
         for r in infused.iter_rows(named=True)
     ]
-    status = decide_from_participants(
-        records,
-        num_doses=len(cfg.dose_levels),
-        variant=cfg.escalation.variant,
-        require_six_at_mtd=cfg.escalation.require_six_at_mtd,
-        cohort_size=cfg.escalation.cohort_size,
-    )
+    determined = True
+    try:
+        status = decide_from_participants(
+            records,
+            num_doses=len(cfg.dose_levels),
+            variant=cfg.escalation.variant,
+            require_six_at_mtd=cfg.escalation.require_six_at_mtd,
+            cohort_size=cfg.escalation.cohort_size,
+        )
+    except EscalationError as exc:
+        if "participants; the 3+3 rules stop at" not in str(exc):
+            raise  # bad input (dose out of range, unsupported cohort size) stays an error
+        status, _ = _undetermined(records, cfg, exc)
+        determined = False
     ids = cfg.dose_ids
     engine = pl.DataFrame(
         {
@@ -78,18 +162,20 @@ def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[s
     con.execute(
         """CREATE OR REPLACE TABLE analysis.escalation_decision (
              VARIANT VARCHAR, OUTCOMES VARCHAR, NEXT_DOSE VARCHAR, CONTINUE_TRIAL BOOLEAN, MTD VARCHAR,
-             MATURE BOOLEAN, REASON VARCHAR)"""
+             MATURE BOOLEAN, REASON VARCHAR, DETERMINED BOOLEAN)"""
     )
     con.execute(
-        "INSERT INTO analysis.escalation_decision VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO analysis.escalation_decision VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
             cfg.escalation.variant,
             status.outcomes,
             ids[decision.next_dose - 1] if decision.next_dose else None,
-            decision.continue_trial,
+            decision.continue_trial if determined else None,
             ids[decision.mtd - 1] if decision.mtd else None,
             status.mature,
             decision.reason,
+            determined,
         ],
     )
-    return {"outcomes": status.outcomes, **decision.to_json_dict(), "mature": status.mature}
+    outcomes = status.outcomes if len(status.outcomes) <= 200 else f"{status.outcomes[:200]}... ({len(status.cohorts)} cohorts)"
+    return {"outcomes": outcomes, **decision.to_json_dict(), "mature": status.mature, "determined": determined}

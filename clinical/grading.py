@@ -293,6 +293,23 @@ def create_ctcae_macros(con) -> None:  # con: duckdb.DuckDBPyConnection
     con.execute(f"CREATE OR REPLACE MACRO ctcae_grade(p_test, p_version, p_aval, p_lln, p_uln, p_base) AS {body}")
 
 
+def ctcae_tests_reading(version: str, ref: Ref) -> tuple[str, ...]:
+    """The tests whose grade (in ``version``) reads the limit ``ref`` ("LLN", "ULN" or "BASE"): in
+    their required limits, a cut-point's reference or a baseline condition. For the other tests the
+    grade is the same whatever that limit is (e.g. a baseline passed for NEUT changes nothing)."""
+    conds = {"BASE_HIGH": ("BASE", "ULN"), "BASE_NOT_HIGH": ("BASE", "ULN"), "BASE_LOW": ("BASE", "LLN"),
+             "BASE_NOT_LOW": ("BASE", "LLN"), "ALWAYS": ()}
+    out = []
+    for test, rule in CTCAE_LAB[version].items():
+        reads = set(rule.requires)
+        for cut in rule.cuts:
+            reads.add(cut.ref)
+            reads.update(conds[cut.when])
+        if ref in reads:
+            out.append(test)
+    return tuple(out)
+
+
 def ctcae_terms() -> list[tuple[str, str, str, str]]:
     """(test, CTCAE term, direction L/H, unit) of every gradable test, in table order."""
     return [(r.test, r.term, r.direction, r.unit) for r in _V5.values()]

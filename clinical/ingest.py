@@ -1,27 +1,65 @@
-"""Load one CRF export file into DuckDB: raw text with provenance, typed staging, quarantine.
+"""Load one CRF form into DuckDB: raw text with provenance, typed staging, quarantine.
 
-Three layers per form, all set-based SQL:
-  raw.<form>     every data row exactly as received (text, trimmed, blank -> NULL), with
-                 provenance: export id, file name, line number in the file. Direct identifiers
-                 (``Field.identifier``) are dropped here and never reach the database.
-  stage.<form>   the rows that pass the typing rules, with typed columns.
-  raw.quarantine one row per (row, rule) that keeps a row out of staging: file, line, column,
-                 rule and the offending value. Nothing is dropped silently.
+Any export format (CSV, CDISC ODM, SDTM) is first read into :class:`~clinical.records.FormRecords`
+by its reader (:mod:`clinical.sources`); from there every form loads the same way. Three layers per
+form, all set-based SQL:
 
-Blocking problems with the file itself (missing, empty, header only, unknown / missing /
-duplicate columns) raise ``ExportFileError`` naming the file, line, column and rule.
+  raw.<form>     every record as received (text, trimmed, blank -> NULL) with provenance: export id,
+                 file name and line in the file (CSV, ODM) or record number (SDTM). Only the form's
+                 allow-listed fields (the contract's fields that are not direct identifiers) are
+                 loaded: identifier columns are dropped before anything reaches DuckDB, a date of
+                 birth only fills a blank age at consent first, and ID-card numbers, phone numbers
+                 and e-mail addresses typed into free text are removed and quarantined.
+  stage.<form>   the records that pass the rules, with typed columns.
+  raw.quarantine one row per (record, rule) that keeps a record out of staging: file, line, column,
+                 rule, the offending value (a preview when long) and a message. Nothing is dropped
+                 silently, and quarantined rows become data queries.
+
+A form's three layers are replaced in one transaction: a load that fails leaves the database as it
+was. Blocking problems with a file (missing, empty, truncated, undecodable, unknown / missing /
+duplicate columns, every record from another study) raise ``ExportFileError`` naming the file,
+line, column and rule. A form the study does not collect (``forms:`` in the configuration) is
+loaded as empty tables with the contract's columns, so everything downstream runs unchanged.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
-from clinical.crf import SUBJID_PATTERN, Field, Form, ResolvedCodelists
+from clinical.crf import (
+    FORM_IDS,
+    SUBJID_PATTERN,
+    Field,
+    Form,
+    ResolvedCodelists,
+    study_codelists,
+)
+from clinical.records import (
+    DEFAULT_IDENTIFIER_COLUMNS,
+    LINE,
+    STUDY,
+    ExportFileError,
+    FormRecords,
+    IngestSettings,
+    file_error,
+    identifier_key,
+)
+
+__all__ = [
+    "ExportFileError",
+    "IngestSettings",
+    "LoadResult",
+    "ingest_settings",
+    "load_form",
+    "load_records",
+    "sha256_file",
+]
 
 ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # CDASH partial dates: year, year-month (a real month), or a full date.
@@ -29,10 +67,27 @@ PARTIAL_DATE = r"^[0-9]{4}(-(0[1-9]|1[0-2])(-[0-9]{2})?)?$"
 # Whole numbers and plain decimals only: "1,5", "12 g/L" or "1.2e3" go to quarantine, not to a guess.
 INT_TEXT = r"^[+-]?[0-9]+$"
 FLOAT_TEXT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
+# A number written with a unit, a thousands separator or a decimal comma ("12 g/L", "1,000", "1,5").
+DECORATED_NUMBER = r"^[+-]?([0-9]{1,3}([ ,'][0-9]{3})+(\.[0-9]+)?|[0-9]+,[0-9]+|[0-9][0-9,. ']*\s*[^0-9\s,.'].*)$"
+# Text a spreadsheet would run as a formula (CSV injection): =, +, @, tab or CR first, or "-" + non-digit.
+FORMULA_TEXT = r"^([=+@\t\r]|-[^0-9. ])"
+# Markup or script in free text.
+MARKUP_TEXT = r"(?i)(<\s*/?\s*[a-z!?][^>]*>|javascript\s*:)"
+WHITESPACE = " \t\r\n\u00a0\u3000"  # trimmed from both ends (with no-break and ideographic spaces)
+PREVIEW = 500  # characters of a long value kept in quarantine (the archive keeps every byte)
+REMOVED = "[removed at ingest]"
 
+# Direct identifiers typed into free text: removed before DuckDB, quarantined with the kind only.
+PII_PATTERNS: dict[str, str] = {
+    "a national ID-card number": r"(^|[^0-9])[1-9][0-9]{5}(18|19|20)[0-9]{2}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx]([^0-9]|$)",
+    "a mobile phone number": r"(^|[^0-9])(\+?86[- ]?)?1[3-9][0-9]{9}([^0-9]|$)",
+    "a telephone number": r"(^|[^0-9])0[0-9]{2,3}-[0-9]{7,8}([^0-9]|$)",
+    "an e-mail address": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z]{2,}",
+}
 
-class ExportFileError(ValueError):
-    """A blocking problem with an export file; the message names file, line, column and rule."""
+QUARANTINE_DDL = """CREATE TABLE IF NOT EXISTS raw.quarantine (
+     export_id VARCHAR, form VARCHAR, file VARCHAR, line BIGINT, subjid VARCHAR,
+     "column" VARCHAR, rule VARCHAR, value VARCHAR, message VARCHAR)"""
 
 
 @dataclass(frozen=True)
@@ -44,6 +99,11 @@ class LoadResult:
     rows_staged: int
     rows_quarantined: int
     dropped_identifier_columns: tuple[str, ...]
+    format: str = "csv"
+    encoding: str | None = None
+    delimiter: str | None = None
+    ages_from_birth_date: int = 0
+    collected: bool = True
 
 
 def sha256_file(path: Path) -> str:
@@ -54,41 +114,107 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_header(path: Path) -> list[str]:
-    """The header row, checked against nothing yet; raises on an empty file."""
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        first = fh.readline()
-    if not first.strip():
-        raise ExportFileError(f"{path.name}: line 1: file is empty (rule FILE-EMPTY)")
-    return next(csv.reader([first]))
+def ingest_settings(cfg) -> IngestSettings:  # cfg: clinical.study.StudyConfig
+    """The ingest settings of a study configuration (``input:`` and ``forms:``)."""
+    inp = cfg.input
+    base = Path(cfg.config_path).resolve().parent if cfg.config_path else Path.cwd()
+
+    def mapping(explicit: str | None, kind: str) -> Path | None:
+        if explicit:
+            return (base / explicit).resolve()
+        conventional = base / "mappings" / f"{cfg.study.id.lower()}_{kind}.yaml"
+        return conventional if conventional.is_file() else None
+
+    return IngestSettings(
+        study_id=cfg.study.id,
+        codelists=study_codelists(cfg),
+        subjid_pattern=inp.subject_id_pattern or SUBJID_PATTERN,
+        forms=tuple(cfg.forms) if cfg.forms is not None else FORM_IDS,
+        encodings=tuple(inp.encodings),
+        delimiters=tuple(inp.delimiters),
+        max_text_chars=inp.max_text_chars,
+        identifier_columns=DEFAULT_IDENTIFIER_COLUMNS | {identifier_key(c) for c in inp.identifier_columns},
+        odm_mapping=mapping(inp.odm_mapping, "odm"),
+        sdtm_mapping=mapping(inp.sdtm_mapping, "sdtm"),
+    )
 
 
-def check_header(form: Form, path: Path) -> list[str]:
-    header = [h.strip() for h in read_header(path)]
-    expected = [f.name for f in form.fields]
-    seen: set[str] = set()
-    for h in header:
-        if h in seen:
-            raise ExportFileError(f"{path.name}: line 1: column {h}: duplicate column (rule FILE-DUP-COLUMN)")
-        seen.add(h)
-    unknown = [h for h in header if h not in expected]
-    if unknown:
-        raise ExportFileError(
-            f"{path.name}: line 1: column {unknown[0]}: not in the {form.id} contract (rule FILE-UNKNOWN-COLUMN)"
+# ---------------------------------------------------------------------------------------------
+# Before DuckDB (Polars): study check, age from date of birth, identifiers out, PII out of free text
+
+
+def _check_study(recs: FormRecords, settings: IngestSettings) -> None:
+    if STUDY not in recs.frame.columns:
+        return
+    declared = recs.frame.filter(pl.col(STUDY).is_not_null())
+    if declared.height and declared.filter(pl.col(STUDY) == settings.study_id).height == 0:
+        first = declared.sort(LINE).row(0, named=True)
+        raise file_error(
+            recs.file, "FILE-OTHER-STUDY",
+            f"every record belongs to study {first[STUDY]!r}, not {settings.study_id}: a file from another study",
+            line=first[LINE], column="STUDYID",
         )
-    required_missing = [f.name for f in form.fields if not f.identifier and f.name not in header]
-    if required_missing:
-        raise ExportFileError(
-            f"{path.name}: line 1: column {required_missing[0]}: missing from the header (rule FILE-MISSING-COLUMN)"
+
+
+def age_at(birth: pl.Expr, ref: pl.Expr) -> pl.Expr:
+    """Completed years between two ISO date strings (NULL unless both are real full dates)."""
+    b = birth.str.to_date("%Y-%m-%d", strict=False)
+    r = ref.str.to_date("%Y-%m-%d", strict=False)
+    before_birthday = (r.dt.month() * 100 + r.dt.day()) < (b.dt.month() * 100 + b.dt.day())
+    return (r.dt.year() - b.dt.year() - before_birthday.cast(pl.Int32)).cast(pl.String)
+
+
+def _age_from_birth_date(frame: pl.DataFrame, consent: pl.DataFrame | None) -> tuple[pl.DataFrame, int]:
+    """Fill a blank AGE from BRTHDAT and the informed-consent date (enrol RFICDAT); the date is dropped later."""
+    if "BRTHDAT" not in frame.columns or consent is None or "AGE" not in frame.columns:
+        return frame, 0
+    dates = consent.select(pl.col("SUBJID").str.strip_chars(), pl.col("RFICDAT").str.strip_chars()).unique("SUBJID", keep="none")
+    joined = frame.with_columns(pl.col("SUBJID").str.strip_chars().alias("_subj")).join(
+        dates.rename({"SUBJID": "_subj"}), on="_subj", how="left"
+    )
+    derived = age_at(pl.col("BRTHDAT").str.strip_chars(), pl.col("RFICDAT"))
+    blank = pl.col("AGE").is_null() | (pl.col("AGE").str.strip_chars(WHITESPACE) == "")
+    n = joined.filter(blank & derived.is_not_null()).height
+    out = joined.with_columns(pl.when(blank).then(derived).otherwise(pl.col("AGE")).alias("AGE")).drop("_subj", "RFICDAT")
+    return out, n
+
+
+def _remove_pii(frame: pl.DataFrame, text_fields: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Free-text values that look like a direct identifier: replaced, and listed (line, column, kind)."""
+    findings = []
+    replace = {}
+    for name in text_fields:
+        kind = pl.lit(None, dtype=pl.String)
+        for label, pattern in reversed(PII_PATTERNS.items()):
+            kind = pl.when(pl.col(name).str.contains(pattern)).then(pl.lit(label)).otherwise(kind)
+        found = frame.select(pl.col(LINE), pl.col("SUBJID") if "SUBJID" in frame.columns else pl.lit(None).alias("SUBJID"), kind.alias("kind")).filter(
+            pl.col("kind").is_not_null()
         )
-    return header
+        if found.height:
+            findings.append(found.with_columns(pl.lit(name).alias("column")))
+            replace[name] = pl.when(kind.is_not_null()).then(pl.lit(REMOVED)).otherwise(pl.col(name)).alias(name)
+    if not findings:
+        return frame, pl.DataFrame()
+    found = pl.concat(findings).select(
+        pl.col(LINE),
+        pl.col("SUBJID").str.strip_chars(),
+        pl.col("column"),
+        pl.lit("PII-IN-TEXT").alias("rule"),
+        pl.lit(REMOVED).alias("value"),
+        ("looks like " + pl.col("kind") + ": a direct identifier, removed at ingest and never stored").alias("message"),
+    )
+    return frame.with_columns(list(replace.values())), found
 
 
-def _type_rule(f: Field, codelists: ResolvedCodelists) -> tuple[str, str] | None:
-    """SQL predicate over the text column ``v`` that is TRUE when the value is invalid, and the rule id."""
+# ---------------------------------------------------------------------------------------------
+# In DuckDB: raw, quarantine, stage
+
+
+def _type_rule(f: Field, settings: IngestSettings) -> tuple[str, str] | None:
+    """SQL predicate over the text column that is TRUE when the value is invalid, and the rule id."""
     col = f'"{f.name}"'
     if f.type == "id":
-        return f"NOT regexp_full_match({col}, '{SUBJID_PATTERN[1:-1]}')", "TYPE-ID"
+        return f"NOT regexp_full_match({col}, $subjid_pattern)", "TYPE-ID"
     if f.type == "int":
         return f"NOT regexp_full_match({col}, '{INT_TEXT[1:-1]}')", "TYPE-INT"
     if f.type == "float":
@@ -114,89 +240,208 @@ def _typed_expr(f: Field) -> str:
     return col
 
 
+def _used(params: dict[str, object], sql: str) -> dict[str, object]:
+    """The parameters a statement names (DuckDB rejects unused named parameters)."""
+    names = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", sql))
+    return {k: v for k, v in params.items() if k in names}
+
+
+def _preview(expr: str) -> str:
+    return f"CASE WHEN length({expr}) > {PREVIEW} THEN left({expr}, {PREVIEW}) || '... (' || length({expr}) || ' characters)' ELSE {expr} END"
+
+
+def _checks(form: Form, settings: IngestSettings, has_study: bool) -> tuple[list[str], dict[str, object]]:
+    """One SELECT (line, subjid, column, rule, value, message) per rule; messages and values are parameters."""
+    table = f"raw.{form.id}"
+    params: dict[str, object] = {"subjid_pattern": settings.subjid_pattern.strip("^$")}
+    checks: list[str] = []
+
+    def add(column: str, rule: str, where: str, message: str | tuple[str, str, str], value: str | None = None) -> None:
+        n = len(checks)
+        if isinstance(message, tuple):  # (condition, message if true, message if false)
+            cond, yes, no = message
+            params[f"m{n}a"], params[f"m{n}b"] = yes, no
+            msg = f"CASE WHEN {cond} THEN $m{n}a ELSE $m{n}b END"
+        else:
+            params[f"m{n}"] = message
+            msg = f"$m{n}"
+        val = _preview(value or f'"{column}"')
+        checks.append(f"SELECT _line, \"SUBJID\", '{column}', '{rule}', {val}, {msg} FROM {table} WHERE {where}")
+
+    for f in form.loaded_fields:
+        col = f'"{f.name}"'
+        if f.required:
+            add(f.name, "REQUIRED", f"{col} IS NULL", f"{f.label} is required")
+        rule = _type_rule(f, settings)
+        if rule is not None:
+            predicate, rule_id = rule
+            if f.type == "code":
+                params[f"{f.name}_codes"] = settings.codelists.resolve(f.codelist)
+            if f.type == "id":
+                # The same participant written another way (case, spaces inside): say so.
+                normalised = f"regexp_replace(upper({col}), '\\s', '', 'g')"
+                add(f.name, "SUBJID-VARIANT",
+                    f"{col} IS NOT NULL AND {predicate} AND regexp_full_match({normalised}, $subjid_pattern)",
+                    f"{f.label}: the participant identifier written with other case or spaces; the EDC must use one spelling")
+                predicate = f"{predicate} AND NOT regexp_full_match({normalised}, $subjid_pattern)"
+                add(f.name, rule_id, f"{col} IS NOT NULL AND {predicate}",
+                    f"{f.label}: does not match the participant identifier pattern {settings.subjid_pattern}")
+                continue
+            if f.type in ("int", "float"):
+                params[f"decorated{len(checks)}"] = DECORATED_NUMBER[1:-1]
+                message = (
+                    f"regexp_full_match({col}, $decorated{len(checks)})",
+                    f"{f.label}: a number with a unit, thousands separator or decimal comma (only digits and a decimal point)",
+                    f"{f.label}: not a {'whole number' if f.type == 'int' else 'number'}",
+                )
+            elif f.type == "date":
+                message = (
+                    f"regexp_full_match({col}, '{ISO_DATE[1:-1]}')",
+                    f"{f.label}: not a date on the calendar",
+                    f"{f.label}: not an ISO 8601 date YYYY-MM-DD" + (" (or YYYY-MM, YYYY when partly unknown)" if f.partial else ""),
+                )
+            else:
+                message = f"{f.label}: value not in the codelist {f.codelist if isinstance(f.codelist, str) else ''}".rstrip()
+            add(f.name, rule_id, f"{col} IS NOT NULL AND {predicate}", message)
+            if f.type in ("int", "float") and (f.min is not None or f.max is not None):
+                lo = f.min if f.min is not None else float("-inf")
+                hi = f.max if f.max is not None else float("inf")
+                params[f"lo{len(checks)}"], params[f"hi{len(checks)}"] = lo, hi
+                n = len(checks)
+                add(f.name, "RANGE",
+                    f"{col} IS NOT NULL AND NOT ({predicate}) AND try_cast({col} AS DOUBLE) NOT BETWEEN $lo{n} AND $hi{n}",
+                    f"{f.label}: outside the contract's range {f.min if f.min is not None else ''} to {f.max if f.max is not None else ''}"
+                    + (f" {f.unit}" if f.unit else ""))
+        if f.type == "text":
+            params["max_text"] = settings.max_text_chars
+            add(f.name, "TEXT-TOO-LONG", f"length({col}) > $max_text",
+                f"{f.label}: longer than {settings.max_text_chars} characters (input.max_text_chars)")
+            params["formula"] = FORMULA_TEXT
+            add(f.name, "TEXT-FORMULA", f"regexp_matches({col}, $formula)",
+                f"{f.label}: starts like a spreadsheet formula (=, +, -, @): never passed on as a formula")
+            params["markup"] = MARKUP_TEXT
+            add(f.name, "TEXT-MARKUP", f"regexp_matches({col}, $markup)",
+                f"{f.label}: contains HTML markup or script")
+    key = ", ".join(f'"{k}"' for k in form.key)
+    n = len(checks)
+    params[f"m{n}"] = f"key ({', '.join(form.key)}) occurs on more than one row"
+    checks.append(
+        f"SELECT _line, \"SUBJID\", '{'+'.join(form.key)}', 'DUPLICATE-KEY', concat_ws('|', {key}), $m{n} "
+        f"FROM (SELECT *, count(*) OVER (PARTITION BY {key}) AS k FROM {table}) WHERE k > 1"
+    )
+    if has_study and "STUDYID" not in {f.name for f in form.fields}:
+        n = len(checks)
+        params[f"m{n}"] = f"record of another study (the study is {settings.study_id})"
+        params["study_id"] = settings.study_id
+        checks.append(
+            f"SELECT _line, nullif(trim(\"SUBJID\", $ws), ''), 'STUDYID', 'OTHER-STUDY', {STUDY}, $m{n} "
+            f"FROM _src WHERE {STUDY} IS NOT NULL AND {STUDY} <> $study_id"
+        )
+    return checks, params
+
+
+def load_records(
+    con: duckdb.DuckDBPyConnection,
+    form: Form,
+    recs: FormRecords,
+    export_id: str,
+    settings: IngestSettings,
+    consent: pl.DataFrame | None = None,
+    sha256: str = "",
+) -> LoadResult:
+    """Load one form's records into raw.<form>, stage.<form> and raw.quarantine (replacing that form's rows)."""
+    _check_study(recs, settings)
+    frame, ages = _age_from_birth_date(recs.frame, consent) if form.id == "dm" else (recs.frame, 0)
+    loaded = [f.name for f in form.loaded_fields]
+    # The allow-list: contract fields that are not identifiers, plus provenance. Nothing else is selected.
+    frame = frame.select(
+        pl.col(LINE).cast(pl.Int64),
+        *[pl.col(n).cast(pl.String) if n in frame.columns else pl.lit(None, dtype=pl.String).alias(n) for n in loaded],
+        *([pl.col(STUDY)] if STUDY in frame.columns else []),
+    )
+    text_fields = [f.name for f in form.loaded_fields if f.type == "text"]
+    frame, pii = _remove_pii(frame, text_fields)
+    extra = pl.concat(
+        [
+            recs.rejects.with_columns(pl.lit(None, dtype=pl.String).alias("SUBJID")).select(
+                LINE, "SUBJID", "column", "rule", "value", "message"
+            ),
+            *([pii] if pii.height else []),
+        ]
+    )
+    dropped = tuple(dict.fromkeys([*recs.identifier_columns, *[f.name for f in form.fields if f.identifier and f.name in recs.frame.columns]]))
+    checks, params = _checks(form, settings, STUDY in frame.columns)
+    cols = ", ".join(f"nullif(trim(\"{n}\", $ws), '') AS \"{n}\"" for n in loaded)
+    typed = ", ".join(_typed_expr(f) for f in form.loaded_fields)
+    key = ", ".join(f'"{k}"' for k in form.key)
+    scope = {"export_id": export_id, "form": form.id, "file": recs.file}
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS stage")
+    con.execute(QUARANTINE_DDL)
+    con.register("_src", frame.to_arrow())
+    con.register("_extra", extra.to_arrow())
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(
+            f"""CREATE OR REPLACE TABLE raw.{form.id} AS
+                SELECT $export_id::VARCHAR AS _export_id, $file::VARCHAR AS _file, _line::BIGINT AS _line, {cols}
+                FROM _src ORDER BY _line""",
+            {"export_id": export_id, "file": recs.file, "ws": WHITESPACE},
+        )
+        con.execute("DELETE FROM raw.quarantine WHERE export_id = $export_id AND form = $form", {"export_id": export_id, "form": form.id})
+        sql = f"""INSERT INTO raw.quarantine
+                  SELECT $export_id, $form, $file, q.* FROM ({' UNION ALL '.join(checks)}) q"""
+        con.execute(sql, _used({**params, **scope, "ws": WHITESPACE}, sql))
+        con.execute(
+            """INSERT INTO raw.quarantine
+               SELECT $export_id, $form, $file, _line, SUBJID, "column", rule, value, message FROM _extra""",
+            scope,
+        )
+        con.execute(
+            f"""CREATE OR REPLACE TABLE stage.{form.id} AS
+                SELECT _export_id, _file, _line, {typed} FROM raw.{form.id} r
+                ANTI JOIN (SELECT line FROM raw.quarantine WHERE export_id = $export_id AND form = $form) q ON r._line = q.line
+                ORDER BY {key}, _line""",
+            {"export_id": export_id, "form": form.id},
+        )
+        raw_rows = con.execute(f"SELECT count(*) FROM raw.{form.id}").fetchone()[0]
+        staged = con.execute(f"SELECT count(*) FROM stage.{form.id}").fetchone()[0]
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("_src")
+        con.unregister("_extra")
+    received = raw_rows + recs.rejects.height
+    return LoadResult(
+        form.id, recs.file, sha256, received, staged, received - staged, dropped,
+        recs.format, recs.encoding, recs.delimiter, ages, form.id in settings.forms,
+    )
+
+
+def not_collected(form: Form, settings: IngestSettings) -> FormRecords:
+    """The empty records of a form the study does not collect."""
+    return FormRecords(
+        form=form.id,
+        file="",
+        format="not collected",
+        frame=pl.DataFrame(schema={LINE: pl.Int64, **{f.name: pl.String for f in form.loaded_fields}}),
+    )
+
+
 def load_form(
     con: duckdb.DuckDBPyConnection,
     form: Form,
     path: Path,
     export_id: str,
-    codelists: ResolvedCodelists,
+    codelists: ResolvedCodelists | IngestSettings,
 ) -> LoadResult:
-    """Load one form file into raw.<form>, stage.<form> and raw.quarantine (replacing that form's rows)."""
-    if not path.is_file():
-        raise ExportFileError(f"{path.name}: file missing from export {export_id} (rule FILE-MISSING)")
-    header = check_header(form, path)
-    fields = [f for f in form.fields if not f.identifier]
-    dropped = tuple(h for h in header if form.field(h).identifier)
-    con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS stage")
-    con.execute(
-        """CREATE TABLE IF NOT EXISTS raw.quarantine (
-             export_id VARCHAR, form VARCHAR, file VARCHAR, line BIGINT, subjid VARCHAR,
-             "column" VARCHAR, rule VARCHAR, value VARCHAR, message VARCHAR)"""
-    )
-    # Every column read as text; file_row_number gives the provenance line (header is line 1).
-    read = (
-        "read_csv(?, header=true, all_varchar=true, delim=',', quote='\"', escape='\"', "
-        "strict_mode=true, null_padding=false, filename=false)"
-    )
-    cols = ", ".join(
-        f"nullif(trim(\"{f.name}\"), '') AS \"{f.name}\"" if f.name in header else f"NULL::VARCHAR AS \"{f.name}\""
-        for f in fields
-    )
-    try:
-        con.execute(
-            f"""CREATE OR REPLACE TABLE raw.{form.id} AS
-                SELECT ?::VARCHAR AS _export_id, ?::VARCHAR AS _file,
-                       (row_number() OVER () + 1)::BIGINT AS _line, {cols}
-                FROM {read}""",
-            [export_id, path.name, str(path)],
-        )
-    except duckdb.Error as exc:
-        raise ExportFileError(f"{path.name}: cannot be parsed as the {form.id} CSV (rule FILE-PARSE): {exc}") from exc
-    received = con.execute(f"SELECT count(*) FROM raw.{form.id}").fetchone()[0]
+    """Load one form's CSV file ``<folder>/<form>.csv``: :func:`clinical.sources.ingest_form` on its folder."""
+    from clinical.sources import ExportSource, ingest_form
 
-    # One quarantine row per (row, failed rule): required value missing, bad type, bad code, duplicate key.
-    # Rows sharing a key are all held back: which of them is right is the site's call, not ours.
-    # Messages and codelists are parameters: only contract field names (checked identifiers) enter the SQL text.
-    params: dict[str, object] = {"export_id": export_id, "form": form.id, "file": path.name}
-    checks = []
-    for f in fields:
-        col = f'"{f.name}"'
-        if f.required:
-            params[f"msg{len(checks)}"] = f"{f.label} is required"
-            checks.append(
-                f"SELECT _line, \"SUBJID\", '{f.name}', 'REQUIRED', {col}, $msg{len(checks)} "
-                f"FROM raw.{form.id} WHERE {col} IS NULL"
-            )
-        rule = _type_rule(f, codelists)
-        if rule is not None:
-            predicate, rule_id = rule
-            if f.type == "code":
-                params[f"{f.name}_codes"] = codelists.resolve(f.codelist)
-            params[f"msg{len(checks)}"] = f"{f.label}: value not allowed by rule {rule_id}"
-            checks.append(
-                f"SELECT _line, \"SUBJID\", '{f.name}', '{rule_id}', {col}, $msg{len(checks)} "
-                f"FROM raw.{form.id} WHERE {col} IS NOT NULL AND {predicate}"
-            )
-    key = ", ".join(f'"{k}"' for k in form.key)
-    params[f"msg{len(checks)}"] = f"key ({', '.join(form.key)}) occurs on more than one row"
-    checks.append(
-        f"SELECT _line, \"SUBJID\", '{'+'.join(form.key)}', 'DUPLICATE-KEY', concat_ws('|', {key}), "
-        f"$msg{len(checks)} FROM ("
-        f"SELECT *, count(*) OVER (PARTITION BY {key}) AS k FROM raw.{form.id}) WHERE k > 1"
+    settings = codelists if isinstance(codelists, IngestSettings) else IngestSettings(
+        study_id=codelists.values.get("@study_id", [""])[0], codelists=codelists
     )
-    con.execute("DELETE FROM raw.quarantine WHERE export_id = ? AND form = ?", [export_id, form.id])
-    con.execute(
-        f"""INSERT INTO raw.quarantine
-            SELECT $export_id, $form, $file, q.* FROM ({' UNION ALL '.join(checks)}) q""",
-        params,
-    )
-    typed = ", ".join(_typed_expr(f) for f in fields)
-    con.execute(
-        f"""CREATE OR REPLACE TABLE stage.{form.id} AS
-            SELECT _export_id, _file, _line, {typed} FROM raw.{form.id}
-            WHERE _line NOT IN (SELECT line FROM raw.quarantine WHERE export_id = ? AND form = ?)
-            ORDER BY {key}""",
-        [export_id, form.id],
-    )
-    staged = con.execute(f"SELECT count(*) FROM stage.{form.id}").fetchone()[0]
-    return LoadResult(form.id, path.name, sha256_file(path), received, staged, received - staged, dropped)
+    if path.name != form.file:
+        raise ValueError(f"{path}: the {form.id} form's file is {form.file}")
+    return ingest_form(con, form, ExportSource(path.parent, settings), export_id, settings)

@@ -36,7 +36,7 @@ import csv
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 
 import polars as pl
@@ -309,14 +309,25 @@ def nca_table(
     missing = {"subject", "time", "conc"} - set(df.columns)
     if missing:
         raise NcaError(f"missing column(s): {', '.join(sorted(missing))}")
+    # One pass over plain lists (a polars partition per subject costs more than the NCA itself).
+    ordered = df.select("subject", "time", "conc").with_row_index("_i").sort(["subject", "_i"])
+    subjects = ordered["subject"].to_list()
+    times = ordered["time"].to_list()
+    concs = ordered["conc"].to_list()
     rows = []
-    for (subject,), part in sorted(df.partition_by("subject", as_dict=True).items(), key=lambda kv: kv[0]):
+    start = 0
+    n = len(subjects)
+    while start < n:
+        subject = subjects[start]
+        end = start + 1
+        while end < n and subjects[end] == subject:
+            end += 1
         try:
-            res = nca_profile(part["time"].to_list(), part["conc"].to_list(), auc_method, blq, t_end)
+            res = nca_profile(times[start:end], concs[start:end], auc_method, blq, t_end)
         except NcaError as exc:
             raise NcaError(f"subject {subject}: {exc}") from None
-        d = asdict(res)
-        rows.append({"subject": subject, **{c: d[c] for c in NCA_COLUMNS}})
+        rows.append({"subject": subject, **{c: getattr(res, c) for c in NCA_COLUMNS}})
+        start = end
     schema: dict[str, pl.DataType] = {"subject": df.schema["subject"]}
     schema |= {c: pl.Int64 if c in ("n_obs", "lambda_z_n_points") else pl.Float64 for c in NCA_COLUMNS}
     return pl.DataFrame(rows, schema=schema)

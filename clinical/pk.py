@@ -97,13 +97,19 @@ def build_pk(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[str, int]
     ).pl()
     samples = samples.with_columns(pl.col("subject").cast(pl.String), pl.col("conc").cast(pl.Float64))
     nca = nca_table(samples, auc_method=cfg.pk.auc_method, t_end=cfg.pk.auc_window_days)
+    # Long form: one row per participant and parameter, in parameter order (built column-wise).
+    subjects = nca["subject"].to_list()
+    k = len(params)
     long = pl.DataFrame(
-        [
-            {"SUBJID": row["subject"], "PARAMCD": code, "PARAMN": i + 1, "PARAM": label, "AVAL": row[field],
-             "AVALU": unit}
-            for row in nca.iter_rows(named=True)
-            for i, (code, field, label, unit) in enumerate(params)
-        ],
+        {
+            "SUBJID": [s for s in subjects for _ in range(k)],
+            "PARAMCD": [code for _ in subjects for code, _f, _l, _u in params],
+            "PARAMN": [i + 1 for _ in subjects for i in range(k)],
+            "PARAM": [label for _ in subjects for _c, _f, label, _u in params],
+            "AVAL": [v for vals in zip(*(nca[field].to_list() for _c, field, _l, _u in params)) for v in vals]
+            if subjects else [],
+            "AVALU": [unit for _ in subjects for _c, _f, _l, unit in params],
+        },
         schema={"SUBJID": pl.String, "PARAMCD": pl.String, "PARAMN": pl.Int32, "PARAM": pl.String,
                 "AVAL": pl.Float64, "AVALU": pl.String},
     )

@@ -1,124 +1,690 @@
-"""Cross-form and protocol rules, as SQL over the staged forms and the analysis tables.
+"""Cross-form and protocol rules, as set-based SQL over the staged forms and the analysis tables.
 
-Each rule is a query returning the failing records (SUBJID, DETAIL). ERROR rules block every report
-that depends on the guarded table; WARN rules let the run finish and become data queries.
-Parameters come from the study configuration, never pasted into the SQL text.
+Each rule (:class:`Rule`) has an id (``XF-...``), a severity, the CRF form a data manager queries,
+the analysis asset it guards (its Dagster asset check runs on that asset), a description and one
+SELECT returning the failing records as three columns:
+
+  SUBJID      the participant
+  RECORD_KEY  which record of the participant, by its form key without SUBJID ("AESPID=3",
+              "EXTRT=FLUDARABINE, EXSTDAT=2024-07-17", "CRIT=ANC"); '' for a participant-level
+              record. Never a line number or a value that changes when the problem is fixed (where
+              the form key holds the value that gets corrected, another key is used: XF-LD-DAYS is
+              per agent, XF-PC-NO-TIMEPOINT per sample date): the stable query id is built from
+              rule id + SUBJID + RECORD_KEY (clinical/queries.py).
+  DETAIL      what is wrong, with the values, for the data manager.
+
+ERROR rules block every report that depends on the guarded table; WARN rules let the run finish
+and become data queries. Study-specific values (windows, doses, tolerances, visits) are query
+parameters (``$name``) taken from the study configuration by :func:`rule_parameters`, never pasted
+into the SQL text; the only names generated into SQL are CRF contract identifiers (form and field
+names from clinical/crf.py).
+
+Partial dates (CDASH ``YYYY-MM`` / ``YYYY``) are compared only when the order is certain: the
+macros ``pdate_lo`` / ``pdate_hi`` give the earliest / latest date a partial date can stand for,
+so "AE onset before consent" means even the latest possible onset lies before consent.
+
+The rule catalogue ``docs/validation-rules.md`` is generated from this module, the ingest rules
+and the Great Expectations suites (:func:`render_catalogue`; ``python -m clinical.rules`` rewrites
+it); tests/test_validation_catalogue.py fails when code and catalogue drift apart.
 """
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import duckdb
 
-from clinical.crf import FORMS
+from clinical.crf import FORMS, Form, form
 from clinical.study import StudyConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOGUE_PATH = Path("docs") / "validation-rules.md"
+SUITES_DIR = Path("expectations")
+RULE_COLUMNS = ("SUBJID", "RECORD_KEY", "DETAIL")
+
+Severity = Literal["ERROR", "WARN"]
 
 
 @dataclass(frozen=True)
 class Rule:
     id: str
-    severity: Literal["ERROR", "WARN"]
-    form: str
+    severity: Severity
+    form: str  # the CRF form the query is raised on
+    asset: str  # the guarded asset, "analysis/adsl"
     description: str
-    sql: str
+    sql: str  # SELECT SUBJID, RECORD_KEY, DETAIL of the failing records
+
+    @property
+    def asset_path(self) -> tuple[str, ...]:
+        return tuple(self.asset.split("/"))
+
+
+# Earliest / latest date a (possibly partial) CDASH date text stands for; NULL when not a date.
+RULE_MACROS = r"""
+CREATE OR REPLACE TEMP MACRO pdate_lo(s) AS CASE
+  WHEN regexp_full_match(s::VARCHAR, '\d{4}-\d{2}-\d{2}') THEN try_cast(s::VARCHAR AS DATE)
+  WHEN regexp_full_match(s::VARCHAR, '\d{4}-\d{2}') THEN try_cast(s::VARCHAR || '-01' AS DATE)
+  WHEN regexp_full_match(s::VARCHAR, '\d{4}') THEN try_cast(s::VARCHAR || '-01-01' AS DATE) END;
+CREATE OR REPLACE TEMP MACRO pdate_hi(s) AS CASE
+  WHEN regexp_full_match(s::VARCHAR, '\d{4}-\d{2}-\d{2}') THEN try_cast(s::VARCHAR AS DATE)
+  WHEN regexp_full_match(s::VARCHAR, '\d{4}-\d{2}') THEN last_day(try_cast(s::VARCHAR || '-01' AS DATE))
+  WHEN regexp_full_match(s::VARCHAR, '\d{4}') THEN try_cast(s::VARCHAR || '-12-31' AS DATE) END;
+"""
+
+
+def _record_key_expr(f: Form, fields: tuple[str, ...] | None = None, alias: str = "") -> str:
+    """SQL for the RECORD_KEY of a row of ``f``: its key fields other than SUBJID, "NAME=value, ..."."""
+    names = [k for k in (fields if fields is not None else f.key) if k != "SUBJID"]
+    if not names:
+        return "''"
+    return "concat_ws(', ', " + ", ".join(f"'{k}=' || coalesce({alias}\"{k}\"::VARCHAR, '')" for k in names) + ")"
 
 
 _ALL_SUBJECTS = " UNION ".join(
     f"SELECT '{f.id}' AS form, SUBJID FROM stage.{f.id}" for f in FORMS if f.id != "dm"
 )
 
+# "Nothing after death": every date field of every form, except the date of death itself and the
+# product release decision (a product may be released after the participant died). Lab results
+# are one record per visit (all tests of a visit share the sample date).
+_AFTER_DEATH_EXCLUDED = {("ds", "DTHDAT"), ("mfg", "RELDAT")}
+_AFTER_DEATH_KEYS = {"lb": ("VISIT",)}
+
+
+def _after_death_sql() -> str:
+    parts = []
+    for f in FORMS:
+        for fld in f.loaded_fields:
+            if fld.type != "date" or (f.id, fld.name) in _AFTER_DEATH_EXCLUDED:
+                continue
+            rk = _record_key_expr(f, _AFTER_DEATH_KEYS.get(f.id))
+            parts.append(
+                f"SELECT SUBJID, '{f.id}' AS form, {rk} AS rk, '{fld.name}' AS field, "
+                f"\"{fld.name}\"::VARCHAR AS d FROM stage.{f.id}"
+            )
+    return f"""SELECT x.SUBJID, trim(x.form || ' ' || x.rk) AS RECORD_KEY,
+         x.form || coalesce(' ' || nullif(x.rk, ''), '') || ': '
+           || string_agg(DISTINCT x.field || ' ' || x.d, ', ' ORDER BY x.field || ' ' || x.d)
+           || ' after death on ' || any_value(ds.DTHDAT) AS DETAIL
+       FROM ({' UNION ALL '.join(parts)}) x JOIN stage.ds ds USING (SUBJID)
+       WHERE ds.DTHDAT IS NOT NULL AND pdate_lo(x.d) > ds.DTHDAT
+       GROUP BY x.SUBJID, x.form, x.rk"""
+
+
+_AE_KEY = _record_key_expr(form("ae"), alias="a.")
+_LD_KEY = _record_key_expr(form("ld"), alias="l.")
+
 RULES: tuple[Rule, ...] = (
+    # ---- participants and enrolment (guard ADSL: every report depends on it)
     Rule(
         "XF-SUBJ-NOT-IN-DM",
         "ERROR",
         "dm",
-        "Every participant in any form exists in demographics.",
-        f"SELECT x.SUBJID, 'in form ' || x.form || ' but not in demographics' AS DETAIL "
+        "analysis/adsl",
+        "Every participant in any form exists in demographics (a participant whose demographics row is "
+        "quarantined is missing from every analysis table, so this blocks too).",
+        f"SELECT x.SUBJID, x.form AS RECORD_KEY, 'in form ' || x.form || ' but not in demographics'"
+        f" || CASE WHEN x.SUBJID IN (SELECT SUBJID FROM raw.dm WHERE SUBJID IS NOT NULL)"
+        f" THEN ' (its demographics row is quarantined, see raw.quarantine)' ELSE '' END AS DETAIL "
         f"FROM ({_ALL_SUBJECTS}) x ANTI JOIN stage.dm d USING (SUBJID)",
     ),
     Rule(
         "XF-INF-NOT-ENROLLED",
         "ERROR",
         "inf",
-        "An infused participant is enrolled with an assigned dose level.",
-        "SELECT i.SUBJID, 'infused but not enrolled with a dose level' AS DETAIL FROM stage.inf i "
-        "LEFT JOIN stage.enrol e USING (SUBJID) WHERE e.ENRLYN IS DISTINCT FROM 'Y' OR e.DOSELVL IS NULL",
+        "analysis/adsl",
+        "An infused participant is enrolled (ENRLYN = Y) with an assigned dose level.",
+        "SELECT i.SUBJID, '' AS RECORD_KEY, 'infused on ' || i.EXSTDAT || ' but not enrolled with a dose level' AS DETAIL "
+        "FROM stage.inf i LEFT JOIN stage.enrol e USING (SUBJID) "
+        "WHERE e.ENRLYN IS DISTINCT FROM 'Y' OR e.DOSELVL IS NULL",
+    ),
+    # ---- chronology of the treatment course
+    Rule(
+        "XF-CHRON-CONSENT-APHER",
+        "WARN",
+        "apher",
+        "analysis/adsl",
+        "Informed consent <= leukapheresis.",
+        "SELECT a.SUBJID, '' AS RECORD_KEY, "
+        "'leukapheresis ' || a.PRSTDAT || ' before informed consent ' || e.RFICDAT AS DETAIL "
+        "FROM stage.apher a JOIN stage.enrol e USING (SUBJID) WHERE a.PRSTDAT < e.RFICDAT",
     ),
     Rule(
-        "XF-CHRONOLOGY",
+        "XF-CHRON-APHER-LD",
+        "WARN",
+        "ld",
+        "analysis/adsl",
+        "Leukapheresis <= lymphodepletion start (first administration day; start <= end holds by "
+        "construction, the end being the last administration day).",
+        "SELECT l.SUBJID, '' AS RECORD_KEY, "
+        "'lymphodepletion start ' || min(l.EXSTDAT) || ' before leukapheresis ' || any_value(a.PRSTDAT) AS DETAIL "
+        "FROM stage.ld l JOIN stage.apher a USING (SUBJID) "
+        "GROUP BY l.SUBJID HAVING min(l.EXSTDAT) < any_value(a.PRSTDAT)",
+    ),
+    Rule(
+        "XF-CHRON-LD-INF",
         "WARN",
         "inf",
-        "Consent <= leukapheresis <= lymphodepletion start <= end < infusion.",
-        """SELECT SUBJID, concat_ws('; ',
-              CASE WHEN APHDT < RFICDT THEN 'leukapheresis ' || APHDT || ' before consent ' || RFICDT END,
-              CASE WHEN LDSTDT < APHDT THEN 'lymphodepletion ' || LDSTDT || ' before leukapheresis ' || APHDT END,
-              CASE WHEN TRTSDT <= LDENDT THEN 'infusion ' || TRTSDT || ' not after lymphodepletion end ' || LDENDT END
-           ) AS DETAIL
-           FROM analysis.adsl WHERE APHDT < RFICDT OR LDSTDT < APHDT OR TRTSDT <= LDENDT""",
+        "analysis/adsl",
+        "Lymphodepletion end (last administration day) < CAR-T infusion.",
+        "SELECT i.SUBJID, '' AS RECORD_KEY, "
+        "'infusion ' || i.EXSTDAT || ' not after lymphodepletion end ' || max(l.EXSTDAT) AS DETAIL "
+        "FROM stage.inf i JOIN stage.ld l USING (SUBJID) "
+        "GROUP BY i.SUBJID, i.EXSTDAT HAVING i.EXSTDAT <= max(l.EXSTDAT)",
     ),
+    Rule(
+        "XF-CHRON-AFTER-DEATH",
+        "WARN",
+        "ds",
+        "analysis/adsl",
+        "Nothing is dated after death: no date of any form (other than the product release decision) "
+        "lies after the date of death; a partial date only when even its earliest possible day does.",
+        _after_death_sql(),
+    ),
+    # ---- protocol: lymphodepletion and cell dose
     Rule(
         "XF-LD-DAYS",
         "WARN",
         "ld",
-        "Lymphodepletion is given on the protocol days before infusion (days -5 to -3 for IM83).",
-        "SELECT l.SUBJID, l.EXTRT || ' on day ' || (l.EXSTDAT - i.EXSTDAT) AS DETAIL "
+        "analysis/adsl",
+        "Lymphodepletion is given on the protocol days before infusion "
+        "(lymphodepletion.start_day to end_day, days -5 to -3 for IM83; day 0 = infusion).",
+        # One query per participant and agent (the date is what gets corrected, so it is not the key).
+        "SELECT l.SUBJID, 'EXTRT=' || l.EXTRT AS RECORD_KEY, l.EXTRT || ' given on day(s) outside '"
+        " || $ld_start || ' to ' || $ld_end || ': ' || string_agg(l.EXSTDAT || ' (day ' || (l.EXSTDAT - i.EXSTDAT) || ')', "
+        "', ' ORDER BY l.EXSTDAT) AS DETAIL "
         "FROM stage.ld l JOIN stage.inf i USING (SUBJID) "
-        "WHERE (l.EXSTDAT - i.EXSTDAT) NOT BETWEEN $ld_start AND $ld_end",
+        "WHERE (l.EXSTDAT - i.EXSTDAT) NOT BETWEEN $ld_start AND $ld_end GROUP BY l.SUBJID, l.EXTRT",
+    ),
+    Rule(
+        "XF-LD-DOSE",
+        "WARN",
+        "ld",
+        "analysis/adsl",
+        "Each lymphodepletion dose per m2 lies within lymphodepletion.dose_tolerance of the protocol dose "
+        "of its agent, in the protocol unit.",
+        f"""SELECT l.SUBJID, {_LD_KEY} AS RECORD_KEY,
+              l.EXTRT || ' ' || l.EXDOSE || ' ' || coalesce(l.EXDOSU, '(no unit)') || ' on ' || l.EXSTDAT
+              || ': protocol ' || g.DOSE || ' ' || g.UNIT || ' +/- ' || round(100 * $ld_tolerance, 1) || '%' AS DETAIL
+           FROM stage.ld l
+           JOIN (SELECT unnest($ld_agents) AS AGENT, unnest($ld_doses) AS DOSE, unnest($ld_units) AS UNIT) g
+             ON g.AGENT = l.EXTRT
+           WHERE abs(l.EXDOSE - g.DOSE) > $ld_tolerance * g.DOSE
+              OR lower(trim(l.EXDOSU)) IS DISTINCT FROM lower(g.UNIT)""",
     ),
     Rule(
         "XF-DOSE-TOLERANCE",
         "WARN",
         "inf",
-        "Cells infused lie within the configured tolerance of the dose level.",
-        "SELECT SUBJID, 'cells infused ' || CELLS || ' deviate ' || round(100 * DOSEDEV, 1) || '% from ' || DOSEA "
-        "AS DETAIL FROM analysis.adsl WHERE SAFFL = 'Y' AND abs(DOSEDEV) > $dose_tolerance",
+        "analysis/adsl",
+        "Cells infused lie within escalation.dose_tolerance of the participant's assigned dose level.",
+        """SELECT i.SUBJID, '' AS RECORD_KEY,
+              'cells infused ' || i.EXDOSE || ' deviate ' || round(100 * (i.EXDOSE / g.CELLS - 1), 1)
+              || '% from assigned ' || e.DOSELVL || ' (' || g.CELLS || ' cells; tolerance '
+              || round(100 * $dose_tolerance, 1) || '%)' AS DETAIL
+           FROM stage.inf i JOIN stage.enrol e USING (SUBJID)
+           JOIN (SELECT unnest($dose_ids) AS DOSE, unnest($dose_cells) AS CELLS) g ON g.DOSE = e.DOSELVL
+           WHERE abs(i.EXDOSE - g.CELLS) > $dose_tolerance * g.CELLS""",
+    ),
+    # ---- adverse events (guard ADAE)
+    Rule(
+        "XF-CHRON-AE-CONSENT",
+        "WARN",
+        "ae",
+        "analysis/adae",
+        "AE onset >= informed consent (AEs are collected from consent).",
+        f"SELECT a.SUBJID, {_AE_KEY} AS RECORD_KEY, "
+        "'AE ' || a.AESPID || ' (' || a.AETERM || ') onset ' || a.AESTDAT || ' before informed consent ' || e.RFICDAT "
+        "AS DETAIL FROM stage.ae a JOIN stage.enrol e USING (SUBJID) WHERE pdate_hi(a.AESTDAT) < e.RFICDAT",
+    ),
+    Rule(
+        "XF-CHRON-AE-END",
+        "WARN",
+        "ae",
+        "analysis/adae",
+        "AE end >= AE onset.",
+        f"SELECT a.SUBJID, {_AE_KEY} AS RECORD_KEY, "
+        "'AE ' || a.AESPID || ' (' || a.AETERM || ') ends ' || a.AEENDAT || ' before its onset ' || a.AESTDAT "
+        "AS DETAIL FROM stage.ae a WHERE pdate_hi(a.AEENDAT) < pdate_lo(a.AESTDAT)",
     ),
     Rule(
         "XF-DLT-OUTSIDE-WINDOW",
         "WARN",
         "ae",
-        "The investigator flags DLTs only inside the DLT window.",
-        "SELECT SUBJID, 'AE ' || AESPID || ' flagged DLT on protocol day ' || coalesce(ADY::VARCHAR, 'unknown') "
-        "AS DETAIL FROM analysis.adae WHERE AEDLT = 'Y' AND DLTFL = 'N'",
+        "analysis/adae",
+        "The investigator flags DLTs (AEDLT = Y) only for AEs with onset inside the DLT window "
+        "(day 0 to escalation.dlt_window_days).",
+        "SELECT a.SUBJID, " + _AE_KEY + " AS RECORD_KEY, "
+        "'AE ' || a.AESPID || ' flagged DLT with onset on protocol day ' || coalesce(a.ADY::VARCHAR, 'unknown') "
+        "|| ', outside the DLT window' AS DETAIL FROM analysis.adae a WHERE a.AEDLT = 'Y' AND a.DLTFL = 'N'",
     ),
     Rule(
         "XF-G5-NO-DEATH",
         "WARN",
         "ae",
-        "A grade-5 AE has a death record.",
-        "SELECT a.SUBJID, 'AE ' || a.AESPID || ' is grade 5 but no date of death is recorded' AS DETAIL "
-        "FROM analysis.adae a JOIN analysis.adsl s USING (SUBJID) WHERE a.ATOXGR = 5 AND s.DTHDT IS NULL",
+        "analysis/adae",
+        "A grade-5 AE has a death record (ds DTHDAT or DSDECOD DEATH).",
+        "SELECT a.SUBJID, " + _AE_KEY + " AS RECORD_KEY, "
+        "'AE ' || a.AESPID || ' (' || a.AETERM || ') is grade 5 but no death is recorded' AS DETAIL "
+        "FROM stage.ae a LEFT JOIN stage.ds d USING (SUBJID) "
+        "WHERE a.AETOXGR = 5 AND d.DTHDAT IS NULL AND d.DSDECOD IS DISTINCT FROM 'DEATH'",
+    ),
+    Rule(
+        "XF-DEATH-NO-G5",
+        "WARN",
+        "ds",
+        "analysis/adae",
+        "A death record has a grade-5 AE, unless the cause of death is one of "
+        "safety.death_causes_not_ae (default: disease progression).",
+        """SELECT d.SUBJID, '' AS RECORD_KEY,
+              'death on ' || coalesce(d.DTHDAT::VARCHAR, d.DSSTDAT::VARCHAR) || ' (cause: '
+              || coalesce(d.DTHCAUS, 'not recorded') || ') without a grade-5 AE' AS DETAIL
+           FROM stage.ds d
+           WHERE (d.DTHDAT IS NOT NULL OR d.DSDECOD = 'DEATH')
+             AND NOT list_contains($death_causes_not_ae, upper(trim(coalesce(d.DTHCAUS, ''))))
+             AND NOT EXISTS (SELECT 1 FROM stage.ae a WHERE a.SUBJID = d.SUBJID AND a.AETOXGR = 5)""",
     ),
     Rule(
         "XF-FATAL-NOT-SERIOUS",
         "WARN",
         "ae",
-        "A fatal AE is serious.",
-        "SELECT SUBJID, 'AE ' || AESPID || ' has outcome FATAL but is not serious' AS DETAIL "
-        "FROM analysis.adae WHERE AEOUT = 'FATAL' AND AESER <> 'Y'",
+        "analysis/adae",
+        "A fatal AE (outcome FATAL) is serious.",
+        "SELECT a.SUBJID, " + _AE_KEY + " AS RECORD_KEY, "
+        "'AE ' || a.AESPID || ' (' || a.AETERM || ') has outcome FATAL but is not serious' AS DETAIL "
+        "FROM stage.ae a WHERE a.AEOUT = 'FATAL' AND a.AESER IS DISTINCT FROM 'Y'",
     ),
     Rule(
         "XF-AE-NOT-CODED",
         "WARN",
         "ae",
+        "analysis/adae",
         "Every AE is MedDRA-coded (preferred term and system organ class).",
-        "SELECT SUBJID, 'AE ' || AESPID || ' (' || AETERM || ') is not MedDRA-coded' AS DETAIL "
-        "FROM analysis.adae WHERE AEDECOD IS NULL OR AEBODSYS IS NULL",
+        "SELECT a.SUBJID, " + _AE_KEY + " AS RECORD_KEY, "
+        "'AE ' || a.AESPID || ' (' || a.AETERM || ') is not MedDRA-coded: missing '"
+        " || concat_ws(' and ', CASE WHEN a.AEDECOD IS NULL THEN 'AEDECOD' END, "
+        "CASE WHEN a.AEBODSYS IS NULL THEN 'AEBODSYS' END) AS DETAIL "
+        "FROM stage.ae a WHERE a.AEDECOD IS NULL OR a.AEBODSYS IS NULL",
+    ),
+    # ---- CRS and ICANS (guard the re-derived grades)
+    Rule(
+        "XF-CRS-GRADE",
+        "WARN",
+        "ae",
+        "analysis/crs_icans",
+        "The investigator's CRS grade equals the ASTCT 2019 grade re-derived from the recorded items "
+        "(fever, hypotension, hypoxia, tocilizumab/steroids).",
+        "SELECT c.SUBJID, 'AESPID=' || c.AESPID AS RECORD_KEY, "
+        "'CRS AE ' || c.AESPID || ' graded ' || c.ATOXGR || ' by the investigator, ' || c.ASTCTGR "
+        "|| ' by ASTCT from the recorded items' AS DETAIL "
+        "FROM analysis.crs_icans c WHERE c.AECAT = 'CRS' AND c.AGREE = 'N'",
+    ),
+    Rule(
+        "XF-ICANS-GRADE",
+        "WARN",
+        "ae",
+        "analysis/crs_icans",
+        "The investigator's ICANS grade equals the ASTCT 2019 grade re-derived from the recorded items "
+        "(ICE score, consciousness, seizure, motor weakness, cerebral oedema).",
+        "SELECT c.SUBJID, 'AESPID=' || c.AESPID AS RECORD_KEY, "
+        "'ICANS AE ' || c.AESPID || ' graded ' || c.ATOXGR || ' by the investigator, ' || c.ASTCTGR "
+        "|| ' by ASTCT from the recorded items' AS DETAIL "
+        "FROM analysis.crs_icans c WHERE c.AECAT = 'ICANS' AND c.AGREE = 'N'",
+    ),
+    # ---- PK
+    Rule(
+        "XF-PC-NO-TIMEPOINT",
+        "WARN",
+        "pc",
+        "analysis/pharmacokinetics",
+        "A PK sample taken after the infusion day carries a post-infusion nominal time point "
+        "(a visit with a protocol day >= 0).",
+        # Keyed by the sample date: the time point is what gets corrected.
+        """SELECT p.SUBJID, 'PCDAT=' || p.PCDAT AS RECORD_KEY,
+              'PK sample of ' || p.PCDAT || ' (day ' || (p.PCDAT - i.EXSTDAT) || ') has time point '
+              || coalesce(p.PCTPT, 'none') || ', not a post-infusion time point' AS DETAIL
+           FROM stage.pc p JOIN stage.inf i USING (SUBJID)
+           LEFT JOIN (SELECT unnest($visit_ids) AS VISIT, unnest($visit_days) AS VISITDY) v ON v.VISIT = p.PCTPT
+           WHERE p.PCDAT > i.EXSTDAT AND (v.VISITDY IS NULL OR v.VISITDY < 0)""",
+    ),
+    # ---- eligibility (guard analysis.eligibility, clinical/eligibility.py)
+    Rule(
+        "XF-ELIG-DEVIATION",
+        "WARN",
+        "ie",
+        "analysis/eligibility",
+        "An enrolled participant meets every numeric inclusion criterion on the screening values "
+        "(thresholds from the study configuration); one who does not is a protocol deviation.",
+        "SELECT SUBJID, 'CRIT=' || CRIT AS RECORD_KEY, DVTERM AS DETAIL FROM analysis.protocol_deviations",
+    ),
+    Rule(
+        "XF-ELIG-NOT-EVALUABLE",
+        "WARN",
+        "ie",
+        "analysis/eligibility",
+        "Every inclusion criterion of an enrolled participant can be evaluated: the screening value "
+        "(and, for x ULN criteria, the lab's upper limit of normal) is recorded.",
+        "SELECT SUBJID, 'CRIT=' || CRIT AS RECORD_KEY, "
+        "'criterion ' || CRIT || ' (' || CRITLBL || ') cannot be evaluated: ' || NOTEVAL AS DETAIL "
+        "FROM analysis.eligibility WHERE ENRLYN = 'Y' AND MET IS NULL",
+    ),
+    Rule(
+        "XF-ELIG-IE-DISAGREE",
+        "WARN",
+        "ie",
+        "analysis/eligibility",
+        "The investigator's criterion assessment (ie IEYN) agrees with the criterion evaluated on the "
+        "screening values; every enrolled participant has an assessment of every criterion.",
+        """SELECT SUBJID, 'CRIT=' || CRIT AS RECORD_KEY,
+              CASE WHEN IEYN IS NULL THEN 'no investigator assessment (ie) of criterion ' || CRIT || ' (' || CRITLBL || ')'
+                   ELSE 'criterion ' || CRIT || ' (' || CRITLBL || '): investigator IEYN = ' || IEYN
+                        || ', screening value ' || coalesce(VALUE, 'missing') || ' against ' || THRESHOLD_TEXT
+                        || ' gives ' || MET END AS DETAIL
+           FROM analysis.eligibility
+           WHERE (IEYN IS NOT NULL AND MET IS NOT NULL AND IEYN <> MET) OR (IEYN IS NULL AND ENRLYN = 'Y')""",
     ),
 )
 
+RULES_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
+
 
 def rule_parameters(cfg: StudyConfig) -> dict[str, object]:
+    """Every ``$name`` a rule may use, from the study configuration."""
     return {
         "ld_start": cfg.lymphodepletion.start_day,
         "ld_end": cfg.lymphodepletion.end_day,
+        "ld_tolerance": cfg.lymphodepletion.dose_tolerance,
+        "ld_agents": [a.name for a in cfg.lymphodepletion.agents],
+        "ld_doses": [float(a.dose) for a in cfg.lymphodepletion.agents],
+        "ld_units": [a.unit for a in cfg.lymphodepletion.agents],
+        "dose_ids": cfg.dose_ids,
+        "dose_cells": [float(d.cells) for d in cfg.dose_levels],
         "dose_tolerance": cfg.escalation.dose_tolerance,
+        "visit_ids": [v.id for v in cfg.visits],
+        "visit_days": [v.day for v in cfg.visits],
+        "death_causes_not_ae": [c.strip().upper() for c in cfg.safety.death_causes_not_ae],
     }
 
 
-def run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, cfg: StudyConfig) -> list[tuple[str, str]]:
-    """The failing records of one rule, as (SUBJID, DETAIL), sorted."""
-    params = {k: v for k, v in rule_parameters(cfg).items() if f"${k}" in rule.sql}
-    return con.execute(f"SELECT SUBJID, DETAIL FROM ({rule.sql}) ORDER BY SUBJID, DETAIL", params).fetchall()
+def _used(sql: str, params: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
+
+
+def rule_sql(rule: Rule, cfg: StudyConfig) -> tuple[str, dict[str, object]]:
+    """The rule's SELECT (columns SUBJID, RECORD_KEY, DETAIL) and the parameters it uses."""
+    return (
+        (f"SELECT SUBJID::VARCHAR AS SUBJID, coalesce(RECORD_KEY, '')::VARCHAR AS RECORD_KEY, DETAIL::VARCHAR AS DETAIL "
+        f"FROM ({rule.sql})"),
+        _used(rule.sql, rule_parameters(cfg)),
+    )
+
+
+def create_rule_macros(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(RULE_MACROS)
+
+
+def run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, cfg: StudyConfig) -> list[tuple[str, str, str]]:
+    """The failing records of one rule, as (SUBJID, RECORD_KEY, DETAIL), sorted."""
+    create_rule_macros(con)
+    sql, params = rule_sql(rule, cfg)
+    return con.execute(f"{sql} ORDER BY SUBJID, RECORD_KEY, DETAIL", params).fetchall()
+
+
+# --------------------------------------------------------------------------------------------------
+# Ingest rules: quarantine (a record kept out of staging; a WARN data query INGEST-<rule>) and blocking
+# file problems (the raw/<form> step fails). Declared here for the catalogue; the ids are the ones the
+# ingest code raises or writes (ingest_rule_ids_in_code), and tests/test_validation_catalogue.py keeps
+# the two in step: a new ingest rule needs its line here.
+
+INGEST_RULES: dict[str, tuple[Severity, str]] = {
+    "FILE-MISSING": ("ERROR", "The form's file is in the export."),
+    "FILE-EMPTY": ("ERROR", "The file is not empty (it has a header line)."),
+    "FILE-ENCODING": ("ERROR", ("The file decodes as UTF-8 or as an encoding the study accepts (input.encodings, or "
+                               "declared in export.json).")),
+    "FILE-DELIMITER": ("ERROR", "Columns are separated by a delimiter the study accepts (input.delimiters)."),
+    "FILE-DUP-COLUMN": ("ERROR", "No column occurs twice in the header."),
+    "FILE-UNKNOWN-COLUMN": ("ERROR", "Every column of the header is in the form's contract."),
+    "FILE-MISSING-COLUMN": ("ERROR", "Every non-identifier column of the contract is in the header."),
+    "FILE-TRUNCATED": ("ERROR", ("The file is complete: no quoted value left open, no short last record without a "
+                                "final line break.")),
+    "FILE-FIELD-COUNT": ("ERROR", ("At least one data record has the header's number of fields (the data is separated "
+                                  "like the header).")),
+    "FILE-PARSE": ("ERROR", "The file (and export.json) parses in its format."),
+    "FILE-FORMAT": ("ERROR", "The export has one format (CSV, CDISC ODM or SDTM), with the study's mapping for it."),
+    "FILE-OTHER-STUDY": ("ERROR", "Not every record of the file belongs to another study."),
+    "INGEST-CSV-FIELD-COUNT": ("WARN", "A record has the header's number of fields; else it is quarantined with its text."),
+    "INGEST-REQUIRED": ("WARN", "A required field is not blank; the record is quarantined otherwise."),
+    "INGEST-SUBJID-VARIANT": ("WARN", ("SUBJID is written in the one spelling the EDC uses (not another case or with "
+                                      "spaces); else quarantined.")),
+    "INGEST-TYPE-ID": ("WARN", "SUBJID matches the participant id pattern site-number; else quarantined."),
+    "INGEST-TYPE-INT": ("WARN", ("An integer field holds a whole number (no unit, separator or decimal comma); "
+                                "else quarantined.")),
+    "INGEST-TYPE-FLOAT": ("WARN", ("A decimal field holds a plain decimal number (point separator, no unit); "
+                                  "else quarantined.")),
+    "INGEST-TYPE-DATE": ("WARN", ("A date field holds an ISO 8601 date on the calendar (partial where allowed); "
+                                 "else quarantined.")),
+    "INGEST-CODELIST": ("WARN", ("A coded field holds a value of its codelist (study codelists from the configuration); "
+                                "else quarantined.")),
+    "INGEST-RANGE": ("WARN", "A number lies within the contract's range for the field; else quarantined."),
+    "INGEST-TEXT-TOO-LONG": ("WARN", "Free text is at most input.max_text_chars characters; else quarantined."),
+    "INGEST-TEXT-FORMULA": ("WARN", "Free text does not start like a spreadsheet formula (=, +, -, @); else quarantined."),
+    "INGEST-TEXT-MARKUP": ("WARN", "Free text contains no HTML markup or script; else quarantined."),
+    "INGEST-PII-IN-TEXT": ("WARN", ("Free text holds no direct identifier (ID-card number, phone number, e-mail): "
+                                   "removed at ingest and quarantined.")),
+    "INGEST-OTHER-STUDY": ("WARN", "A record belongs to this study (STUDYID); else quarantined."),
+    "INGEST-DUPLICATE-KEY": ("WARN", "The form key occurs on one record only; every record sharing a key is quarantined."),
+}
+
+
+_RULE_ID = r"[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*"
+_NOT_INGEST = {"crf", "study", "rules", "queries", "eligibility"}
+
+
+def ingest_modules(root: Path | None = None) -> list[Path]:
+    """clinical/ingest.py, clinical/sources.py (the export readers) and every clinical module they import."""
+    base = (root or ROOT) / "clinical"
+    todo, seen = ["ingest", "sources"], []
+    while todo:
+        name = todo.pop()
+        path = base / f"{name}.py"
+        if name in seen or name in _NOT_INGEST or not path.is_file():
+            continue
+        seen.append(name)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clinical."):
+                todo.append(node.module.split(".", 1)[1])
+    return [base / f"{n}.py" for n in sorted(seen)]
+
+
+def _const(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def ingest_rule_ids_in_code(root: Path | None = None) -> dict[str, Severity]:
+    """The rule ids the ingest code can raise or write, read from its source (:func:`ingest_modules`):
+    blocking file rules (ERROR) and quarantine rules (WARN, as ``INGEST-<rule>``).
+
+    Blocking: a literal ``(rule X)`` in a message, or the rule argument of ``file_error(file, "X", ...)``.
+    Quarantine: the rule argument of the check builder ``add(column, "X", ...)``; the rule of a
+    ``return predicate, "X"``; ``pl.lit("X").alias("rule")``; ``{"rule": ["X"] ...}``; and a quoted
+    hyphenated id in SQL text (``'DUPLICATE-KEY'``).
+    """
+    blocking: set[str] = set()
+    quarantine: set[str] = set()
+    for path in ingest_modules(root):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr) and _const(n.body[0].value) is not None
+        }
+        for node in ast.walk(tree):
+            text = _const(node)
+            if text is not None and id(node) not in docstrings:
+                blocking.update(re.findall(rf"\(rule ({_RULE_ID})\)", text))
+                quarantine.update(re.findall(r"'([A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+)'", text))
+            if isinstance(node, ast.Call):
+                fname = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                arg1 = _const(node.args[1]) if len(node.args) > 1 else None
+                if fname == "file_error" and arg1:
+                    blocking.add(arg1)
+                elif fname == "add" and arg1 and re.fullmatch(_RULE_ID, arg1):
+                    quarantine.add(arg1)
+                elif fname == "alias" and node.args and _const(node.args[0]) == "rule":
+                    inner = node.func.value if isinstance(node.func, ast.Attribute) else None
+                    if isinstance(inner, ast.Call) and inner.args and _const(inner.args[0]):
+                        quarantine.add(_const(inner.args[0]))
+            elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple) and len(node.value.elts) == 2:
+                rid = _const(node.value.elts[1])
+                if rid and re.fullmatch(_RULE_ID, rid) and len(rid) > 2:
+                    quarantine.add(rid)
+            elif isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values):
+                    if _const(k) == "rule":
+                        quarantine.update(c for c in (_const(x) for x in ast.walk(v)) if c)
+    ids: dict[str, Severity] = {f"INGEST-{r}": "WARN" for r in quarantine - blocking}
+    ids.update({r: "ERROR" for r in blocking})
+    return ids
+
+
+# --------------------------------------------------------------------------------------------------
+# The rule catalogue (docs/validation-rules.md)
+
+
+def check_name(rule_id: str) -> str:
+    """The Dagster asset check name of a rule id ("XF-LD-DAYS" -> "xf_ld_days")."""
+    return re.sub(r"[^a-z0-9]+", "_", rule_id.lower()).strip("_")
+
+
+def gx_expectations(root: Path | None = None) -> list[tuple[str, dict]]:
+    """(form id, expectation) of every suite in expectations/, in form and suite order."""
+    import json
+
+    base = (root or ROOT) / SUITES_DIR
+    out = []
+    for f in FORMS:
+        suite = json.loads((base / f"{f.id}.json").read_text(encoding="utf-8"))
+        out.extend((f.id, e) for e in suite["expectations"])
+    return out
+
+
+def catalogue_ids(root: Path | None = None) -> set[str]:
+    """Every rule id that exists in code: cross-form rules, ingest rules and GX expectations."""
+    return (
+        {r.id for r in RULES}
+        | set(INGEST_RULES)
+        | {e["meta"]["rule_id"] for _, e in gx_expectations(root)}
+    )
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_catalogue(root: Path | None = None) -> str:
+    """docs/validation-rules.md: every rule with its id, severity, form, where it runs and its meaning."""
+    lines = [
+        "# Validation rules",
+        "",
+        ("<!-- Generated by clinical/rules.py (render_catalogue); do not edit by hand. "
+        "Regenerate with: python -m clinical.rules -->"),
+        "",
+        ("Every rule the pipeline applies to an export, with its id, severity, form and meaning. "
+        "`tests/test_validation_catalogue.py` fails when a rule exists in code without being listed "
+        "here, or the other way round."),
+        "",
+        "Severity:",
+        "",
+        ("- **ERROR** blocks: the Dagster asset check is blocking, so the reports that depend on the "
+        "guarded asset are not produced; `python -m pipelines run` exits 1 and prints the rule and the "
+        "first failing records. A blocking file rule fails the `raw/<form>` step itself."),
+        ("- **WARN** lets the run finish; every failing record becomes a data query "
+        "(`analysis.data_queries`, the data-queries workbook)."),
+        "",
+        "## Data queries",
+        "",
+        ("Every failing record of a WARN rule (cross-form rules, quarantined rows, Great Expectations "
+        "WARN rules) is a query in `analysis.data_queries` with a stable id: `Q-` and the first 10 hex "
+        "digits of SHA-256 over rule id, participant and record key (the form key of the record, never "
+        "a line number or a value), so the same problem in the next export keeps its id. Status across "
+        "data cuts (the previous cut's `trial.duckdb` is read): **Open** (failing, first seen now or "
+        "still failing), **Closed** (no longer failing; kept as a row), **Re-opened** (failing again "
+        "after it was closed). `DAYS_OPEN` = data cut (or the cut it was closed at) minus the cut it was "
+        "first seen at."),
+        "",
+        "## Cross-form and protocol rules",
+        "",
+        ("SQL in DuckDB over the staged forms and analysis tables (`clinical/rules.py`); each is its own "
+        "asset check on the asset it guards. Thresholds come from the study configuration."),
+        "",
+        "| Rule | Severity | Form | Asset check | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for r in RULES:
+        lines.append(
+            f"| `{r.id}` | {r.severity} | {r.form} | `{check_name(r.id)}` on `{r.asset}` | {_md(r.description)} |"
+        )
+    lines += [
+        "",
+        "## Ingest rules",
+        "",
+        ("Applied while loading each form file (`clinical/ingest.py`). File rules (ERROR) fail the "
+        "`raw/<form>` step; row rules (WARN) keep the row out of `stage.<form>` and put it in "
+        "`raw.quarantine` with file, line, column and value (asset check `<form>_quarantine_empty`); "
+        "each quarantined value is a data query with rule id `INGEST-<rule>`."),
+        "",
+        "| Rule | Severity | Form | Asset check | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for rid, (sev, meaning) in INGEST_RULES.items():
+        where = "step `raw/<form>`" if rid.startswith("FILE-") else "`<form>_quarantine_empty` on `raw/<form>`"
+        lines.append(f"| `{rid}` | {sev} | all | {where} | {_md(meaning)} |")
+    lines += [
+        "",
+        "## Form suites (Great Expectations)",
+        "",
+        ("One suite per CRF form in `expectations/<form>.json`, generated from the contract "
+        "(`clinical/contract_docs.py`), run by Great Expectations 1.x on the rows that passed ingest; "
+        "each expectation is its own asset check on `raw/<form>` (check name = rule id in lower case "
+        "with underscores). Study codelists (`@dose_levels`, `@sites`, ...) come from the study "
+        "configuration. Failing records of WARN expectations are data queries."),
+        "",
+    ]
+    current = None
+    for fid, e in gx_expectations(root):
+        if fid != current:
+            current = fid
+            lines += [
+                "",
+                f"### {fid}: {form(fid).title}",
+                "",
+                "| Rule | Severity | Form | Asset check | Meaning |",
+                "|---|---|---|---|---|",
+            ]
+        m = e["meta"]
+        lines.append(
+            f"| `{m['rule_id']}` | {m['severity']} | {fid} | `{check_name(m['rule_id'])}` on `raw/{fid}` | "
+            f"{_md(m['description'])} (`{e['type']}`) |"
+        )
+    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+
+
+def catalogue_rule_ids(text: str) -> set[str]:
+    """The rule ids listed in a catalogue document (first column of its tables)."""
+    return set(re.findall(r"^\| `([A-Z][A-Z0-9-]+)` \|", text, flags=re.MULTILINE))
+
+
+def write_catalogue(root: Path | None = None) -> Path:
+    path = (root or ROOT) / CATALOGUE_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_catalogue(root), encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":  # python -m clinical.rules
+    print(write_catalogue())

@@ -33,10 +33,10 @@ from deliverables.tables import (
     ReportTables,
     consistency_problems,
     decision_summary,
-    display_tables,
     flow_boxes,
     fmt_date,
     key_figures,
+    pdf_tables,
 )
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "report_templates"
@@ -133,7 +133,8 @@ def render_dsmb_html(
     sess = session.strip().capitalize()
     if sess not in SESSIONS:
         raise ValueError(f"session must be 'Open' or 'Closed', got {session!r}")
-    shown = display_tables(tables)
+    # Listings beyond the page budget are summarised here; the sponsor workbook lists them in full.
+    shown = pdf_tables(tables)
     numbered = _numbered(shown)
     figures = key_figures(tables)
     study = cfg.study

@@ -96,8 +96,8 @@ QUERIES: dict[str, str] = {
     "dose_escalation": """SELECT DOSE, DOSEN, DOSELBL, CELLS, ENROLLED, INFUSED, EVALUABLE, DLTS, PENDING,
                                  WINDOW_CLOSES, STATUS
                           FROM analysis.dose_escalation ORDER BY DOSEN, DOSE""",
-    "escalation_decision": """SELECT VARIANT, NEXT_DOSE, CONTINUE_TRIAL, MTD, MATURE, REASON
-                              FROM analysis.escalation_decision""",
+    # Every column: DETERMINED (FALSE when the engine could not decide, e.g. > 6 at a dose) is newer.
+    "escalation_decision": "SELECT * FROM analysis.escalation_decision",
     # Listings: analysis.adae / analysis.adsl rows as they are, only selected and ordered.
     "dlt_listing": """
         SELECT e.DOSEA, d.DOSEN AS DOSEAN_, s.DOSEP, e.SUBJID, e.AESPID, e.AETERM, e.AEDECOD, e.AEBODSYS,
@@ -197,6 +197,8 @@ class DisplayTable:
     empty_text: str = "No rows at this data cut."
     # Short sheet name for the workbook (<= 31 characters, no []:*?/\).
     sheet: str = ""
+    # A sentence shown above the table in the PDF (e.g. why a listing is summarised there).
+    intro: str = ""
 
     def __post_init__(self) -> None:
         if not self.row_styles:
@@ -362,6 +364,15 @@ def decision_summary(t: ReportTables) -> dict[str, str]:
             "maturity": "",
             "reason": "",
             "variant": "",
+        }
+    if d.get("DETERMINED") is False:
+        return {
+            "next_step": "No 3+3 decision: the participants treated do not follow a 3+3 path (see the reason); "
+            "the next step is for the DSMB to decide",
+            "mtd": "not determined",
+            "maturity": "",
+            "reason": d["REASON"] or "",
+            "variant": d["VARIANT"] or "",
         }
     if d["CONTINUE_TRIAL"]:
         if d["NEXT_DOSE"]:
@@ -671,6 +682,88 @@ def display_tables(t: ReportTables) -> list[DisplayTable]:
         layout_sae_listing(t),
         layout_deaths_listing(t),
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The PDF's page budget: long listings are summarised there and listed in full in the workbook
+
+# A listing longer than this is not printed row by row in the PDF (about three landscape pages):
+# the PDF shows a summary of it and the sponsor workbook the complete listing. At the demo's size
+# every listing is far below it; at 10,000 participants the SAE listing alone has thousands of rows,
+# which would be a PDF of hundreds of pages nobody reads (and minutes of WeasyPrint layout).
+PDF_LISTING_ROWS = 60
+# Rows of the summary: the most frequent values, then one line for all the others.
+SUMMARY_ROWS = 25
+# What a summarised listing is counted by (column header of the listing).
+SUMMARY_BY = {"dlt_listing": "Preferred term", "sae_listing": "Preferred term", "deaths": "Cause of death"}
+SUMMARY_UNIT = {"dlt_listing": "events", "sae_listing": "events", "deaths": "deaths"}
+
+
+def summarise_listing(d: DisplayTable, budget: int | None = None) -> DisplayTable:
+    """The PDF stand-in for a listing longer than ``budget`` rows: row counts by the listing's key
+    column (preferred term, cause of death) and dose level, most frequent first, with a note that
+    the full listing is in the sponsor workbook. Counted from the listing's own display rows, so
+    the summary and the workbook sheet cannot disagree."""
+    budget = PDF_LISTING_ROWS if budget is None else budget
+    by = SUMMARY_BY.get(d.id, d.columns[min(1, len(d.columns) - 1)])
+    key_col = d.columns.index(by) if by in d.columns else 0
+    subj_col = d.columns.index("Participant") if "Participant" in d.columns else None
+    doses: list[str] = []
+    counts: dict[str, dict[str, int]] = {}
+    people: set[Any] = set()
+    for row in d.rows:
+        dose = str(row[0]) if row[0] is not None else ""
+        if dose not in doses:
+            doses.append(dose)
+        key = "" if row[key_col] is None else str(row[key_col])
+        cell = counts.setdefault(key, {})
+        cell[dose] = cell.get(dose, 0) + 1
+        if subj_col is not None:
+            people.add(row[subj_col])
+    ranked = sorted(counts.items(), key=lambda kv: (-sum(kv[1].values()), kv[0].lower()))
+    shown, rest = ranked[:SUMMARY_ROWS], ranked[SUMMARY_ROWS:]
+    rows: list[list[Cell]] = []
+    styles: list[str] = []
+    for key, by_dose in shown:
+        rows.append([key or "(blank)"] + [by_dose.get(x, 0) for x in doses] + [sum(by_dose.values())])
+        styles.append("")
+    if rest:
+        other: dict[str, int] = {}
+        for _, by_dose in rest:
+            for x, n in by_dose.items():
+                other[x] = other.get(x, 0) + n
+        rows.append([f"All other ({len(rest)} {by.lower()} values)"] + [other.get(x, 0) for x in doses]
+                    + [sum(other.values())])
+        styles.append("indent")
+    rows.append(["Total"] + [sum(c.get(x, 0) for c in counts.values()) for x in doses] + [len(d.rows)])
+    styles.append("set")
+    unit = SUMMARY_UNIT.get(d.id, "rows")
+    who = f" of {len(people):,} participants" if subj_col is not None else ""
+    intro = (
+        f"This listing has {len(d.rows):,} {unit}{who}, more than the {budget} rows this report lists in full: "
+        f"the complete listing is in the sponsor workbook, sheet '{d.sheet}'. Below, the number of {unit} "
+        f"by {by.lower()} and dose level, most frequent first."
+    )
+    return DisplayTable(
+        id=d.id,
+        title=f"{d.title} (summary; complete listing in the sponsor workbook)",
+        columns=[by] + doses + ["Total"],
+        rows=rows,
+        row_styles=styles,
+        footnote=f"Counts are {unit} of the listing, by its {by.lower()} and dose level. About the listing: {d.footnote}",
+        kind=d.kind,
+        empty_text=d.empty_text,
+        sheet=d.sheet,
+        intro=intro,
+    )
+
+
+def pdf_tables(t: ReportTables, budget: int | None = None) -> list[DisplayTable]:
+    """The display tables as the PDF shows them: listings beyond ``budget`` rows (default
+    :data:`PDF_LISTING_ROWS`) summarised."""
+    budget = PDF_LISTING_ROWS if budget is None else budget
+    return [summarise_listing(d, budget) if d.kind == "listing" and len(d.rows) > budget else d
+            for d in display_tables(t)]
 
 
 # --------------------------------------------------------------------------------------------------

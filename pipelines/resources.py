@@ -77,6 +77,38 @@ class TrialResource(dg.ConfigurableResource):
         return study_codelists(self.cfg)
 
     @property
+    def study_root(self) -> Path:
+        """``<output root>/<study>``: the data-cut folders, the study lock, the audit log, the archive."""
+        return Path(self.output_root) / self.cfg.study.id
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """At run start: take the study lock (one writer per study), repair an interrupted publish, and
+        refuse a data cut frozen for a DSMB meeting. See ``pipelines.lock`` and ``pipelines.freeze``."""
+        from pipelines import lock
+        from pipelines.freeze import frozen_message, frozen_record
+        from pipelines.storage import recover
+
+        run_id = context.run_id if context.dagster_run else "?"
+        wait = float(os.environ.get("TRIAL_LOCK_WAIT_SECONDS", "0"))
+        lock.acquire(self.study_root, self.cfg.study.id, purpose=f"dagster run {run_id}", wait=wait)
+        try:
+            for line in recover(self.study_root):
+                context.log.warning(line)
+            frozen = frozen_record(self.final_dir)
+            if frozen:
+                raise dg.Failure(
+                    description=frozen_message(self.cfg.study.id, self.cut.isoformat(), frozen), allow_retries=False
+                )
+        except BaseException:
+            lock.release(self.study_root)
+            raise
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        from pipelines import lock
+
+        lock.release(self.study_root)
+
+    @property
     def final_dir(self) -> Path:
         """Where the outputs of this study and data cut live once a run has succeeded."""
         return Path(self.output_root) / self.cfg.study.id / self.cut.isoformat()

@@ -1,4 +1,10 @@
-"""``python -m pipelines run``: materialise the whole graph for one export through Dagster."""
+"""``python -m pipelines run``: materialise the whole graph for one export through Dagster.
+
+Exit status: 0 success; 1 a blocking check or a step failed (previous outputs unchanged);
+2 bad arguments; 3 another run of the study is writing (refused, nothing changed; ``--wait``
+queues behind it instead); 4 the data cut is frozen (refused, nothing changed).
+Every run, refused ones included, is appended to the study's audit log.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,15 @@ import dagster as dg
 from clinical.study import StudyConfigError, load_study
 from pipelines.resources import export_identity
 
+EXIT_BUSY = 3
+EXIT_FROZEN = 4
 
-def _instance() -> dg.DagsterInstance:
+
+def _instance(ephemeral: bool = False) -> dg.DagsterInstance:
     # With DAGSTER_HOME set (make run / make ui do), the run is recorded where the UI shows it.
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    if ephemeral or not os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.ephemeral()
+    return dg.DagsterInstance.get()
 
 
 def failed_checks(result: dg.ExecuteInJobResult) -> list[str]:
@@ -32,8 +43,39 @@ def failed_checks(result: dg.ExecuteInJobResult) -> list[str]:
     return lines
 
 
-def run_export(study: str, export: str, out: str, data_cut: str = "") -> int:
-    """Run the job; 0 on success, 1 when a blocking check or a step failed, 2 on bad arguments."""
+def _error_text(error) -> str:
+    """The step's error; after the retry policy gave up, the error of the last attempt."""
+    text = error.message.strip()
+    if error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
+        text = f"{error.cause.message.strip()} ({text.lower()})"
+    return text
+
+
+def _refusal(study_root: Path, status: str, message: str, trial_config: dict, cfg) -> None:
+    from pipelines import audit
+
+    try:
+        audit.append(
+            study_root,
+            {
+                "event": "run",
+                "status": status,
+                "study": cfg.study.id,
+                "data_cut": trial_config["data_cut"],
+                "export_dir": trial_config["export_dir"],
+                "config_path": cfg.config_path,
+                "config_sha256": cfg.config_sha256,
+                "started_at": audit.now_iso(),
+                "finished_at": audit.now_iso(),
+                "detail": {"message": message},
+            },
+        )
+    except Exception as exc:  # noqa: BLE001  the refusal must reach the user even if the log is unavailable
+        print(f"warning: could not append to the audit log: {exc}", file=sys.stderr)
+
+
+def run_export(study: str, export: str, out: str, data_cut: str = "", wait: float = 0.0, ephemeral: bool = False) -> int:
+    """Run the job; see the module docstring for the exit status."""
     try:
         cfg = load_study(study)
         export_dir = Path(export)
@@ -43,32 +85,57 @@ def run_export(study: str, export: str, out: str, data_cut: str = "") -> int:
     except (StudyConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from pipelines.definitions import defs
+    from pipelines import audit, lock
+    from pipelines.freeze import frozen_message, frozen_record
+    from pipelines.storage import recover
 
-    run_config = {
-        # The console shows warnings and failures; the full event log is in the Dagster instance.
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-        "resources": {
-            "trial": {
-                "config": {
-                    "study_config": str(Path(study).resolve()),
-                    "export_dir": str(export_dir.resolve()),
-                    "output_root": str(Path(out).resolve()),
-                    "data_cut": cut.isoformat(),
-                }
-            }
-        }
+    trial_config = {
+        "study_config": str(Path(study).resolve()),
+        "export_dir": str(export_dir.resolve()),
+        "output_root": str(Path(out).resolve()),
+        "data_cut": cut.isoformat(),
     }
-    job = defs.resolve_job_def("trial_job")
-    with _instance() as instance:
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    study_root = Path(out).resolve() / cfg.study.id
     final = Path(out) / cfg.study.id / cut.isoformat()
+    try:
+        lock.acquire(study_root, cfg.study.id, purpose=f"run of export {export_id}, data cut {cut}", wait=wait)
+    except lock.StudyBusyError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        _refusal(study_root, "REFUSED", str(exc), trial_config, cfg)
+        return EXIT_BUSY
+    try:
+        for line in recover(study_root):
+            print(f"recovered: {line}")
+        frozen = frozen_record(final)
+        if frozen:
+            message = frozen_message(cfg.study.id, cut.isoformat(), frozen)
+            print(f"refused: {message}", file=sys.stderr)
+            _refusal(study_root, "FROZEN", message, trial_config, cfg)
+            return EXIT_FROZEN
+        from pipelines.definitions import defs
+
+        run_config = {
+            # The console shows warnings and failures; the full event log is in the Dagster instance.
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            "resources": {"trial": {"config": trial_config}},
+        }
+        tags = {"trial/study": cfg.study.id, "trial/data_cut": cut.isoformat(), "trial/export_id": export_id,
+                "trial/launched_by": "cli"}
+        job = defs.resolve_job_def("trial_job")
+        with _instance(ephemeral) as instance:
+            result = job.execute_in_process(run_config=run_config, instance=instance, tags=tags, raise_on_error=False)
+            try:
+                audit.record_run(instance, result.run_id)
+            except Exception as exc:  # noqa: BLE001  a log problem must not mask the run's outcome
+                print(f"warning: could not append run {result.run_id} to the audit log: {exc}", file=sys.stderr)
+    finally:
+        lock.release(study_root)
     problems = failed_checks(result)
     if not result.success:
         print(f"run {result.run_id} for export {export_id} (data cut {cut}) FAILED", file=sys.stderr)
         for ev in result.all_events:
             if ev.is_step_failure:
-                print(f"step {ev.step_key} failed: {ev.event_specific_data.error.message.strip()}", file=sys.stderr)
+                print(f"step {ev.step_key} failed: {_error_text(ev.event_specific_data.error)}", file=sys.stderr)
         for line in problems:
             print(line, file=sys.stderr)
         print(f"previous outputs (if any) in {final} are unchanged", file=sys.stderr)

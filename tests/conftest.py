@@ -61,3 +61,15 @@ def copy_export(src: Path, dst: Path) -> Path:
     for p in dst.iterdir():
         os.chmod(p, 0o644)
     return dst
+
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when something outside the repository (shared data, a browser, a server) is absent, but
+    fail in CI, where .ci/run guarantees it."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)

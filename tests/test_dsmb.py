@@ -490,3 +490,46 @@ def test_missing_tables_strict_and_draft(tmp_path, cfg):
     assert draft.missing == ["dose_escalation", "escalation_decision"]
     html = render_dsmb_html(draft, cfg, DATA_CUT)
     assert "not available" in html.lower()
+
+
+# --------------------------------------------------------------------------------------------------
+# Page budget: long listings are summarised in the PDF and complete in the workbook
+
+
+def test_listing_beyond_the_page_budget_is_summarised(tables, cfg, monkeypatch):
+    from deliverables import tables as tbl
+
+    full = {t.id: t for t in tbl.display_tables(tables)}
+    sae = full["sae_listing"]
+    assert len(sae.rows) > 1
+    shown = {t.id: t for t in tbl.pdf_tables(tables, budget=1)}
+    summary = shown["sae_listing"]
+    assert summary.kind == "listing" and summary.sheet == sae.sheet
+    assert summary.columns[0] == "Preferred term" and summary.columns[-1] == "Total"
+    # Every listed event is counted once: the last row is the total of the listing.
+    assert summary.rows[-1][0] == "Total" and summary.rows[-1][-1] == len(sae.rows)
+    assert sum(r[-1] for r in summary.rows[:-1]) == len(sae.rows)
+    assert f"{len(sae.rows):,} events" in summary.intro and f"sheet '{sae.sheet}'" in summary.intro
+    # Within the budget a listing is shown row by row, as before.
+    assert {t.id: t.rows for t in tbl.pdf_tables(tables)} == {t.id: t.rows for t in full.values()}
+    monkeypatch.setattr(tbl, "PDF_LISTING_ROWS", 1)
+    html = render_dsmb_html(tables, cfg, DATA_CUT)
+    assert "complete listing is in the sponsor workbook" in html
+    assert "(summary; complete listing in the sponsor workbook)" in html
+
+
+def test_summary_keeps_the_most_frequent_terms_and_counts_the_rest(monkeypatch):
+    from deliverables import tables as tbl
+
+    rows = [["DL1", f"01-{i:03d}", "1", "t", f"Term {i % 40:02d}", "SOC", "2025-01-01", 1, 3, "", "", "Yes", "No"]
+            for i in range(200)]
+    listing = tbl.DisplayTable(id="sae_listing", title="Listing of serious adverse events",
+                               columns=["Dose level", "Participant", "AE no.", "Reported term", "Preferred term",
+                                        "System organ class", "Onset date", "Day", "Grade", "Relationship",
+                                        "Outcome", "TEAE", "DLT"],
+                               rows=rows, kind="listing", sheet="SAE listing")
+    s = tbl.summarise_listing(listing, budget=60)
+    assert len(s.rows) == tbl.SUMMARY_ROWS + 2  # the most frequent, "All other", Total
+    assert s.rows[-2][0].startswith("All other (15 ")
+    assert s.rows[-1] == ["Total", 200, 200]
+    assert "200 events of 200 participants" in s.intro

@@ -210,3 +210,68 @@ def test_examples_are_capped_at_20(codelists):
     rows = [{**ae_rows()[0], "AESPID": str(i), "AESER": "maybe"} for i in range(1, 31)]
     o = _one_failure(codelists, "ae", rows, "GX-AE-AESER-CODELIST")
     assert o.unexpected_count == 30 and len(o.examples) == 20 and len(o.rows) == 20
+
+
+# --------------------------------------------------------------------------------------------------
+# Large frames: GX validates the suspect rows and a sample; the outcome must be GX's on the whole frame
+
+
+def _big_ae(n: int = 60) -> list[dict]:
+    base = ae_rows()[0]
+    return [{**base, "SUBJID": f"01-{i // 5 + 1:03d}", "AESPID": str(i % 5 + 1)} for i in range(n)]
+
+
+def _plain(outcomes):
+    import dataclasses
+
+    return [dataclasses.replace(o, gx_rows=None) for o in outcomes]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {},  # nothing wrong
+        {7: {"AETOXGR": "7"}, 31: {"AETOXGR": "G3"}},  # range (numeric copy) and format
+        {3: {"AETERM": None}, 44: {"AESER": "maybe"}, 50: {"AESTDAT": "2025-02-30"}},  # not-null, codelist, date
+        {10: {"AESPID": "1", "SUBJID": "01-001"}},  # duplicated key (compound unique)
+        {i: {"AESER": "maybe"} for i in range(0, 60, 2)},  # many failures: examples capped at 20
+    ],
+)
+def test_reduced_frame_gives_the_whole_frame_outcome(codelists, monkeypatch, damage):
+    rows = _big_ae()
+    for i, change in damage.items():
+        rows[i] = {**rows[i], **change}
+    suite = suite_for("ae", codelists)
+    df = frame(rows, "ae")
+    whole = runner.run_suite(suite, df)
+    assert whole[0].gx_rows == len(rows)
+    monkeypatch.setattr(runner, "FULL_GX_ROWS", 10)
+    monkeypatch.setattr(runner, "SAMPLE_ROWS", 5)
+    reduced = runner.run_suite(suite, df)
+    assert reduced[0].gx_rows < len(rows)  # GX saw the suspect rows and the sample only
+    assert _plain(reduced) == _plain(whole)
+
+
+def test_reduced_frame_falls_back_when_the_prefilter_misses_a_row(codelists, monkeypatch):
+    rows = _big_ae()
+    rows[0] = {**rows[0], "AESER": "maybe"}  # row 0 is always in the sample
+    suite = suite_for("ae", codelists)
+    df = frame(rows, "ae")
+    monkeypatch.setattr(runner, "FULL_GX_ROWS", 10)
+    monkeypatch.setattr(runner, "SAMPLE_ROWS", 5)
+    real = runner._suspect
+
+    def blind(exp, fr):  # a pre-filter that misses every failing value
+        return pl.lit(False) if exp["meta"]["rule_id"] == "GX-AE-AESER-CODELIST" else real(exp, fr)
+
+    monkeypatch.setattr(runner, "_suspect", blind)
+    outcomes = runner.run_suite(suite, df)
+    assert outcomes[0].gx_rows == len(rows)  # the check caught it: GX validated the whole frame
+    o = by_rule(outcomes)["GX-AE-AESER-CODELIST"]
+    assert (o.success, o.unexpected_count, o.row_indices) == (False, 1, [0])
+
+
+def test_warm_up_in_background_is_idempotent():
+    runner.warm_up_in_background()
+    runner.warm_up_in_background()
+    assert runner._gx() is runner._gx()

@@ -70,7 +70,7 @@ def test_partial_dates_are_kept_where_allowed(tmp_path):
     base = ["01-001", "1", "Fatigue", "Fatigue", "General disorders and administration site conditions", "OTHER"]
     tail = ["", "1", "N", "NOT RELATED", "RECOVERED/RESOLVED", "N", "", "", "", "", "", "", "", ""]
     rows = [base[:1] + ["1"] + base[2:] + ["2025-03"] + tail, base[:1] + ["2"] + base[2:] + ["2025-13"] + tail]
-    con, res = _load(tmp_path, "ae", header + "".join(",".join(r) + "\n" for r in rows))
+    con, _ = _load(tmp_path, "ae", header + "".join(",".join(r) + "\n" for r in rows))
     assert con.execute("SELECT AESPID, AESTDAT FROM stage.ae").fetchall() == [(1, "2025-03")]
     assert con.execute('SELECT line, rule FROM raw.quarantine').fetchall() == [(3, "TYPE-DATE")]
 

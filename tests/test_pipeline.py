@@ -152,3 +152,19 @@ def test_missing_form_file_fails_naming_the_file(demo_run, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert rc == 1
     assert "lb.csv: file missing from export nolab (rule FILE-MISSING)" in err
+
+
+def test_dlt_rules_and_astct_grades_agree_with_truth(demo_run, db):
+    truth = {p["SUBJID"]: p for p in demo_run.truth["participants"] if p["infused"]}
+    # Every simulated DLT meets a configured DLT rule and no other participant does.
+    candidates = {r[0] for r in db.execute("SELECT DISTINCT SUBJID FROM analysis.dlt_candidates").fetchall()}
+    assert candidates == {s for s, p in truth.items() if p["dlt"]}
+    assert db.execute("SELECT count(*) FROM analysis.dlt_review WHERE AGREEFL = 'N'").fetchone()[0] == 0
+    # The ASTCT grade re-derived from the recorded items equals the simulated maximum grade.
+    for cat, key in (("CRS", "max_crs_grade"), ("ICANS", "max_icans_grade")):
+        got = dict(
+            db.execute(
+                "SELECT SUBJID, max(ASTCTGR) FROM analysis.crs_icans WHERE AECAT = ? GROUP BY SUBJID", [cat]
+            ).fetchall()
+        )
+        assert {s: got.get(s, 0) for s in truth} == {s: p[key] for s, p in truth.items()}, cat

@@ -249,3 +249,40 @@ def test_queries_workbook_by_status(db, cfg, tmp_path):
     assert closed.value == "=cmd|' /C calc'!A0" and closed.data_type == "s"
     assert [r[0] for r in wb["Re-opened"].iter_rows(min_row=FIRST_DATA_ROW, values_only=True)] == ["Q-3"]
     assert again.read_bytes() == path.read_bytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# A listing longer than an Excel sheet continues on numbered sheets (the PDF summarises it)
+
+
+def test_listing_longer_than_a_sheet_continues_on_numbered_sheets(tables, cfg, tmp_path, monkeypatch):
+    from deliverables import workbooks
+
+    sae = next(t for t in display_tables(tables) if t.id == "sae_listing")
+    assert len(sae.rows) >= 3
+    monkeypatch.setattr(workbooks, "SHEET_DATA_ROWS", 2)
+    path = write_sponsor_workbook(tables, cfg, DATA_CUT, tmp_path / "split.xlsx")
+    wb = load_workbook(path)
+    parts = [n for n in wb.sheetnames if n == "SAE listing" or n.startswith("SAE listing (")]
+    assert len(parts) == -(-len(sae.rows) // 2)
+    got = []
+    for name in parts:
+        ws = wb[name]
+        assert "part" in ws["A1"].value and "Data cut-off: 2025-12-31" in ws["A1"].value
+        got += [list(r) for r in ws.iter_rows(min_row=FIRST_DATA_ROW, max_col=len(sae.columns), values_only=True)]
+    assert [[cell_text(v) for v in r] for r in got] == [[cell_text(v) for v in r] for r in sae.rows]
+    cover = [r for r in wb["Contents"].iter_rows(values_only=True)]
+    assert sum(1 for r in cover if r[0] in parts) == len(parts)
+
+
+def test_queries_longer_than_a_sheet_continue_on_numbered_sheets(db, cfg, tmp_path, monkeypatch):
+    from deliverables import workbooks
+
+    monkeypatch.setattr(workbooks, "SHEET_DATA_ROWS", 2)
+    con = duckdb.connect(str(db), read_only=True)
+    path = write_queries_workbook(con, cfg, DATA_CUT, tmp_path / "q.xlsx")
+    con.close()
+    wb = load_workbook(path)
+    assert wb.sheetnames[:3] == ["Contents", "Open", "Open (2)"]
+    rows = [r for n in ("Open", "Open (2)") for r in wb[n].iter_rows(min_row=FIRST_DATA_ROW, values_only=True)]
+    assert len(rows) == 3

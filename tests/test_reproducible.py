@@ -1,0 +1,65 @@
+"""Re-running an export gives byte-identical outputs, DuckDB file included (a different output root
+and a different export folder path do not matter: nothing comes from the clock or from paths)."""
+
+import hashlib
+import json
+import shutil
+
+import duckdb
+from conftest import DEMO_CUT, STUDY
+
+from pipelines.freeze import compare_dirs, compare_manifests
+from pipelines.storage import database_identifier
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_rerun_reproduces_every_output_byte_for_byte(demo_run, tmp_path, monkeypatch):
+    from pipelines.run import run_export
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    # The same export at another place (same folder name: it is the export id) into another output root.
+    export = shutil.copytree(demo_run.export, tmp_path / "elsewhere" / demo_run.export.name)
+    assert run_export(str(STUDY), str(export), str(tmp_path / "out"), DEMO_CUT) == 0
+    again = tmp_path / "out" / "IM83" / DEMO_CUT
+    first = json.loads((demo_run.final / "manifest.json").read_text())
+    second = json.loads((again / "manifest.json").read_text())
+    names = [o["path"] for o in first["outputs"]]
+    diffs, same = compare_dirs(demo_run.final, again, names)
+    assert diffs == [], "\n".join(diffs)
+    assert sorted(same) == sorted(names) and "trial.duckdb" in same
+    data, notes = compare_manifests(first, second)
+    # Only the code fingerprint may differ (other engineers edit the working tree during the session).
+    assert data == [] and all("code_sha256" in n for n in notes), data + notes
+
+
+def test_the_database_is_canonical_and_opens(demo_run):
+    db = demo_run.final / "trial.duckdb"
+    manifest = json.loads((demo_run.final / "manifest.json").read_text())
+    header = db.read_bytes()[:4096]
+    seed = f"IM83|{DEMO_CUT}|{manifest['export_sha256']}"
+    assert header[124:140] == database_identifier(seed), "identifier not derived from study, cut and export"
+    assert {o["role"]: o["sha256"] for o in manifest["outputs"]}["database"] == _sha(db)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM analysis.adsl").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM duckdb_tables()").fetchone()[0] > 20
+    finally:
+        con.close()
+    assert not db.with_name("trial.duckdb.wal").exists()
+    assert _sha(db) == {o["role"]: o["sha256"] for o in manifest["outputs"]}["database"], "reading changed the file"
+
+
+def test_pdf_and_workbook_dates_come_from_the_data_cut(demo_run):
+    from pypdf import PdfReader
+
+    meta = PdfReader(demo_run.final / "dsmb_report.pdf").metadata
+    assert meta["/CreationDate"].startswith("D:20251231000000") and meta["/ModDate"].startswith("D:20251231000000")
+    import zipfile
+
+    for name in ("sponsor_workbook.xlsx", "data_queries.xlsx"):
+        with zipfile.ZipFile(demo_run.final / name) as z:
+            assert "2025-12-31T00:00:00Z" in z.read("docProps/core.xml").decode()
+            assert {i.date_time for i in z.infolist()} == {(2025, 12, 31, 0, 0, 0)}
