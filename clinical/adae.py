@@ -7,6 +7,8 @@
   ``safety.date_imputation`` sets the highest level: 'M' (default, admiral's template) or 'D' (a
   year-only date stays missing, as in the CDISC pilot ADAE).
 - WORSTFL: the participant's worst-graded occurrence of each preferred term.
+- RELFL: related to the product when the causality is among ``safety.related_values``, or missing
+  (conservative, until the site answers the query).
 - ADY: protocol day relative to infusion, day 0 = infusion (CAR-T convention).
   ASTDY: CDISC study day relative to infusion, which has no day 0 (day 1 = infusion day).
 - APERIOD: PRE-TREATMENT (consent to before lymphodepletion), LYMPHODEPLETION (from its start to
@@ -38,7 +40,8 @@ SELECT
   STUDYID_ADSL.STUDYID, a.SUBJID, a.AESPID, a.AETERM, a.AEDECOD, a.AEBODSYS, a.AECAT,
   a.AESTDAT AS AESTDTC, a.ASTDT, a.ASTDTF, a.AEENDAT AS AEENDTC, a.AENDT, a.AENDTF,
   a.AETOXGR AS ATOXGR, a.AESER, a.AEREL,
-  CASE WHEN list_contains($related, a.AEREL) THEN 'Y' ELSE 'N' END AS RELFL,
+  -- A missing causality counts as related (conservative; rule XF-AE-NO-CAUSALITY queries it).
+  CASE WHEN a.AEREL IS NULL OR list_contains($related, a.AEREL) THEN 'Y' ELSE 'N' END AS RELFL,
   a.AEOUT, a.AEDLT,
   a.AEFEVER, a.AEHYPOT, a.AEHYPOX, a.AEICE, a.AECONSC, a.AESEIZ, a.AEMOTOR, a.AEEDEMA,
   a.DOSEA, a.DOSEAN, a.SAFFL, a.TRTSDT,

@@ -249,7 +249,8 @@ FORMS: tuple[Form, ...] = (
             Field("AEENDAT", "date", "End date", required=False, partial=True),
             Field("AETOXGR", "int", "Grade (CTCAE; ASTCT for CRS and ICANS)", min=1, max=5),
             Field("AESER", "code", "Serious", codelist=YN),
-            Field("AEREL", "code", "Relationship to IM83 CAR-T", codelist=RELATIONSHIP),
+            # Blank is allowed (and queried): the AE still counts, analysed as related until answered.
+            Field("AEREL", "code", "Relationship to IM83 CAR-T", required=False, codelist=RELATIONSHIP),
             Field("AEOUT", "code", "Outcome", codelist=OUTCOME),
             Field("AEDLT", "code", "Investigator: dose-limiting toxicity", codelist=YN),
             Field("AEFEVER", "code", "CRS: fever >= 38 C", required=False, codelist=YN),

@@ -310,6 +310,16 @@ RULES: tuple[Rule, ...] = (
         "CASE WHEN a.AEBODSYS IS NULL THEN 'AEBODSYS' END) AS DETAIL "
         "FROM stage.ae a WHERE a.AEDECOD IS NULL OR a.AEBODSYS IS NULL",
     ),
+    Rule(
+        "XF-AE-NO-CAUSALITY",
+        "WARN",
+        "ae",
+        "analysis/adae",
+        "Every AE has the investigator's causality; a missing one is analysed as related until answered.",
+        "SELECT a.SUBJID, " + _AE_KEY + " AS RECORD_KEY, "
+        "'AE ' || a.AESPID || ' (' || a.AETERM || ') has no relationship to IM83 recorded' AS DETAIL "
+        "FROM stage.ae a WHERE a.AEREL IS NULL",
+    ),
     # ---- CRS and ICANS (guard the re-derived grades)
     Rule(
         "XF-CRS-GRADE",

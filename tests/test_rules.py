@@ -153,6 +153,8 @@ BREAKING = [
          (("01-003", "AESPID=8"),), "has outcome FATAL but is not serious"),
     Case("XF-AE-NOT-CODED", ("UPDATE stage.ae SET AEBODSYS = NULL WHERE SUBJID = '01-001' AND AESPID = 4",),
          (("01-001", "AESPID=4"),), "is not MedDRA-coded: missing AEBODSYS"),
+    Case("XF-AE-NO-CAUSALITY", ("UPDATE stage.ae SET AEREL = NULL WHERE SUBJID = '01-001' AND AESPID = 4",),
+         (("01-001", "AESPID=4"),), "has no relationship to IM83 recorded"),
     Case("XF-CRS-GRADE", ("UPDATE stage.ae SET AETOXGR = 3 WHERE SUBJID = '01-001' AND AESPID = 3",),
          (("01-001", "AESPID=3"),), "CRS AE 3 graded 3 by the investigator, 1 by ASTCT"),
     Case("XF-ICANS-GRADE", ("UPDATE stage.ae SET AEICE = 2 WHERE SUBJID = '01-001' AND AESPID = 5",),

@@ -218,17 +218,19 @@ def test_asset_graph_in_headless_chromium(demo_run, tmp_path, monkeypatch):
             "return {nodes: n, missing: missing, green: green, bottom: bottom, height: window.innerHeight};"
         )
         graph_url = f"{base}/asset-groups?expanded={urllib.parse.quote(EXPANDED)}"
-        browser.get(graph_url)
-        try:
-            state = browser.wait_for(f"const s = (function() {{ {script} }})(); return s.missing.length || !s.green ? null : s;",
-                                     timeout=60, what="every asset on the graph, materialized")
-        except TimeoutError:
-            # Nodes outside the window are not rendered: make the window as tall as the graph, look again.
-            state = browser.js(f"return (function() {{ {script} }})();")
-            browser.size(1920, int(max(state["bottom"], state["height"]) + 400))
+        ready = f"const s = (function() {{ {script} }})(); return s.missing.length || !s.green ? null : s;"
+        # Nodes outside the window are not rendered: if the graph has outgrown the window, a taller one.
+        for attempt, height in enumerate((4200, 6500, 9000)):
+            if attempt:
+                browser.size(1920, height)
             browser.get(graph_url)
-            state = browser.wait_for(f"const s = (function() {{ {script} }})(); return s.missing.length || !s.green ? null : s;",
-                                     timeout=90, what=f"every asset on the graph, materialized (missing: {state['missing']})")
+            try:
+                state = browser.wait_for(ready, timeout=60, what="every asset on the graph, materialized")
+                break
+            except TimeoutError:
+                state = browser.js(f"return (function() {{ {script} }})();")
+                if height == 9000:
+                    raise AssertionError(f"not on the graph: {state['missing']}; all materialized: {state['green']}")
         shot = browser.screenshot(SHOTS / "asset-graph.png")
         by_group = {g: sorted(n for gg, n in state["nodes"] if gg == g) for g in GROUPS}
         from clinical.crf import FORM_IDS
