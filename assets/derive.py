@@ -71,7 +71,7 @@ def participant_flow(trial: TrialResource) -> dg.MaterializeResult:
         counts = build_flow(con)
         bad = funnel_violations(con)
     if bad:
-        raise dg.Failure(description=f"participant flow increases down the funnel: {bad}")
+        raise dg.Failure(description=f"participant flow increases down the funnel: {bad}", allow_retries=False)
     return dg.MaterializeResult(metadata={"dagster/row_count": counts["participant_flow"], **counts})
 
 

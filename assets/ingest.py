@@ -41,7 +41,7 @@ def export_source(trial: TrialResource) -> tuple[ExportSource, IngestSettings]:
 
 def _fail(exc: ExportFileError) -> dg.Failure:
     # A blocking file problem: fail the step with the message a data manager can act on.
-    return dg.Failure(description=str(exc), metadata={"rule": str(exc)})
+    return dg.Failure(description=str(exc), metadata={"rule": str(exc)}, allow_retries=False)
 
 
 @dg.asset(

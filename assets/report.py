@@ -84,7 +84,11 @@ def registry_results(context: dg.AssetExecutionContext, trial: TrialResource) ->
     if not RRS_XSD.is_file():
         context.log.warning(f"{RRS_XSD} not found: PRS XML written but not validated against the schema")
     if xml_errors:
-        raise dg.Failure(description="PRS XML does not validate against RRSUploadSchema.xsd", metadata={"errors": dg.MetadataValue.json(xml_errors[:20])})
+        raise dg.Failure(
+            description="PRS XML does not validate against RRSUploadSchema.xsd",
+            metadata={"errors": dg.MetadataValue.json(xml_errors[:20])},
+            allow_retries=False,
+        )
     findings = registry.precheck(section, xml_errors, cfg=trial.cfg, actual_enrollment=enrolled)
     _path(trial, "registry_json").write_bytes(registry.results_json(section, trial.cfg))
     _path(trial, "registry_xml").write_bytes(xml)

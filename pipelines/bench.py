@@ -70,7 +70,7 @@ PER_SITE = 999  # SUBJID pattern ss-nnn
 FLOOR_REPEATS = 3
 SAMPLE_S = 0.01
 
-# The targets, at N = 10,000 on 2 cores / 24 GB (the demo target at the 18-participant demo).
+# The targets, at N = 10,000 on 2 cores / 24 GB (the demo target on the demo export).
 TARGET_IVD_X_FLOOR = 4.0
 TARGET_TOTAL_X_FLOOR = 6.0
 TARGET_PEAK_RSS_MB = 3072

@@ -458,8 +458,10 @@ def _cjk_font_installed() -> bool:
     return bool(out.strip())
 
 
-@pytest.mark.skipif(not _cjk_font_installed(), reason="no CJK font installed: Chinese text renders as missing glyphs")
 def test_pdf_chinese_text(pdf_path):
+    from conftest import require
+
+    require(_cjk_font_installed(), "no CJK font installed (fonts-wqy-microhei): Chinese text renders as missing glyphs")
     assert CHINESE in pdf_text(pdf_path)
 
 

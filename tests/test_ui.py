@@ -71,13 +71,16 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process started in its own session, and whatever it started (the webserver's code server)."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 class WebDriver:
@@ -86,7 +89,7 @@ class WebDriver:
     def __init__(self, url: str):
         self.url = url
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-dev-shm-usage", "--window-size=1920,2000"]
+                "--disable-dev-shm-usage", "--window-size=1920,4200"]
         caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome",
                                                  "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}}}
         self.session = self._call("POST", "/session", caps)["sessionId"]
