@@ -60,6 +60,11 @@ def export_snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> 
     shutil.rmtree(work)
     work.mkdir(parents=True)
     _SOURCES.clear()  # a new run reads the export afresh
+    # Great Expectations takes ~2-3 s to import: start it now, so that it overlaps with the ingest
+    # steps (DuckDB, Polars and NumPy work off the GIL) instead of delaying the first check.
+    from clinical.expectation_runner import warm_up_in_background
+
+    warm_up_in_background()
     source, _settings = export_source(trial)
     try:
         source.check_study()

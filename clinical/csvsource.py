@@ -150,14 +150,19 @@ def read_csv_form(path: Path, form: Form, settings: IngestSettings, declared_enc
             line=int(line_of(q)), column=header[field_no] if field_no < ncols else None,
         )
 
+    # Fields per record: the delimiters outside quotes from a record's start to the next one's.
+    # (Each record start is looked up among the delimiters, not each delimiter among the records.)
     delims = np.flatnonzero(arr == ord(delimiter))
-    delims = delims[np.searchsorted(quotes, delims) % 2 == 0]
-    record_of = np.searchsorted(starts, delims, side="right") - 1
-    nfields = np.bincount(record_of, minlength=len(starts)) + 1
-    # A blank record has nothing but spaces, tabs and line ends between its start and the next one.
-    ink = ~np.isin(arr, (32, 9, 13, 10))
-    blank = np.add.reduceat(ink, starts, dtype=np.int64) == 0 if size else np.ones(len(starts), dtype=bool)
-    del ink
+    if len(quotes):
+        delims = delims[np.searchsorted(quotes, delims) % 2 == 0]
+    bounds = np.append(starts, size)
+    nfields = np.diff(np.searchsorted(delims, bounds)) + 1
+    del delims
+    # A blank record has nothing but spaces, tabs and line ends between its start and the next one;
+    # it has no delimiter, so only the one-field records need a look.
+    blank = np.zeros(len(starts), dtype=bool)
+    for i in np.flatnonzero(nfields == 1):
+        blank[i] = not raw[bounds[i] : bounds[i + 1]].strip(b" \t\r\n")
     lines = line_of(starts)
 
     data_idx = np.flatnonzero(~blank)
@@ -196,11 +201,11 @@ def read_csv_form(path: Path, form: Form, settings: IngestSettings, declared_enc
     good = data_idx[ok]
     if len(good) == len(starts) - 1:  # every record after the header is good: parse the rest as it is
         cleaned = raw[starts[1]:] if len(good) else b""
-    else:  # the good records only, each [start, end] with its line break
-        mask = np.zeros(size + 1, dtype=np.int8)
-        np.add.at(mask, starts[good], 1)
-        np.add.at(mask, np.minimum(ends[good] + 1, size), -1)
-        cleaned = arr[np.cumsum(mask[:size], dtype=np.int8) > 0].tobytes()
+    else:  # the good records only, each [start, end] with its line break: one slice per run of them
+        breaks = np.flatnonzero(np.diff(good) != 1)
+        run_first = np.concatenate((good[:1], good[breaks + 1]))
+        run_last = np.concatenate((good[breaks], good[-1:]))
+        cleaned = b"".join(raw[starts[a] : min(int(ends[b]) + 1, size)] for a, b in zip(run_first, run_last))
     if cleaned and not cleaned.endswith(b"\n"):
         cleaned += b"\n"
     frame = pl.read_csv(

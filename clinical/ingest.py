@@ -371,7 +371,13 @@ def load_records(
     )
     dropped = tuple(dict.fromkeys([*recs.identifier_columns, *[f.name for f in form.fields if f.identifier and f.name in recs.frame.columns]]))
     checks, params = _checks(form, settings, STUDY in frame.columns)
-    cols = ", ".join(f"nullif(trim(\"{n}\", $ws), '') AS \"{n}\"" for n in loaded)
+    # Trimmed and blank -> NULL here, in Polars (all cores, ~8x cheaper than DuckDB's trim with a
+    # character set); the raw table is then a plain copy.
+    frame = frame.with_columns(
+        [pl.when(pl.col(n).str.strip_chars(WHITESPACE) == "").then(None)
+         .otherwise(pl.col(n).str.strip_chars(WHITESPACE)).alias(n) for n in loaded]
+    )
+    cols = ", ".join(f'"{n}"' for n in loaded)
     typed = ", ".join(_typed_expr(f) for f in form.loaded_fields)
     key = ", ".join(f'"{k}"' for k in form.key)
     scope = {"export_id": export_id, "form": form.id, "file": recs.file}
@@ -385,7 +391,7 @@ def load_records(
             f"""CREATE OR REPLACE TABLE raw.{form.id} AS
                 SELECT $export_id::VARCHAR AS _export_id, $file::VARCHAR AS _file, _line::BIGINT AS _line, {cols}
                 FROM _src ORDER BY _line""",
-            {"export_id": export_id, "file": recs.file, "ws": WHITESPACE},
+            {"export_id": export_id, "file": recs.file},
         )
         con.execute("DELETE FROM raw.quarantine WHERE export_id = $export_id AND form = $form", {"export_id": export_id, "form": form.id})
         sql = f"""INSERT INTO raw.quarantine

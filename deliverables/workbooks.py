@@ -37,6 +37,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
 
 from clinical.study import StudyConfig
+from deliverables.dsmb import as_date
 from deliverables.tables import DisplayTable, ReportTables, display_tables
 
 # Text starting with one of these is a formula (or DDE) trigger in a spreadsheet application.
@@ -288,14 +289,6 @@ def _deterministic_save(wb: Workbook, path: Path, cut: dt.date) -> Path:
     return path
 
 
-def _as_date(value: dt.date | str) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    return dt.date.fromisoformat(str(value))
-
-
 # --------------------------------------------------------------------------------------------------
 # Sponsor workbook
 
@@ -457,7 +450,7 @@ def write_sponsor_workbook(
     listing longer than an Excel sheet continues on numbered sheets. Written in openpyxl's
     write-only (streaming) mode.
     """
-    cut = _as_date(data_cut)
+    cut = as_date(data_cut)
     path = Path(path)
     shown = display_tables(tables)
     wb = Workbook(write_only=True)
@@ -623,7 +616,7 @@ def write_queries_workbook(
     """Data queries for data managers: one sheet per status (Open / Closed / Re-opened; other
     statuses on their own sheet), quarantined rows counted as Open queries, plus the quarantine
     itself (raw.quarantine) with file, line, column and value."""
-    cut = _as_date(data_cut)
+    cut = as_date(data_cut)
     path = Path(path)
     queries, quarantine = load_queries(con)
     by_status: dict[str, list[list[Any]]] = {}
