@@ -6,7 +6,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.derive import adlb, crs_icans, data_queries, dose_escalation, participant_flow, pharmacokinetics, safety_tables
+from assets.derive import (
+    adlb,
+    crs_icans,
+    data_queries,
+    dlt_review,
+    dose_escalation,
+    eligibility,
+    exposure,
+    participant_flow,
+    pharmacokinetics,
+    safety_tables,
+)
 from assets.ingest import OWNERS
 from clinical.ingest import sha256_file
 from deliverables import dsmb, registry, workbooks
@@ -14,7 +25,10 @@ from deliverables.tables import load_report_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
 COMMON = dict(group_name="report", owners=OWNERS, pool="trial_db")
-TABLE_ASSETS = [participant_flow, dose_escalation, safety_tables, adlb, crs_icans, pharmacokinetics]
+TABLE_ASSETS = [
+    participant_flow, dose_escalation, safety_tables, adlb, crs_icans, pharmacokinetics, exposure, dlt_review,
+    eligibility, data_queries,
+]
 RRS_XSD = Path(os.environ.get("RRS_XSD", REPO_ROOT.parent / "shared" / "registry" / "RRSUploadSchema.xsd"))
 
 OUTPUT_FILES = {

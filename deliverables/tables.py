@@ -48,6 +48,9 @@ class ReportTables:
     dlt_listing: list[dict[str, Any]]
     sae_listing: list[dict[str, Any]]
     deaths: list[dict[str, Any]]
+    # Data quality (issue 4 tables; empty when a database predates them).
+    data_queries: list[dict[str, Any]] = field(default_factory=list)
+    protocol_deviations: list[dict[str, Any]] = field(default_factory=list)
     # Analysis tables that did not exist when the tables were loaded with strict=False.
     missing: list[str] = field(default_factory=list)
 
@@ -127,6 +130,14 @@ QUERIES: dict[str, str] = {
         ORDER BY d.DOSEN NULLS LAST, s.DOSEP NULLS LAST, s.SUBJID""",
 }
 
+OPTIONAL_QUERIES: dict[str, str] = {
+    "data_queries": """SELECT QUERY_ID, RULE_ID, SEVERITY, FORM, SITEID, SUBJID, STATUS, DAYS_OPEN,
+                              FIRST_SEEN_CUT, CLOSED_CUT, DATA_CUT
+                       FROM analysis.data_queries ORDER BY QUERY_ID""",
+    "protocol_deviations": """SELECT SUBJID, DOSEP, CRITLBL, VALUE, UNIT, THRESHOLD_TEXT, IEYN
+                              FROM analysis.protocol_deviations ORDER BY SUBJID, CRITN""",
+}
+
 LISTING_SOURCES = {"dlt_listing": ("adae", "adsl"), "sae_listing": ("adae", "adsl"), "deaths": ("adsl", "adae")}
 
 
@@ -162,6 +173,9 @@ def load_report_tables(con: duckdb.DuckDBPyConnection, *, strict: bool = True) -
             out[name] = []
             continue
         out[name] = _rows(con, sql)
+    # Optional data-quality tables: read when present.
+    for name, sql in OPTIONAL_QUERIES.items():
+        out[name] = _rows(con, sql) if name in have else []
     decision = out.pop("escalation_decision")
     if len(decision) > 1:
         raise ValueError(f"analysis.escalation_decision has {len(decision)} rows; exactly one expected")
@@ -681,7 +695,76 @@ def display_tables(t: ReportTables) -> list[DisplayTable]:
         layout_teae_by_soc_pt(t),
         layout_sae_listing(t),
         layout_deaths_listing(t),
+        layout_data_quality(t),
+        layout_protocol_deviations(t),
     ]
+
+
+OPEN_STATUSES = ("Open", "Re-opened")
+AGE_BUCKETS = ((0, 30, "0-30 days"), (31, 60, "31-60 days"), (61, 90, "61-90 days"), (91, None, "> 90 days"))
+
+
+def layout_data_quality(t: ReportTables) -> DisplayTable:
+    """Data queries at the cut: by status, and the open ones by days open, form and site."""
+    q = t.data_queries
+    open_q = [r for r in q if r["STATUS"] in OPEN_STATUSES]
+    cut = q[0]["DATA_CUT"] if q else None
+    rows: list[list[Cell]] = []
+    styles: list[str] = []
+
+    def group(title: str, items: list[tuple[str, int]]) -> None:
+        rows.append([title, None])
+        styles.append("group")
+        for label, n in items or [("None open", 0)]:
+            rows.append([label, n])
+            styles.append("indent")
+
+    group("By status", [
+        ("Open", sum(r["STATUS"] == "Open" for r in q)),
+        ("Re-opened", sum(r["STATUS"] == "Re-opened" for r in q)),
+        ("Closed", sum(r["STATUS"] == "Closed" for r in q)),
+        ("New at this data cut", sum(cut is not None and r["FIRST_SEEN_CUT"] == cut for r in q)),
+        ("Closed at this data cut", sum(cut is not None and r["CLOSED_CUT"] == cut for r in q)),
+    ])
+    group("Open queries by days open", [
+        (label, sum(lo <= (r["DAYS_OPEN"] or 0) and (hi is None or (r["DAYS_OPEN"] or 0) <= hi) for r in open_q))
+        for lo, hi, label in AGE_BUCKETS
+    ])
+    forms = sorted({r["FORM"] or "" for r in open_q})
+    group("Open queries by form", [(f or "(none)", sum((r["FORM"] or "") == f for r in open_q)) for f in forms])
+    sites = sorted({r["SITEID"] or "" for r in open_q})
+    group("Open queries by site", [(s or "(none)", sum((r["SITEID"] or "") == s for r in open_q)) for s in sites])
+    return DisplayTable(
+        id="data_quality",
+        title="Data queries at the data cut-off",
+        columns=["Measure", "Queries"],
+        rows=rows,
+        row_styles=styles,
+        footnote="Queries: failing records of the validation rules and quarantined rows, tracked across exports "
+        "with stable ids (analysis.data_queries); open = Open or Re-opened. Days open: from the data cut at which "
+        "the query was first seen. The data-queries workbook lists every query.",
+        sheet="Data quality",
+    )
+
+
+def layout_protocol_deviations(t: ReportTables) -> DisplayTable:
+    rows: list[list[Cell]] = [
+        [r["SUBJID"], t.dose_label(r["DOSEP"]), r["CRITLBL"],
+         "" if r["VALUE"] is None else f"{r['VALUE']}{' ' + r['UNIT'] if r['UNIT'] else ''}",
+         r["THRESHOLD_TEXT"], r["IEYN"] or ""]
+        for r in t.protocol_deviations
+    ]
+    return DisplayTable(
+        id="protocol_deviations",
+        title="Eligibility protocol deviations",
+        columns=["Participant", "Dose level", "Criterion", "Screening value", "Threshold", "Investigator: met"],
+        rows=rows,
+        kind="listing",
+        footnote="Enrolled participants whose screening values miss a numeric inclusion criterion of the study "
+        "configuration (analysis.protocol_deviations).",
+        empty_text="No eligibility deviation among enrolled participants at this data cut.",
+        sheet="Protocol deviations",
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -489,7 +489,12 @@ def write_sponsor_workbook(
 # --------------------------------------------------------------------------------------------------
 # Data-queries workbook
 
-QUERY_COLUMNS = ["Query ID", "Rule", "Severity", "Form", "Participant", "Detail", "Status", "Source", "Export"]
+QUERY_COLUMNS = [
+    "Query ID", "Rule", "Severity", "Form", "Participant", "Detail", "Status", "Source", "Export",
+    "Site", "Record", "First seen (cut)", "Last seen (cut)", "Closed (cut)", "Re-opened (cut)", "Days open",
+]
+# analysis.data_queries columns behind the query sheets' tracking columns (NULL where a database predates them).
+TRACKING_COLUMNS = ("SITEID", "RECORD_KEY", "FIRST_SEEN_CUT", "LAST_SEEN_CUT", "CLOSED_CUT", "REOPENED_CUT", "DAYS_OPEN")
 STATUS_SHEETS = (("open", "Open"), ("closed", "Closed"), ("reopened", "Re-opened"))
 QUARANTINE_COLUMNS = ["Export", "Form", "File", "Line", "Participant", "Column", "Rule", "Value", "Message"]
 
@@ -501,7 +506,8 @@ SELECT 'Q-' || upper(left(sha256(array_to_string(
        'INGEST-' || rule AS RULE_ID, 'WARN' AS SEVERITY, form AS FORM, subjid AS SUBJID,
        file || ' line ' || line || ', column ' || "column" || ': ' || message
          || ' (value: ' || coalesce('"' || value || '"', 'blank') || ')' AS DETAIL,
-       'Open' AS STATUS, 'quarantine' AS SOURCE, export_id AS EXPORT_ID
+       'Open' AS STATUS, 'quarantine' AS SOURCE, export_id AS EXPORT_ID,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM raw.quarantine
 ORDER BY form, subjid NULLS FIRST, rule, line, "column"
 """
@@ -534,12 +540,15 @@ def load_queries(con: duckdb.DuckDBPyConnection) -> tuple[list[list[Any]], list[
     queries: list[list[Any]] = []
     seen: set[str] = set()
     if _table_exists(con, "analysis", "data_queries"):
-        export = "EXPORT_ID" if "EXPORT_ID" in _columns(con, "analysis", "data_queries") else "NULL"
+        have = _columns(con, "analysis", "data_queries")
+        export = "EXPORT_ID" if "EXPORT_ID" in have else "NULL"
+        source = "SOURCE" if "SOURCE" in have else "CASE WHEN RULE_ID LIKE 'INGEST-%' THEN 'quarantine' ELSE 'rule' END"
+        tracking = ", ".join(c if c in have else "NULL" for c in TRACKING_COLUMNS)
+        days = "DAYS_OPEN DESC NULLS LAST, " if "DAYS_OPEN" in have else ""
         for r in con.execute(
-            f"""SELECT QUERY_ID, RULE_ID, SEVERITY, FORM, SUBJID, DETAIL, STATUS,
-                       CASE WHEN RULE_ID LIKE 'INGEST-%' THEN 'quarantine' ELSE 'rule' END, {export}
+            f"""SELECT QUERY_ID, RULE_ID, SEVERITY, FORM, SUBJID, DETAIL, STATUS, {source}, {export}, {tracking}
                 FROM analysis.data_queries
-                ORDER BY FORM, SUBJID NULLS FIRST, RULE_ID, DETAIL, QUERY_ID"""
+                ORDER BY {days}FORM, SUBJID NULLS FIRST, RULE_ID, DETAIL, QUERY_ID"""
         ).fetchall():
             queries.append(list(r))
             seen.add(r[0])

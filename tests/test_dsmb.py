@@ -535,3 +535,24 @@ def test_summary_keeps_the_most_frequent_terms_and_counts_the_rest(monkeypatch):
     assert s.rows[-2][0].startswith("All other (15 ")
     assert s.rows[-1] == ["Total", 200, 200]
     assert "200 events of 200 participants" in s.intro
+
+
+def test_data_quality_summary_counts_queries_by_status_age_form_and_site(tables):
+    import dataclasses
+
+    from deliverables.tables import layout_data_quality
+
+    def q(i, status, form, site, days, first, closed=None):
+        return {"QUERY_ID": f"Q-{i}", "RULE_ID": "R", "SEVERITY": "WARN", "FORM": form, "SITEID": site,
+                "SUBJID": "01-001", "STATUS": status, "DAYS_OPEN": days, "FIRST_SEEN_CUT": first,
+                "CLOSED_CUT": closed, "DATA_CUT": "2025-12-31"}
+
+    cut = "2025-12-31"
+    t = dataclasses.replace(tables, data_queries=[
+        q(1, "Open", "ae", "01", 0, cut), q(2, "Open", "lb", "01", 45, "2025-11-16"),
+        q(3, "Re-opened", "ae", "02", 120, "2025-09-02"), q(4, "Closed", "ae", "01", 30, "2025-11-30", cut),
+    ])
+    rows = {(r[0]): r[1] for r in layout_data_quality(t).rows}
+    assert [rows[k] for k in ("Open", "Re-opened", "Closed", "New at this data cut", "Closed at this data cut")] == [2, 1, 1, 1, 1]
+    assert [rows[k] for k in ("0-30 days", "31-60 days", "61-90 days", "> 90 days")] == [1, 1, 0, 1]
+    assert (rows["ae"], rows["lb"], rows["01"], rows["02"]) == (2, 1, 2, 1)

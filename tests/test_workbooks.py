@@ -207,7 +207,7 @@ def test_queries_workbook_from_quarantine_only(db, cfg, tmp_path):
     assert formula.data_type == "s"
     assert wb["Closed"].cell(FIRST_DATA_ROW, 1).value == "No closed queries."
     assert "Data cut-off: 2025-12-31" in wb["Open"]["A1"].value
-    assert wb["Open"].auto_filter.ref == f"A{HEADER_ROW}:I{HEADER_ROW + 3}"
+    assert wb["Open"].auto_filter.ref == f"A{HEADER_ROW}:P{HEADER_ROW + 3}"  # 16 columns, tracking included
 
 
 def test_queries_workbook_by_status(db, cfg, tmp_path):
