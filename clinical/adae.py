@@ -17,8 +17,9 @@
   no anchor date -> not TE; ended before the anchor -> not TE; no start date -> TE (conservative);
   started on or after the anchor (and within the optional end window) -> TE.
   The anchor is the study configuration's ``safety.treatment_emergent_anchor`` (infusion by
-  default, or lymphodepletion start). Worsening of a pre-existing event needs episode grouping
-  (AEGRPID) that the CRF does not yet carry; such worsening is recorded as a new AE row.
+  default, or lymphodepletion start). Worsening of a pre-existing event: the CRF records a change
+  of grade as a new AE row starting on the day it worsened (CDASH), so a worsening after the anchor
+  is treatment-emergent by its own start date while the earlier, lower-grade row is not.
 """
 
 from __future__ import annotations

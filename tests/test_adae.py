@@ -84,3 +84,16 @@ def test_anchor_setting_moves_the_treatment_emergent_boundary(anchor, expected):
     con = _con([("01-001", 9, "Vomiting", "Vomiting", "2025-03-06", "2025-03-11", 1, "NOT RELATED", "N")])
     build_adae(con, cfg)
     assert con.execute("SELECT TRTEMFL FROM analysis.adae").fetchone()[0] == expected
+
+
+def test_worsening_of_a_pre_existing_event_is_treatment_emergent():
+    """CDASH records a change of grade as a new AE row from the day it worsened: the grade-1 episode
+    that started before infusion is not treatment-emergent, its grade-3 worsening after infusion is."""
+    con = _con([
+        ("01-001", 7, "Diarrhoea", "Diarrhoea", "2025-03-01", "2025-03-11", 1, "NOT RELATED", "N"),
+        ("01-001", 8, "Diarrhoea", "Diarrhoea", "2025-03-12", "2025-03-15", 3, "POSSIBLE", "N"),
+    ])
+    build_adae(con, CFG)
+    assert con.execute("SELECT AESPID, TRTEMFL, WORSTFL FROM analysis.adae ORDER BY AESPID").fetchall() == [
+        (7, None, "N"), (8, "Y", "Y"),
+    ]
