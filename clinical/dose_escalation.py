@@ -20,14 +20,13 @@ import polars as pl
 
 from clinical.escalation import (
     MAX_PER_DOSE,
-    Cohort,
     Decision,
-    DoseStatus,
     EscalationError,
     EscalationStatus,
     ParticipantOutcome,
     check_path,
     decide_from_participants,
+    tally_participants,
 )
 from clinical.study import StudyConfig
 
@@ -44,34 +43,8 @@ def _undetermined(
     open and the reason names the first departures from a 3+3 path. Linear in the participants.
     """
     n_doses = len(cfg.dose_levels)
-    cs = cfg.escalation.cohort_size
-    doses = [DoseStatus(dose=d, treated=0, dlt=0) for d in range(1, n_doses + 1)]
-    complete: dict[int, list[ParticipantOutcome]] = {}
-    closes = []
-    current = None
-    for r in sorted(records, key=lambda r: r.order):
-        s = doses[r.dose - 1]
-        if not r.evaluable:
-            s.excluded += 1
-            continue
-        current = r.dose
-        if r.dlt or not r.window_open:
-            s.treated += 1
-            s.dlt += int(r.dlt)
-            complete.setdefault(r.dose, []).append(r)
-        else:
-            s.pending += 1
-            if r.window_closes is not None:
-                c = r.window_closes
-                closes.append(c)
-                s.window_closes_first = c if s.window_closes_first is None else min(s.window_closes_first, c)
-                s.window_closes_last = c if s.window_closes_last is None else max(s.window_closes_last, c)
-    grouped = []
-    for dose, rs in complete.items():
-        for i in range(0, len(rs), cs):
-            chunk = rs[i : i + cs]
-            grouped.append((chunk[0].order, Cohort(dose, tuple(p.dlt for p in chunk))))
-    cohorts = tuple(c for _, c in sorted(grouped, key=lambda t: t[0]))
+    doses, cohort_list, current, closes = tally_participants(records, n_doses, cfg.escalation.cohort_size)
+    cohorts = tuple(cohort_list)
     over = [f"dose {s.dose} has {s.treated} participants" for s in doses if s.treated > MAX_PER_DOSE]
     deviations = tuple(over) if over else tuple(check_path(cohorts, n_doses, cfg.escalation.variant,
                                                            cfg.escalation.require_six_at_mtd))

@@ -412,6 +412,46 @@ class EscalationStatus:
         }
 
 
+def tally_participants(
+    records: Sequence[ParticipantOutcome], num_doses: int, cohort_size: int = COHORT_SIZE
+) -> tuple[list[DoseStatus], list[Cohort], int | None, list[dt.date]]:
+    """Per-dose counts, the cohorts of complete participants, the current dose and the pending windows.
+
+    Non-evaluable participants are counted as excluded; evaluable ones with a DLT or a closed window
+    are complete, the others pending. Complete participants are grouped per dose, in infusion order,
+    into cohorts of ``cohort_size``, and the cohorts ordered by their first infusion. Linear in the
+    participants.
+    """
+    doses = [DoseStatus(dose=d, treated=0, dlt=0) for d in range(1, num_doses + 1)]
+    complete: dict[int, list[ParticipantOutcome]] = {}
+    current_dose: int | None = None
+    closes: list[dt.date] = []
+    for r in sorted(records, key=lambda r: r.order):
+        s = doses[r.dose - 1]
+        if not r.evaluable:
+            s.excluded += 1
+            continue
+        current_dose = r.dose
+        if r.dlt or not r.window_open:
+            s.treated += 1
+            s.dlt += int(r.dlt)
+            complete.setdefault(r.dose, []).append(r)
+        else:
+            s.pending += 1
+            if r.window_closes is not None:
+                c = r.window_closes
+                closes.append(c)
+                s.window_closes_first = c if s.window_closes_first is None else min(s.window_closes_first, c)
+                s.window_closes_last = c if s.window_closes_last is None else max(s.window_closes_last, c)
+    grouped: list[tuple[int, Cohort]] = []
+    for dose, rs in complete.items():
+        for i in range(0, len(rs), cohort_size):
+            chunk = rs[i : i + cohort_size]
+            grouped.append((chunk[0].order, Cohort(dose, tuple(p.dlt for p in chunk))))
+    cohorts = [c for _, c in sorted(grouped, key=lambda t: t[0])]
+    return doses, cohorts, current_dose, closes
+
+
 def decide_from_participants(
     records: Sequence[ParticipantOutcome],
     num_doses: int,
@@ -436,37 +476,7 @@ def decide_from_participants(
         if not 1 <= r.dose <= num_doses:
             raise EscalationError(f"participant with infusion order {r.order}: dose {r.dose} is outside 1..{num_doses}")
 
-    ordered = sorted(records, key=lambda r: r.order)
-    doses = [DoseStatus(dose=d, treated=0, dlt=0) for d in range(1, num_doses + 1)]
-    complete: dict[int, list[ParticipantOutcome]] = {}
-    current_dose: int | None = None
-    closes: list[dt.date] = []
-    for r in ordered:
-        s = doses[r.dose - 1]
-        if not r.evaluable:
-            s.excluded += 1
-            continue
-        current_dose = r.dose
-        if r.dlt or not r.window_open:
-            s.treated += 1
-            s.dlt += int(r.dlt)
-            complete.setdefault(r.dose, []).append(r)
-        else:
-            s.pending += 1
-            if r.window_closes is not None:
-                closes.append(r.window_closes)
-                c = r.window_closes
-                s.window_closes_first = c if s.window_closes_first is None else min(s.window_closes_first, c)
-                s.window_closes_last = c if s.window_closes_last is None else max(s.window_closes_last, c)
-
-    # Group per dose into cohorts, then order the cohorts by their first infusion.
-    grouped: list[tuple[int, Cohort]] = []
-    for dose, rs in complete.items():
-        for i in range(0, len(rs), cohort_size):
-            chunk = rs[i : i + cohort_size]
-            grouped.append((chunk[0].order, Cohort(dose, tuple(p.dlt for p in chunk))))
-    cohorts = [c for _, c in sorted(grouped, key=lambda t: t[0])]
-
+    doses, cohorts, current_dose, closes = tally_participants(records, num_doses, cohort_size)
     deviations = tuple(check_path(cohorts, num_doses, variant, require_six_at_mtd))
     decision = recommend(cohorts, num_doses, variant, require_six_at_mtd, strict=False)
     pending = sum(s.pending for s in doses)
