@@ -26,6 +26,13 @@ from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 COMMON = dict(group_name="derive", kinds={"duckdb"}, owners=OWNERS, pool="trial_db")
 
 
+def _counts_result(trial: TrialResource, build, row_table: str) -> dg.MaterializeResult:
+    """Run a builder that returns {table: row count} and report the counts (row_table's as the row count)."""
+    with trial.connect() as con:
+        counts = build(con)
+    return dg.MaterializeResult(metadata={"dagster/row_count": counts[row_table], **counts})
+
+
 def _raw(*forms: str) -> list[dg.AssetKey]:
     return [dg.AssetKey(["raw", f]) for f in forms]
 
@@ -138,9 +145,7 @@ def data_queries(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.
     **COMMON,
 )
 def eligibility(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        counts = build_eligibility(con, trial.cfg)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts["eligibility"], **counts})
+    return _counts_result(trial, lambda con: build_eligibility(con, trial.cfg), "eligibility")
 
 
 @dg.asset(
@@ -151,9 +156,7 @@ def eligibility(trial: TrialResource) -> dg.MaterializeResult:
     **COMMON,
 )
 def adlb(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        counts = build_adlb(con, trial.cfg, baseline_visit=trial.cfg.screening_visit)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts["adlb"], **counts})
+    return _counts_result(trial, lambda con: build_adlb(con, trial.cfg, baseline_visit=trial.cfg.screening_visit), "adlb")
 
 
 @dg.asset(
@@ -164,9 +167,7 @@ def adlb(trial: TrialResource) -> dg.MaterializeResult:
     **COMMON,
 )
 def crs_icans(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        counts = build_crs_icans(con, trial.cfg)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts["crs_icans"], **counts})
+    return _counts_result(trial, lambda con: build_crs_icans(con, trial.cfg), "crs_icans")
 
 
 @dg.asset(
@@ -177,9 +178,7 @@ def crs_icans(trial: TrialResource) -> dg.MaterializeResult:
     **COMMON,
 )
 def pharmacokinetics(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        counts = build_pk(con, trial.cfg)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts["adpp"], **counts})
+    return _counts_result(trial, lambda con: build_pk(con, trial.cfg), "adpp")
 
 
 @dg.asset(
@@ -190,9 +189,7 @@ def pharmacokinetics(trial: TrialResource) -> dg.MaterializeResult:
     **COMMON,
 )
 def dlt_review(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        counts = build_dlt_review(con, trial.cfg, trial.cut)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts["candidates"], **counts})
+    return _counts_result(trial, lambda con: build_dlt_review(con, trial.cfg, trial.cut), "candidates")
 
 
 @dg.asset(
@@ -203,9 +200,7 @@ def dlt_review(trial: TrialResource) -> dg.MaterializeResult:
     **COMMON,
 )
 def exposure(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        counts = build_exposure(con, trial.cfg)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts["exposure"], **counts})
+    return _counts_result(trial, lambda con: build_exposure(con, trial.cfg), "exposure")
 
 
 derived = [exposure, adsl, adae, participant_flow, dose_escalation, safety_tables, data_queries, adlb, crs_icans, pharmacokinetics, dlt_review,
