@@ -28,7 +28,12 @@ BUILDERS: tuple[tuple[str, str], ...] = (
     ("clinical.safety_tables", "Safety tables"),
     ("clinical.eligibility", "Eligibility and protocol deviations"),
     ("clinical.queries", "Data queries"),
+    ("clinical.response", "Tumour response"),
 )
+
+# Builders whose section appears only when the database holds at least one of their tables (tables added
+# after a database may have been built: the document then still matches that database).
+OPTIONAL_BUILDERS: frozenset[str] = frozenset({"clinical.response"})
 
 INTRO = """# Analysis data
 
@@ -55,8 +60,11 @@ def render_analysis_docs(database: Path) -> str:
         out = [INTRO]
         for module, title in BUILDERS:
             mod = importlib.import_module(module)
+            tables = _tables_of(module, con)
+            if module in OPTIONAL_BUILDERS and not tables:
+                continue
             out.append(f"## {title}\n\nBuilt by `{module}`.\n\n```text\n{inspect.cleandoc(mod.__doc__ or '')}\n```\n")
-            for table in _tables_of(module, con):
+            for table in tables:
                 cols = con.execute(
                     "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'analysis' "
                     "AND table_name = ? ORDER BY column_index",
