@@ -35,6 +35,8 @@ OUTPUT_FILES = {
     "database": DATABASE_NAME,
     "dsmb_html": "dsmb_report.html",
     "dsmb_pdf": "dsmb_report.pdf",
+    "dsmb_open_html": "dsmb_report_open.html",
+    "dsmb_open_pdf": "dsmb_report_open.pdf",
     "sponsor_xlsx": "sponsor_workbook.xlsx",
     "registry_json": "registry_results.json",
     "registry_xml": "registry_results.xml",
@@ -55,16 +57,21 @@ def _file_meta(path: Path) -> dict[str, dg.MetadataValue]:
     key=["report", "dsmb_report"],
     deps=TABLE_ASSETS,
     kinds={"html", "pdf"},
-    description="DSMB report (HTML and PDF): participant flow, dose-escalation status with DLTs, TEAE summary by cohort.",
+    description="DSMB report (HTML and PDF), closed session by dose level with the participant-level listings "
+    "and figures, and open session with pooled safety data; changes since the previous published data cut.",
     **COMMON,
 )
 def dsmb_report(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
         tables = load_report_tables(con)
-    html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut)
-    _path(trial, "dsmb_html").write_text(html, encoding="utf-8")
-    dsmb.html_to_pdf(html, _path(trial, "dsmb_pdf"), trial.cut)
-    return dg.MaterializeResult(metadata={"pdf": _file_meta(_path(trial, "dsmb_pdf"))["path"], **_file_meta(_path(trial, "dsmb_html"))})
+    meta: dict[str, dg.MetadataValue] = {}
+    for session, html_role, pdf_role in (("Closed", "dsmb_html", "dsmb_pdf"), ("Open", "dsmb_open_html", "dsmb_open_pdf")):
+        html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session)
+        _path(trial, html_role).write_text(html, encoding="utf-8")
+        dsmb.html_to_pdf(html, _path(trial, pdf_role), trial.cut)
+        meta[f"{session.lower()}_pdf"] = dg.MetadataValue.path(str(_path(trial, pdf_role)))
+        meta[f"{session.lower()}_pdf_sha256"] = dg.MetadataValue.text(sha256_file(_path(trial, pdf_role)))
+    return dg.MaterializeResult(metadata=meta)
 
 
 @dg.asset(

@@ -36,13 +36,13 @@ from deliverables.tables import (
     flow_boxes,
     fmt_date,
     key_figures,
+    SESSIONS,
     pdf_tables,
 )
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "report_templates"
 TEMPLATE = "dsmb.html.j2"
 STYLESHEET = "dsmb.css"
-SESSIONS = ("Open", "Closed")
 
 
 def as_date(value: dt.date | str) -> dt.date:
@@ -79,14 +79,88 @@ def _environment() -> Environment:
     return env
 
 
-def _numbered(tables: list[DisplayTable]) -> dict[str, dict[str, Any]]:
-    """'Table 1', 'Listing 1', ... in report order."""
-    n = {"table": 0, "listing": 0}
-    out = {}
-    for t in tables:
-        n[t.kind] += 1
-        out[t.id] = {"t": t, "label": f"{'Table' if t.kind == 'table' else 'Listing'} {n[t.kind]}"}
-    return out
+# The report's chapters after the summary, in order: (anchor, title, items). An item is a display
+# table id, "flow_diagram", "changes" (the tables of deliverables.changes) or "figure:<key>" (an
+# SVG of deliverables.figures). Participant-level items (listings, per-participant figures) are
+# in the closed session only; the open session says where they are.
+CHAPTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("sec-changes", "Changes since the previous data cut", ("changes",)),
+    ("sec-accrual", "Enrolment and accrual", ("figure:accrual",)),
+    ("sec-flow", "Participant flow", ("flow_diagram", "participant_flow")),
+    ("sec-baseline", "Baseline characteristics", ("baseline",)),
+    ("sec-exposure", "Exposure", ("exposure", "exposure_listing")),
+    ("sec-escalation", "Dose-escalation status", ("dose_escalation", "dlt_listing")),
+    ("sec-teae", "Treatment-emergent adverse events", ("teae_overview", "teae_soc_pt", "teae_by_grade")),
+    ("sec-sae", "Serious adverse events and deaths", ("sae_listing", "deaths")),
+    ("sec-crs", "Cytokine release syndrome and neurotoxicity (ICANS)", ("crs_icans", "crs_icans_listing")),
+    ("sec-haem", "Haematological toxicity and recovery", ("haematology",)),
+    ("sec-pk", "Cellular kinetics (pharmacokinetics)", ("pk", "figure:transgene")),
+    ("sec-response", "Response", ("response", "figure:swimmer")),
+    ("sec-quality", "Data quality", ("data_quality", "protocol_deviations")),
+)
+FIGURE_TITLES = {
+    "flow_diagram": "Participant flow (CONSORT-DEFINE style)",
+    "accrual": "Enrolment and accrual over time by dose level",
+    "transgene": "Transgene copies in blood over time by participant (log scale), coloured by dose level",
+    "swimmer": "Time on study after infusion by participant with response assessments (swimmer plot)",
+}
+CLOSED_ONLY_FIGURES = ("transgene", "swimmer")
+# A listing with more columns than this is printed on landscape pages.
+LANDSCAPE_COLUMNS = 9
+
+
+def report_chapters(
+    shown: list[DisplayTable],
+    figures: dict[str, str] | None,
+    changes: list[DisplayTable] | None,
+    session: str,
+) -> list[dict[str, Any]]:
+    """The chapters as the template renders them, with 'Table n' / 'Listing n' / 'Figure n'
+    numbered in reading order. Items not available (no figures given, no previous cut) become
+    a sentence saying why; participant-level items of the closed session become a pointer to it."""
+    by_id = {t.id: t for t in shown}
+    n = {"table": 0, "listing": 0, "figure": 0}
+    chapters = []
+    for number, (anchor, title, item_ids) in enumerate(CHAPTERS, start=2):
+        items: list[dict[str, Any]] = []
+        for item in item_ids:
+            if item == "changes":
+                if changes is None:
+                    items.append({"kind": "note", "text": "No previous data cut of this study has been published: "
+                                  "this is the first report, so no changes are listed."})
+                for t in changes or []:
+                    n[t.kind] += 1
+                    items.append({"kind": "table", "t": t, "label": f"{t.kind.title()} {n[t.kind]}", "landscape": False})
+                continue
+            if item == "flow_diagram" or item.startswith("figure:"):
+                key = item.removeprefix("figure:")
+                if session == "Open" and key in CLOSED_ONLY_FIGURES:
+                    items.append({"kind": "note", "text": f"The figure of {FIGURE_TITLES[key][0].lower()}"
+                                  f"{FIGURE_TITLES[key][1:]} shows individual participants: it is in the closed "
+                                  "session report."})
+                    continue
+                svg = None if key == "flow_diagram" else (figures or {}).get(key)
+                if key != "flow_diagram" and svg is None:
+                    items.append({"kind": "note", "text": f"Figure not available: {FIGURE_TITLES[key]}."})
+                    continue
+                n["figure"] += 1
+                items.append({"kind": "flow" if key == "flow_diagram" else "figure", "key": key,
+                              "label": f"Figure {n['figure']}", "title": FIGURE_TITLES[key],
+                              "svg": Markup(svg) if svg is not None else None})
+                continue
+            t = by_id.get(item)
+            if t is None:
+                if session == "Open":
+                    items.append({"kind": "note", "text": f"The participant-level listing ({item.replace('_', ' ')}) "
+                                  "is in the closed session report and the sponsor workbook."})
+                continue
+            n[t.kind] += 1
+            items.append({"kind": "table", "t": t, "label": f"{t.kind.title()} {n[t.kind]}",
+                          "landscape": t.kind == "listing" and len(t.columns) > LANDSCAPE_COLUMNS})
+        portrait = [i for i in items if not i.get("landscape")]
+        chapters.append({"anchor": anchor, "number": number, "title": title, "items": portrait,
+                         "landscape_items": [i for i in items if i.get("landscape")]})
+    return chapters
 
 
 def _dsmb_asks(tables: ReportTables, figures: dict[str, Any]) -> list[str]:
@@ -124,18 +198,25 @@ def render_dsmb_html(
     cfg: StudyConfig,
     data_cut: dt.date | str,
     report_number: int = 1,
-    session: str = "Open",
+    session: str = "Closed",
     report_date: dt.date | str | None = None,
+    figures: dict[str, str] | None = None,
+    changes: list[DisplayTable] | None = None,
+    previous_cut: dt.date | str | None = None,
 ) -> str:
-    """The DSMB report as a complete HTML document (input of :func:`html_to_pdf`)."""
+    """The DSMB report as a complete HTML document (input of :func:`html_to_pdf`).
+
+    figures: SVGs by key (deliverables.figures.render_figures); changes: the display tables of the
+    changes since ``previous_cut`` (deliverables.changes), None when there is no previous cut."""
     cut = as_date(data_cut)
     rdate = as_date(report_date) if report_date is not None else cut
     sess = session.strip().capitalize()
     if sess not in SESSIONS:
         raise ValueError(f"session must be 'Open' or 'Closed', got {session!r}")
     # Listings beyond the page budget are summarised here; the sponsor workbook lists them in full.
-    shown = pdf_tables(tables)
-    numbered = _numbered(shown)
+    shown = pdf_tables(tables, session=sess)
+    chapters = report_chapters(shown, figures, changes, sess)
+    numbered = {i["t"].id: i for c in chapters for i in c["items"] + c["landscape_items"] if i["kind"] == "table"}
     figures = key_figures(tables)
     study = cfg.study
     title = f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}"
@@ -150,6 +231,8 @@ def render_dsmb_html(
         "created": f"{cut.isoformat()}T00:00:00+00:00",
         "css": Markup(_stylesheet()),
         "tables": numbered,
+        "chapters": chapters,
+        "previous_cut": as_date(previous_cut).isoformat() if previous_cut is not None else None,
         "figures": figures,
         "decision": decision_summary(tables),
         "decision_row": tables.escalation_decision,

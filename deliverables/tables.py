@@ -51,6 +51,17 @@ class ReportTables:
     # Data quality (issue 4 tables; empty when a database predates them).
     data_queries: list[dict[str, Any]] = field(default_factory=list)
     protocol_deviations: list[dict[str, Any]] = field(default_factory=list)
+    # Clinical sections (deliverables.clinical_tables); empty when the analysis table is absent.
+    baseline: list[dict[str, Any]] = field(default_factory=list)
+    exposure_summary: list[dict[str, Any]] = field(default_factory=list)
+    exposure: list[dict[str, Any]] = field(default_factory=list)
+    crs_icans_summary: list[dict[str, Any]] = field(default_factory=list)
+    crs_icans: list[dict[str, Any]] = field(default_factory=list)
+    lab_summary: list[dict[str, Any]] = field(default_factory=list)
+    haem_recovery: list[dict[str, Any]] = field(default_factory=list)
+    pk_summary: list[dict[str, Any]] = field(default_factory=list)
+    ae_by_grade: list[dict[str, Any]] = field(default_factory=list)
+    response_summary: list[dict[str, Any]] = field(default_factory=list)
     # Analysis tables that did not exist when the tables were loaded with strict=False.
     missing: list[str] = field(default_factory=list)
 
@@ -136,6 +147,92 @@ OPTIONAL_QUERIES: dict[str, str] = {
                        FROM analysis.data_queries ORDER BY QUERY_ID""",
     "protocol_deviations": """SELECT SUBJID, DOSEP, CRITLBL, VALUE, UNIT, THRESHOLD_TEXT, IEYN
                               FROM analysis.protocol_deviations ORDER BY SUBJID, CRITN""",
+    "exposure_summary": """SELECT DOSE, DOSEN, PARAMCD, PARAM, N, MEDIAN, MIN, MAX
+                           FROM analysis.exposure_summary ORDER BY DOSEN, DOSE, PARAMCD""",
+    "exposure": """SELECT e.*, d.DOSEN AS DOSEN_ FROM analysis.exposure e
+                   LEFT JOIN analysis.dose_levels d ON d.DOSE = coalesce(e.DOSEA, e.DOSEP)
+                   ORDER BY d.DOSEN NULLS LAST, e.SUBJID""",
+    "crs_icans_summary": "SELECT * FROM analysis.crs_icans_summary ORDER BY AECATN, DOSEN, DOSE",
+    "crs_icans": """SELECT * FROM analysis.crs_icans ORDER BY DOSEAN NULLS LAST, SUBJID, ASTDT NULLS LAST, AESPID""",
+    # The lab summary with each test's CTCAE term and direction (one per PARAMCD in analysis.adlb).
+    "lab_summary": """SELECT s.PARAMCD, s.PARAMN, s.DOSE, s.DOSEN, s.WORSTGR, s.N, s.DENOM, s.PCT,
+                             m.ATOXTERM, m.ATOXDIR
+                      FROM analysis.lab_summary s
+                      JOIN (SELECT PARAMCD, min(ATOXTERM) AS ATOXTERM, min(ATOXDIR) AS ATOXDIR
+                              FROM analysis.adlb WHERE ATOXDIR IS NOT NULL GROUP BY PARAMCD) m USING (PARAMCD)
+                      ORDER BY s.PARAMN, s.DOSEN, s.DOSE, s.WORSTGR""",
+    "pk_summary": "SELECT * FROM analysis.pk_summary ORDER BY PARAMN, DOSEN, DOSE",
+    "ae_by_grade": """SELECT AEBODSYS, AEDECOD, DOSE, DOSEN, GRADE, N, N_AT_RISK FROM analysis.ae_by_grade
+                      ORDER BY AEBODSYS, AEDECOD NULLS FIRST, GRADE, DOSEN, DOSE""",
+    "response_summary": "SELECT * FROM analysis.response_summary ORDER BY DOSEN, DOSE",
+}
+
+# Baseline characteristics of the enrolled participants by planned dose level and in total: one row
+# per categorical variable x category x column (KIND CAT) and per continuous variable x column (KIND
+# CONT). Age groups as the registry's (deliverables.registry.AGE_CATEGORIES). Variables that
+# analysis.adsl does not have (e.g. KPS or GPC3 of another study) are left out.
+BASELINE_CATEGORICAL = ("SEX", "RACE", "ETHNIC", "COUNTRY", "GPC3")
+BASELINE_CONTINUOUS = ("AGE", "KPS")
+
+
+def baseline_sql(adsl_columns: set[str]) -> str:
+    """The baseline query for the ADSL columns present. Only names from the two fixed tuples above
+    are put into the SQL text (never data values)."""
+    cats = [c for c in BASELINE_CATEGORICAL if c in adsl_columns]
+    nums = [c for c in BASELINE_CONTINUOUS if c in adsl_columns]
+    age = "AGE" in adsl_columns
+    agegr = ("CASE WHEN AGE IS NULL THEN 'Missing' WHEN AGE <= 18 THEN '<=18 years' "
+             "WHEN AGE < 65 THEN 'Between 18 and 65 years' ELSE '>=65 years' END") if age else "NULL"
+    cat_cols = (["AGEGR"] if age else []) + cats
+    sel = ", ".join([f"{agegr} AS AGEGR"] + [f"coalesce(CAST({c} AS VARCHAR), 'Missing') AS {c}" for c in cats]
+                    + [f"CAST({c} AS DOUBLE) AS {c}" for c in nums])
+    parts = []
+    if cat_cols:
+        parts.append(f"""
+        SELECT 'CAT' AS KIND, c.VAR, c.CAT, c.DOSE, c.N, d.DENOM, round(100.0 * c.N / d.DENOM, 1) AS PCT,
+               NULL::DOUBLE AS MEAN, NULL::DOUBLE AS SD, NULL::DOUBLE AS MEDIAN, NULL::DOUBLE AS MIN,
+               NULL::DOUBLE AS MAX
+        FROM (SELECT VAR, CAT, coalesce(DOSE, 'TOTAL') AS DOSE, count(*) AS N
+              FROM (UNPIVOT (SELECT DOSE, {', '.join(cat_cols)} FROM s) ON {', '.join(cat_cols)} INTO NAME VAR VALUE CAT)
+              GROUP BY GROUPING SETS ((VAR, CAT, DOSE), (VAR, CAT))) c
+        JOIN denom d USING (DOSE)""")
+    if nums:
+        parts.append(f"""
+        SELECT 'CONT', VAR, NULL, coalesce(DOSE, 'TOTAL'), count(X), NULL, NULL, avg(X), stddev_samp(X),
+               median(X), min(X), max(X)
+        FROM (UNPIVOT (SELECT DOSE, {', '.join(nums)} FROM s) ON {', '.join(nums)} INTO NAME VAR VALUE X)
+        GROUP BY GROUPING SETS ((VAR, DOSE), (VAR))""")
+    if not parts:
+        return "SELECT NULL AS KIND WHERE FALSE"
+    return f"""
+        WITH s AS (SELECT DOSEP AS DOSE, {sel} FROM analysis.adsl WHERE ENRLFL = 'Y'),
+        denom AS (SELECT coalesce(DOSE, 'TOTAL') AS DOSE, count(*) AS DENOM
+                  FROM s GROUP BY GROUPING SETS ((DOSE), ()))
+        {' UNION ALL '.join(parts)}
+        ORDER BY 1, 2, 3 NULLS FIRST, 4"""
+
+
+# Summaries of one analysis table each, counted set-based in DuckDB when the report is read
+# (name -> (source table, SQL)).
+DERIVED_QUERIES: dict[str, tuple[str, str]] = {
+    # Recovery after infusion, by dose level received and in total: ANC nadir < 0.5 (ANC_LT05),
+    # recovered (ANC_REC, with the day of recovery), and grade >= 3 cytopenia at day 28 per
+    # decreased test (D28_<PARAMCD>, N of DENOM assessed).
+    "haem_recovery": ("lab_toxicity", """
+        WITH t AS (SELECT * FROM analysis.lab_toxicity WHERE DOSEA IS NOT NULL),
+        anc AS (
+          SELECT 'ANC_LT05' AS ROW, coalesce(DOSEA, 'TOTAL') AS DOSE, count(*) AS N, NULL::BIGINT AS DENOM,
+                 NULL::DOUBLE AS MEDIAN, NULL::DOUBLE AS MIN, NULL::DOUBLE AS MAX
+          FROM t WHERE PARAMCD = 'NEUT' AND ANCRECFL IS NOT NULL GROUP BY GROUPING SETS ((DOSEA), ())
+          UNION ALL
+          SELECT 'ANC_REC', coalesce(DOSEA, 'TOTAL'), count(*), NULL, median(ANCRECDY), min(ANCRECDY), max(ANCRECDY)
+          FROM t WHERE PARAMCD = 'NEUT' AND ANCRECFL = 'Y' GROUP BY GROUPING SETS ((DOSEA), ())),
+        d28 AS (
+          SELECT 'D28_' || PARAMCD AS ROW, coalesce(DOSEA, 'TOTAL') AS DOSE,
+                 count(*) FILTER (WHERE CYTOPENIA_D28 = 'Y') AS N, count(CYTOPENIA_D28) AS DENOM,
+                 NULL::DOUBLE, NULL::DOUBLE, NULL::DOUBLE
+          FROM t WHERE ATOXDIR = 'L' GROUP BY GROUPING SETS ((PARAMCD, DOSEA), (PARAMCD)))
+        SELECT * FROM anc UNION ALL SELECT * FROM d28 ORDER BY ROW, DOSE"""),
 }
 
 LISTING_SOURCES = {"dlt_listing": ("adae", "adsl"), "sae_listing": ("adae", "adsl"), "deaths": ("adsl", "adae")}
@@ -175,7 +272,18 @@ def load_report_tables(con: duckdb.DuckDBPyConnection, *, strict: bool = True) -
         out[name] = _rows(con, sql)
     # Optional data-quality tables: read when present.
     for name, sql in OPTIONAL_QUERIES.items():
-        out[name] = _rows(con, sql) if name in have else []
+        source = "adlb" if name == "lab_summary" else None
+        ok = name in have and (source is None or source in have)
+        out[name] = _rows(con, sql) if ok else []
+    for name, (source, sql) in DERIVED_QUERIES.items():
+        out[name] = _rows(con, sql) if source in have else []
+    out["baseline"] = []
+    if "adsl" in have:
+        cols = {r[0].upper() for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'analysis' AND table_name = 'adsl'"
+        ).fetchall()}
+        if {"DOSEP", "ENRLFL"} <= cols:
+            out["baseline"] = _rows(con, baseline_sql(cols))
     decision = out.pop("escalation_decision")
     if len(decision) > 1:
         raise ValueError(f"analysis.escalation_decision has {len(decision)} rows; exactly one expected")
@@ -213,6 +321,8 @@ class DisplayTable:
     sheet: str = ""
     # A sentence shown above the table in the PDF (e.g. why a listing is summarised there).
     intro: str = ""
+    # Indices of the per-dose-level display columns (the open session shows the pooled Total only).
+    dose_columns: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.row_styles:
@@ -492,6 +602,7 @@ def layout_teae_overview(t: ReportTables) -> DisplayTable:
         rows=rows,
         extra_columns=extra_cols,
         extra_rows=extra,
+        dose_columns=[i + 1 for i, (d, _) in enumerate(heads) if d != TOTAL],
         sheet="TEAE overview",
         footnote=(
             "n (%) = participants with at least one event of the row, counted once; % of the safety "
@@ -570,6 +681,7 @@ def layout_teae_by_soc_pt(t: ReportTables, scope: str = "ALL") -> DisplayTable:
         row_styles=styles,
         extra_columns=extra_cols,
         extra_rows=extra,
+        dose_columns=[i + 1 for i, (d, _) in enumerate(heads) if d != TOTAL],
         sheet="TEAE by SOC and PT",
         footnote=(
             "n (%) = participants with the preferred term, counted once; % of the column N. Events (Total) "
@@ -685,19 +797,64 @@ def layout_deaths_listing(t: ReportTables) -> DisplayTable:
     )
 
 
-def display_tables(t: ReportTables) -> list[DisplayTable]:
-    """Every display table in report order (the workbook writes one sheet per table)."""
-    return [
+SESSIONS = ("Open", "Closed")
+
+
+def display_tables(t: ReportTables, session: str = "Closed") -> list[DisplayTable]:
+    """Every display table in report order (the workbook writes one sheet per table).
+
+    Closed session (the default; the DSMB's closed report and the sponsor workbook): by dose level,
+    with the participant-level listings. Open session: the same tables pooled over dose levels
+    (Total column only) and no participant-level listing; participant flow and the dose-escalation
+    status stay by dose level, because the dose level is the design (open label, every
+    investigator knows it) and the DSMB decides on it in the open session."""
+    from deliverables import clinical_tables as ct  # imported here: clinical_tables builds on this module
+
+    if session not in SESSIONS:
+        raise ValueError(f"session must be one of {SESSIONS}, got {session!r}")
+    tables = [
         layout_participant_flow(t),
+        ct.layout_baseline(t),
+        ct.layout_exposure(t),
+        ct.layout_exposure_listing(t),
         layout_dose_escalation(t),
         layout_dlt_listing(t),
         layout_teae_overview(t),
         layout_teae_by_soc_pt(t),
+        ct.layout_teae_by_grade(t),
         layout_sae_listing(t),
         layout_deaths_listing(t),
+        ct.layout_crs_icans(t),
+        ct.layout_crs_icans_listing(t),
+        ct.layout_haematology(t),
+        ct.layout_pk(t),
+        ct.layout_response(t),
         layout_data_quality(t),
         layout_protocol_deviations(t),
     ]
+    if session == "Closed":
+        return tables
+    return [pooled(d) for d in tables if d.kind != "listing"]
+
+
+def pooled(d: DisplayTable) -> DisplayTable:
+    """The table with its per-dose-level columns removed (Total only); the machine-friendly extra
+    columns go too (the open report is a PDF; the workbook keeps every column)."""
+    if not d.dose_columns:
+        return d
+    keep = [i for i in range(len(d.columns)) if i not in set(d.dose_columns)]
+    return DisplayTable(
+        id=d.id,
+        title=d.title.replace(" by dose level", "").replace(" by planned dose level", "") + " (pooled)",
+        columns=[d.columns[i] for i in keep],
+        rows=[[r[i] for i in keep] for r in d.rows],
+        footnote=d.footnote + " Open session: all dose levels pooled; by dose level in the closed session.",
+        row_styles=list(d.row_styles),
+        kind=d.kind,
+        empty_text=d.empty_text,
+        sheet=d.sheet,
+        intro=d.intro,
+    )
 
 
 OPEN_STATUSES = ("Open", "Re-opened")
@@ -841,12 +998,12 @@ def summarise_listing(d: DisplayTable, budget: int | None = None) -> DisplayTabl
     )
 
 
-def pdf_tables(t: ReportTables, budget: int | None = None) -> list[DisplayTable]:
-    """The display tables as the PDF shows them: listings beyond ``budget`` rows (default
-    :data:`PDF_LISTING_ROWS`) summarised."""
+def pdf_tables(t: ReportTables, budget: int | None = None, session: str = "Closed") -> list[DisplayTable]:
+    """The display tables as the PDF of ``session`` shows them: listings beyond ``budget`` rows
+    (default :data:`PDF_LISTING_ROWS`) summarised."""
     budget = PDF_LISTING_ROWS if budget is None else budget
     return [summarise_listing(d, budget) if d.kind == "listing" and len(d.rows) > budget else d
-            for d in display_tables(t)]
+            for d in display_tables(t, session)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -415,7 +415,7 @@ def test_html_escapes_free_text(html):
 
 def test_html_title_page_and_sections(html, cfg):
     assert "<th>Report number</th><td>1</td>" in html
-    for text in (cfg.study.nct_id, cfg.study.protocol_id, "2025-12-31", "Open session", "OPEN SESSION",
+    for text in (cfg.study.nct_id, cfg.study.protocol_id, "2025-12-31", "Closed session", "CLOSED SESSION",
                  "Participant flow", "Dose-escalation status", "Listing of serious adverse events",
                  "Listing of deaths", "Decisions for the DSMB"):
         assert text in html, text
@@ -444,7 +444,7 @@ def test_pdf_contains_the_numbers(pdf_path, tables):
         p = norm(page.extract_text() or "")
         # The running header/footer is on every page, the title page included.
         for expected in (f"Page {i} of {len(pages)}", "Confidential - for DSMB and sponsor use only",
-                         "Data cut-off: 2025-12-31", "IM83 · NCT06412458", "OPEN SESSION"):
+                         "Data cut-off: 2025-12-31", "IM83 · NCT06412458", "CLOSED SESSION"):
             assert expected in p, (i, expected)
 
 

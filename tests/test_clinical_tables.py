@@ -1,0 +1,198 @@
+"""The DSMB's clinical sections (deliverables.clinical_tables) on hand-made analysis tables whose
+numbers are known, plus the open/closed session contents."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+import pytest
+
+from deliverables import clinical_tables as ct
+from deliverables.tables import TOTAL, ReportTables, baseline_sql, display_tables, load_report_tables, pooled
+
+DOSES = [{"DOSE": "DL1", "DOSEN": 1, "DOSELBL": "5x10^8 cells", "CELLS": 5e8},
+         {"DOSE": "DL2", "DOSEN": 2, "DOSELBL": "1x10^9 cells", "CELLS": 1e9}]
+
+
+def _tables(**kw) -> ReportTables:
+    base = dict(
+        dose_levels=DOSES, flow_screening=[], participant_flow=[], flow_exits=[],
+        safety_groups=[{"DOSE": "DL1", "DOSEN": 1, "DOSELBL": "5x10^8 cells", "N_AT_RISK": 2},
+                       {"DOSE": "DL2", "DOSEN": 2, "DOSELBL": "1x10^9 cells", "N_AT_RISK": 3},
+                       {"DOSE": TOTAL, "DOSEN": 99, "DOSELBL": "Total", "N_AT_RISK": 5}],
+        teae_summary=[], ae_by_term=[], dose_escalation=[], escalation_decision=None, dlt_listing=[],
+        sae_listing=[], deaths=[],
+    )
+    base.update(kw)
+    return ReportTables(**base)
+
+
+@pytest.fixture()
+def adsl_con():
+    """Five enrolled participants (DL1: ages 20, 30, F/M; DL2: ages 16, 40, 70, M/M/F; one KPS missing)
+    and one screen failure, which the baseline must not count."""
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA analysis")
+    con.execute("""CREATE TABLE analysis.adsl AS SELECT * FROM (VALUES
+        ('01', 'DL1', 'Y', 20, 'F', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 80),
+        ('02', 'DL1', 'Y', 30, 'M', 'WHITE', 'NOT HISPANIC OR LATINO', 'China', 90),
+        ('03', 'DL2', 'Y', 16, 'M', 'ASIAN', 'UNKNOWN', 'China', NULL),
+        ('04', 'DL2', 'Y', 40, 'M', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 70),
+        ('05', 'DL2', 'Y', 70, 'F', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 60),
+        ('06', NULL, 'N', 99, 'F', 'WHITE', 'NOT HISPANIC OR LATINO', 'China', 100)
+        ) t(SUBJID, DOSEP, ENRLFL, AGE, SEX, RACE, ETHNIC, COUNTRY, KPS)""")
+    yield con
+    con.close()
+
+
+def _rows_by_label(d) -> dict[str, list]:
+    out: dict[str, list] = {}
+    group = ""
+    for row, style in zip(d.rows, d.row_styles):
+        if style == "group":
+            group = row[0]
+            continue
+        out[f"{group}/{row[0]}"] = row[1:]
+    return out
+
+
+def test_baseline_counts_enrolled_by_planned_dose(adsl_con):
+    rows = [dict(zip([c[0] for c in cur.description], r))
+            for cur in [adsl_con.execute(baseline_sql({"DOSEP", "ENRLFL", "AGE", "SEX", "RACE", "ETHNIC", "COUNTRY", "KPS"}))]
+            for r in cur.fetchall()]
+    flow = [{"STAGE": "enrolled", "DOSE": "DL1", "N": 2}, {"STAGE": "enrolled", "DOSE": "DL2", "N": 3},
+            {"STAGE": "enrolled", "DOSE": TOTAL, "N": 5}]
+    d = ct.layout_baseline(_tables(baseline=rows, participant_flow=flow))
+    assert d.columns == ["Characteristic", "DL1 5x10^8 cells (N=2)", "DL2 1x10^9 cells (N=3)", "Total (N=5)"]
+    r = _rows_by_label(d)
+    assert r["Age (years)/n"] == [2, 3, 5]
+    assert r["Age (years)/Mean (SD)"] == ["25.0 (7.07)", "42.0 (27.06)", "35.2 (21.57)"]  # sqrt(1464/2), sqrt(1860.8/4)
+    assert r["Age (years)/Median"] == ["25.0", "40.0", "30.0"]
+    assert r["Age (years)/Min, max"] == ["20, 30", "16, 70", "16, 70"]
+    assert r["Karnofsky performance status/n"] == [2, 2, 4]  # one KPS missing
+    assert r["Age group/<=18 years"] == [0, "1 (33.3%)", "1 (20.0%)"]
+    assert r["Age group/>=65 years"] == [0, "1 (33.3%)", "1 (20.0%)"]
+    assert r["Sex/Female"] == ["1 (50.0%)", "1 (33.3%)", "2 (40.0%)"]
+    assert r["Race/White"] == ["1 (50.0%)", 0, "1 (20.0%)"]
+    assert r["Ethnicity/Unknown or Not Reported"] == [0, "1 (33.3%)", "1 (20.0%)"]
+    # Registry order: Asian before White; Age groups in their natural order.
+    labels = [row[0] for row in d.rows]
+    assert labels.index("Asian") < labels.index("White")
+    assert labels.index("<=18 years") < labels.index("Between 18 and 65 years") < labels.index(">=65 years")
+    assert d.dose_columns == [1, 2]
+
+
+def test_baseline_without_optional_columns(adsl_con):
+    sql = baseline_sql({"DOSEP", "ENRLFL", "AGE", "SEX"})
+    assert "KPS" not in sql and "GPC3" not in sql
+    kinds = {(r[0], r[1]) for r in adsl_con.execute(sql).fetchall()}
+    assert kinds == {("CAT", "AGEGR"), ("CAT", "SEX"), ("CONT", "AGE")}
+
+
+def test_crs_icans_grades_and_management():
+    summ = [{"AECAT": "CRS", "AECATN": 1, "DOSE": d, "DOSEN": n, "DENOM": den, "N_ANY": a, "PCT_ANY": p,
+             "N_GR1": g1, "N_GR2": 0, "N_GR3": g3, "N_GR4": 0, "N_GR5": 0, "ONSET_MEDIAN": 2.0, "ONSET_MIN": 1,
+             "ONSET_MAX": 3, "DUR_N": a, "DUR_MEDIAN": 4.5, "DUR_MIN": 3, "DUR_MAX": 6, "N_TOCI": toci,
+             "N_STEROID": 0, "N_DISCORD": 0}
+            for d, n, den, a, p, g1, g3, toci in (("DL1", 1, 2, 1, 50.0, 1, 0, 0), ("DL2", 2, 3, 2, 66.7, 1, 1, 1),
+                                                  (TOTAL, 99, 5, 3, 60.0, 2, 1, 1))]
+    r = _rows_by_label(ct.layout_crs_icans(_tables(crs_icans_summary=summ)))
+    key = "Cytokine release syndrome (CRS)/"
+    assert r[key + "Any grade"] == ["1 (50.0%)", "2 (66.7%)", "3 (60.0%)"]
+    assert r[key + "Grade >= 3"] == ["0", "1 (33.3%)", "1 (20.0%)"]
+    assert r[key + "Treated with tocilizumab"] == ["0", "1 (33.3%)", "1 (20.0%)"]
+    assert r[key + "Duration, days: median (min, max)"] == ["4 (3, 6)"] * 3  # 4.5 rounds half to even in f-format
+
+
+def test_haematology_recovery_from_lab_toxicity():
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA analysis")
+    con.execute("""CREATE TABLE analysis.lab_toxicity AS SELECT * FROM (VALUES
+        ('01', 'DL1', 'NEUT', 'L', 'Y', 14, 'N'),
+        ('02', 'DL1', 'NEUT', 'L', 'N', NULL, 'Y'),
+        ('03', 'DL2', 'NEUT', 'L', NULL, NULL, NULL),
+        ('04', 'DL2', 'NEUT', 'L', 'Y', 10, 'N'),
+        ('04', 'DL2', 'PLAT', 'L', NULL, NULL, 'Y'),
+        ('04', 'DL2', 'ALT', 'H', NULL, NULL, NULL)
+        ) t(SUBJID, DOSEA, PARAMCD, ATOXDIR, ANCRECFL, ANCRECDY, CYTOPENIA_D28)""")
+    from deliverables.tables import DERIVED_QUERIES
+
+    cur = con.execute(DERIVED_QUERIES["haem_recovery"][1])
+    rows = {(r[0], r[1]): r for r in cur.fetchall()}
+    assert rows[("ANC_LT05", "DL1")][2] == 2 and rows[("ANC_LT05", TOTAL)][2] == 3
+    assert rows[("ANC_REC", TOTAL)][2:] == (2, None, 12.0, 10, 14)
+    assert rows[("D28_NEUT", "DL1")][2:4] == (1, 2) and rows[("D28_NEUT", TOTAL)][2:4] == (1, 3)
+    assert rows[("D28_PLAT", TOTAL)][2:4] == (1, 1)
+    assert not any(k[0] == "D28_ALT" for k in rows)  # increased tests have no cytopenia
+
+
+def test_pk_significant_figures_and_days():
+    assert [ct.fmt_sig(x) for x in (18415.3, 0.060944, 8.5, 1525.3, 0, None)] == ["18,400", "0.0609", "8.50", "1,530",
+                                                                                   "0", "NE"]
+    pk = [{"PARAMCD": c, "PARAMN": n, "PARAM": p, "DOSE": d, "DOSEN": 1, "N": 2, "GEOMEAN": g, "GEOCV": cv,
+           "MEDIAN": m, "MIN": lo, "MAX": hi}
+          for c, n, p, g, cv, m, lo, hi in (("CMAX", 1, "Cmax", 18415.3, 34.64, 18382.2, 13177.4, 26914.6),
+                                            ("TMAX", 2, "Tmax (day)", None, None, 8.5, 7.0, 10.0))
+          for d in ("DL1", TOTAL)]
+    r = _rows_by_label(ct.layout_pk(_tables(pk_summary=pk)))
+    assert r["Cmax/Geometric mean"] == ["18,400", "", "18,400"]
+    assert r["Cmax/Geometric CV%"] == ["34.6", "", "34.6"]
+    assert r["Cmax/Min, max"] == ["13,200, 26,900", "", "13,200, 26,900"]
+    assert r["Tmax (day)/Median"] == ["8.5", "", "8.5"]
+    assert "Tmax (day)/Geometric mean" not in r
+
+
+def test_teae_by_highest_grade_prunes_grades_nobody_had():
+    g = [{"AEBODSYS": soc, "AEDECOD": pt, "DOSE": d, "DOSEN": 1, "GRADE": gr, "N": n, "N_AT_RISK": risk}
+         for soc, pt, gr, d, n, risk in (
+             ("Any TEAE", None, 3, "DL1", 1, 2), ("Any TEAE", None, 3, TOTAL, 1, 5),
+             ("Any TEAE", None, 4, "DL1", 0, 2), ("Any TEAE", None, 4, TOTAL, 0, 5),
+             ("Cardiac disorders", "Sinus tachycardia", 1, "DL2", 2, 3), ("Cardiac disorders", "Sinus tachycardia", 1, TOTAL, 2, 5),
+         )]
+    d = ct.layout_teae_by_grade(_tables(ae_by_grade=g))
+    assert [r[0] for r in d.rows] == ["Any TEAE, by highest grade", "Grade 3", "Cardiac disorders",
+                                      "Sinus tachycardia", "Grade 1"]
+    assert d.rows[1][1:] == ["1 (50.0%)", 0, "1 (20.0%)"]
+    assert d.rows[4][1:] == [0, "2 (66.7%)", "2 (40.0%)"]
+
+
+def test_open_session_pools_and_leaves_out_participant_listings():
+    t = _tables(teae_summary=[{"ROWN": 1, "ROWLBL": "Any TEAE", "DOSE": d, "DOSEN": 1, "N": n, "DENOM": den, "PCT": p}
+                              for d, n, den, p in (("DL1", 1, 2, 50.0), ("DL2", 3, 3, 100.0), (TOTAL, 4, 5, 80.0))],
+                sae_listing=[{"DOSEA": "DL1", "DOSEP": "DL1", "SUBJID": "01", "AESPID": 1, "AETERM": "x", "AEDECOD": "x",
+                              "AEBODSYS": "s", "ASTDT": dt.date(2025, 1, 1), "AENDT": None, "ADY": 3, "ATOXGR": 3,
+                              "AESER": "Y", "AEREL": "RELATED", "AEOUT": "RECOVERED", "DLTFL": "N", "TRTEMFL": "Y"}])
+    closed = {d.id: d for d in display_tables(t, "Closed")}
+    opened = {d.id: d for d in display_tables(t, "Open")}
+    assert "sae_listing" in closed and "sae_listing" not in opened
+    assert not any(d.kind == "listing" for d in opened.values())
+    assert closed["teae_overview"].rows[0] == ["Any TEAE", "1 (50.0%)", "3 (100.0%)", "4 (80.0%)"]
+    assert opened["teae_overview"].rows[0] == ["Any TEAE", "4 (80.0%)"]
+    assert opened["teae_overview"].columns == ["Participants with at least one", "Total (N=5)"]
+    # Flow and escalation stay by dose level in the open session (the design, not the safety data).
+    assert opened["participant_flow"].columns == closed["participant_flow"].columns
+    assert pooled(closed["dose_escalation"]) is closed["dose_escalation"]
+    with pytest.raises(ValueError):
+        display_tables(t, "Semi-open")
+
+
+def test_clinical_tables_from_the_demo_database_agree_with_the_analysis_tables(demo_run):
+    """The demo database: every number of the new sections is a value of an analysis table."""
+    con = duckdb.connect(str(demo_run.final / "trial.duckdb"), read_only=True)
+    try:
+        t = load_report_tables(con)
+        crs_total = con.execute("SELECT N_ANY FROM analysis.crs_icans_summary WHERE AECAT = 'CRS' AND DOSE = 'TOTAL'").fetchone()[0]
+        enrolled = con.execute("SELECT DOSEP, count(*) FROM analysis.adsl WHERE ENRLFL = 'Y' GROUP BY 1").fetchall()
+        cells_n = con.execute("SELECT count(*) FROM analysis.exposure WHERE CELLS IS NOT NULL").fetchone()[0]
+    finally:
+        con.close()
+    tabs = {d.id: d for d in display_tables(t)}
+    crs = _rows_by_label(tabs["crs_icans"])
+    assert crs["Cytokine release syndrome (CRS)/Any grade"][-1].startswith(f"{crs_total} (")
+    truth = demo_run.truth["counts"] if "counts" in demo_run.truth else None
+    base = _rows_by_label(tabs["baseline"])
+    assert base["Age (years)/n"] == [dict(enrolled).get(d["DOSE"], 0) for d in t.dose_levels] + [sum(n for _, n in enrolled)]
+    assert _rows_by_label(tabs["exposure"])["Cells infused (x10^6)/n"][-1] == cells_n
+    if truth is not None:
+        assert sum(n for _, n in enrolled) == truth["enrolled"]
