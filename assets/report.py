@@ -20,7 +20,7 @@ from assets.derive import (
 )
 from assets.ingest import OWNERS
 from clinical.ingest import sha256_file
-from deliverables import dsmb, registry, workbooks
+from deliverables import dsmb, figures, registry, workbooks
 from deliverables.tables import load_report_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
@@ -63,10 +63,11 @@ def _file_meta(path: Path) -> dict[str, dg.MetadataValue]:
 )
 def dsmb_report(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
-        tables = load_report_tables(con)
+        tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
+        svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
     meta: dict[str, dg.MetadataValue] = {}
     for session, html_role, pdf_role in (("Closed", "dsmb_html", "dsmb_pdf"), ("Open", "dsmb_open_html", "dsmb_open_pdf")):
-        html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session)
+        html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs)
         _path(trial, html_role).write_text(html, encoding="utf-8")
         dsmb.html_to_pdf(html, _path(trial, pdf_role), trial.cut)
         meta[f"{session.lower()}_pdf"] = dg.MetadataValue.path(str(_path(trial, pdf_role)))
@@ -83,7 +84,7 @@ def dsmb_report(trial: TrialResource) -> dg.MaterializeResult:
 )
 def sponsor_workbook(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
-        tables = load_report_tables(con)
+        tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
     workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"))
     return dg.MaterializeResult(metadata=_file_meta(_path(trial, "sponsor_xlsx")))
 

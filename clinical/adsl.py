@@ -83,6 +83,12 @@ dlt AS (
   WHERE a.AEDLT = 'Y'
     AND impute_first(a.AESTDAT, $highest, i.EXSTDAT) BETWEEN i.EXSTDAT AND i.EXSTDAT + $window
   GROUP BY a.SUBJID),
+-- Last dated assessment (labs, PK samples, tumour assessments): with the milestone dates it gives the
+-- last date the participant was known to be in contact (admiral's LSTALVDT idea; complete dates only).
+seen AS (
+  SELECT SUBJID, max(D) AS LASTASDT FROM (
+    SELECT SUBJID, LBDAT AS D FROM stage.lb UNION ALL SELECT SUBJID, PCDAT FROM stage.pc
+    UNION ALL SELECT SUBJID, RSDAT FROM stage.rs) GROUP BY SUBJID),
 pk AS (
   SELECT p.SUBJID, count(*) FILTER (WHERE p.PCBLQ = 'N' AND p.PCDAT >= i.EXSTDAT) AS n_quant
   FROM stage.pc p JOIN stage.inf i USING (SUBJID) GROUP BY p.SUBJID),
@@ -97,7 +103,7 @@ base AS (
     inf.EXDOSE AS CELLS, inf.EXDOSE / nullif(da.CELLS, 0) - 1 AS DOSEDEV,
     inf.EXSTDAT + $window AS DLTWEND,
     ds.DSDECOD AS EOSSTT, ds.DSSTDAT AS EOSDT, ds.DTHDAT AS DTHDT, ds.DTHCAUS,
-    iefail.SCRFLRS, dlt.DLTDT, coalesce(pk.n_quant, 0) AS PKNQUANT
+    iefail.SCRFLRS, dlt.DLTDT, coalesce(pk.n_quant, 0) AS PKNQUANT, seen.LASTASDT
   FROM stage.dm dm
   LEFT JOIN (SELECT SUBJID, RFICDAT AS RFICDT, ENRLDAT AS ENRLDT, ENRLYN,
                     CASE WHEN ENRLYN = 'Y' THEN DOSELVL END AS DOSEP FROM stage.enrol) en USING (SUBJID)
@@ -112,6 +118,7 @@ base AS (
   LEFT JOIN ie_fail iefail USING (SUBJID)
   LEFT JOIN dlt USING (SUBJID)
   LEFT JOIN pk USING (SUBJID)
+  LEFT JOIN seen USING (SUBJID)
 ),
 flags AS (
   SELECT *,
@@ -132,7 +139,7 @@ flags AS (
     least(coalesce(EOSDT, $cut), coalesce(DTHDT, $cut), $cut) AS ONSTDT
   FROM base
 )
-SELECT * EXCLUDE (PRYN, ONSTDT, PKNQUANT),
+SELECT * EXCLUDE (PRYN, ONSTDT, PKNQUANT, LASTASDT),
   CASE WHEN SAFFL = 'Y' AND DOSEA = DOSEP AND abs(DOSEDEV) <= $tolerance
             AND (DLTFL = 'Y' OR ONSTDT >= DLTWEND) THEN 'Y' ELSE 'N' END AS DLTEVLFL,
   CASE WHEN SAFFL = 'N' THEN 'Not infused'
@@ -146,7 +153,7 @@ SELECT * EXCLUDE (PRYN, ONSTDT, PKNQUANT),
   CASE WHEN SAFFL = 'Y' AND PKNQUANT > 0 THEN 'Y' ELSE 'N' END AS PKEVLFL,
   CASE WHEN EOSSTT = 'COMPLETED' AND SAFFL = 'Y' THEN 'Y' ELSE 'N' END AS COMPLFL,
   CASE WHEN EOSSTT IS NOT NULL AND EOSSTT <> 'COMPLETED' THEN EOSSTT END AS DCSREAS,
-  greatest(RFICDT, ENRLDT, APHDT, LDENDT, TRTSDT, EOSDT, DTHDT) AS LSTCNDT
+  greatest(RFICDT, ENRLDT, APHDT, LDENDT, TRTSDT, EOSDT, DTHDT, LASTASDT) AS LSTCNDT
 FROM flags
 ORDER BY SUBJID
 """

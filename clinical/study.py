@@ -168,6 +168,36 @@ class Registry(_Strict):
     point_of_contact: Contact
 
 
+class Response(_Strict):
+    """Best overall response (RECIST 1.1; clinical/response.py). Defaults are the usual reading of a
+    phase 1 escalation trial: unconfirmed responses, and stable disease counts when assessed at least
+    28 days after infusion. A protocol whose first assessment visit has a window (e.g. day 28 +/- 1)
+    sets ``sd_min_days`` to the window's first day so that the scheduled assessment counts."""
+
+    sd_min_days: int = Field(default=28, ge=0)
+    confirm: bool = False
+    confirm_days: int = Field(default=28, ge=1)
+
+
+# ADSL population flags a form can be expected of (deliverables: form completeness).
+POPULATION_FLAGS = ("SCRNFL", "ENRLFL", "APHFL", "MFGFL", "LDFL", "SAFFL")
+
+
+class DataQuality(_Strict):
+    """Form completeness in the DSMB data-quality section: which participants are expected to have at
+    least one record of a form at the data cut, by ADSL population flag. Default: every screened
+    participant has the screening forms; each later form is expected of the participants who
+    reached the step before it (leukapheresis of the enrolled, manufacturing of the leukapheresed,
+    lymphodepletion of those whose product was released, infusion of the lymphodepleted, PK and
+    response of the infused). Forms not listed (AEs, medications, disposition) have no expected
+    population; their records are still counted."""
+
+    expected_forms: dict[str, Literal["SCRNFL", "ENRLFL", "APHFL", "MFGFL", "LDFL", "SAFFL"]] = {
+        "dm": "SCRNFL", "enrol": "SCRNFL", "ie": "SCRNFL", "sc": "SCRNFL", "lb": "SCRNFL",
+        "apher": "ENRLFL", "mfg": "APHFL", "ld": "MFGFL", "inf": "LDFL", "pc": "SAFFL", "rs": "SAFFL",
+    }
+
+
 class Input(_Strict):
     """How the study's exports arrive (see docs/ingest.md). Paths are relative to the configuration file."""
 
@@ -210,6 +240,8 @@ class StudyConfig(_Strict):
     # The CRF forms the study collects (default: all). The others are loaded as empty tables.
     forms: list[str] | None = None
     input: Input = Input()
+    data_quality: DataQuality = DataQuality()
+    response: Response = Response()
     # Filled by load_study, not by the file: sha256 of the file's bytes, for the audit trail.
     config_sha256: str = ""
     config_path: str = ""
@@ -229,6 +261,9 @@ class StudyConfig(_Strict):
         unknown = sorted(set(self.forms or []) - set(FORM_IDS))
         if unknown:
             raise ValueError(f"forms: unknown form(s) {unknown}; the contract has {list(FORM_IDS)}")
+        unknown = sorted(set(self.data_quality.expected_forms) - set(FORM_IDS))
+        if unknown:
+            raise ValueError(f"data_quality.expected_forms: unknown form(s) {unknown}; the contract has {list(FORM_IDS)}")
         cells = [d.cells for d in self.dose_levels]
         if cells != sorted(cells):
             raise ValueError("dose_levels: must be listed from lowest to highest dose")

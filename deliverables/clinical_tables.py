@@ -489,31 +489,22 @@ def layout_pk(t: ReportTables) -> DisplayTable:
 # --------------------------------------------------------------------------------------------------
 # Response (RECIST 1.1 best overall response)
 
-BOR_ORDER = ("CR", "PR", "SD", "PD", "NE")
-BOR_LABELS = {"CR": "Complete response (CR)", "PR": "Partial response (PR)", "SD": "Stable disease (SD)",
-              "PD": "Progressive disease (PD)", "NE": "Not evaluable (NE)"}
-
-
 def layout_response(t: ReportTables) -> DisplayTable:
     heads = safety_headers(t)
     cols, dose_cols = _columns(t, heads)
-    by: dict[str, dict[str, dict[str, Any]]] = {}
+    by: dict[tuple[int, str, str], dict[str, dict[str, Any]]] = {}
     for r in t.response_summary:
-        by.setdefault(r["CATEGORY"], {})[r["DOSE"]] = r
+        by.setdefault((r["ROWN"], r["ROWCD"], r["ROWLBL"]), {})[r["DOSE"]] = r
     rows: list[list[Cell]] = []
     styles: list[str] = []
-    cats = [c for c in BOR_ORDER if c in by] + sorted(c for c in by if c not in BOR_ORDER and c != "ORR")
     if by:
         rows.append(["Best overall response"] + [None] * len(heads))
         styles.append("group")
-    for cat in cats:
-        rows.append([BOR_LABELS.get(cat, cat)] + [fmt_npct(by[cat][d]["N"], by[cat][d]["PCT"]) if d in by[cat] else 0
-                                                  for d, _ in heads])
-        styles.append("indent")
-    if "ORR" in by:
-        rows.append(["Objective response (CR + PR)"] + [
-            fmt_npct(by["ORR"][d]["N"], by["ORR"][d]["PCT"]) if d in by["ORR"] else 0 for d, _ in heads])
-        styles.append("")
+    for key in sorted(by):
+        cells = by[key]
+        rows.append([key[2]] + [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else 0 for d, _ in heads])
+        # The rate (CR + PR) is a summary line under the categories, not one of them.
+        styles.append("" if key[1] == "ORR" else "indent")
     return DisplayTable(
         id="response",
         title="Best overall response (RECIST 1.1) by dose level",

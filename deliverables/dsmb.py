@@ -96,12 +96,12 @@ CHAPTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("sec-haem", "Haematological toxicity and recovery", ("haematology",)),
     ("sec-pk", "Cellular kinetics (pharmacokinetics)", ("pk", "figure:transgene")),
     ("sec-response", "Response", ("response", "figure:swimmer")),
-    ("sec-quality", "Data quality", ("data_quality", "protocol_deviations")),
+    ("sec-quality", "Data quality", ("data_quality", "form_completeness", "protocol_deviations")),
 )
 FIGURE_TITLES = {
     "flow_diagram": "Participant flow (CONSORT-DEFINE style)",
     "accrual": "Enrolment and accrual over time by dose level",
-    "transgene": "Transgene copies in blood over time by participant (log scale), coloured by dose level",
+    "transgene": "Transgene copies in blood over time after infusion (log scale), coloured by dose level",
     "swimmer": "Time on study after infusion by participant with response assessments (swimmer plot)",
 }
 CLOSED_ONLY_FIGURES = ("transgene", "swimmer")
@@ -129,8 +129,7 @@ def report_chapters(
                     items.append({"kind": "note", "text": "No previous data cut of this study has been published: "
                                   "this is the first report, so no changes are listed."})
                 for t in changes or []:
-                    n[t.kind] += 1
-                    items.append({"kind": "table", "t": t, "label": f"{t.kind.title()} {n[t.kind]}", "landscape": False})
+                    items.append({"kind": "table", "t": t, "landscape": False})
                 continue
             if item == "flow_diagram" or item.startswith("figure:"):
                 key = item.removeprefix("figure:")
@@ -143,9 +142,8 @@ def report_chapters(
                 if key != "flow_diagram" and svg is None:
                     items.append({"kind": "note", "text": f"Figure not available: {FIGURE_TITLES[key]}."})
                     continue
-                n["figure"] += 1
                 items.append({"kind": "flow" if key == "flow_diagram" else "figure", "key": key,
-                              "label": f"Figure {n['figure']}", "title": FIGURE_TITLES[key],
+                              "title": FIGURE_TITLES[key],
                               "svg": Markup(svg) if svg is not None else None})
                 continue
             t = by_id.get(item)
@@ -154,10 +152,14 @@ def report_chapters(
                     items.append({"kind": "note", "text": f"The participant-level listing ({item.replace('_', ' ')}) "
                                   "is in the closed session report and the sponsor workbook."})
                 continue
-            n[t.kind] += 1
-            items.append({"kind": "table", "t": t, "label": f"{t.kind.title()} {n[t.kind]}",
+            items.append({"kind": "table", "t": t,
                           "landscape": t.kind == "listing" and len(t.columns) > LANDSCAPE_COLUMNS})
         portrait = [i for i in items if not i.get("landscape")]
+        for i in portrait + [i for i in items if i.get("landscape")]:
+            kind = "figure" if i["kind"] in ("flow", "figure") else i["t"].kind if i["kind"] == "table" else None
+            if kind is not None:
+                n[kind] += 1
+                i["label"] = f"{kind.title()} {n[kind]}"
         chapters.append({"anchor": anchor, "number": number, "title": title, "items": portrait,
                          "landscape_items": [i for i in items if i.get("landscape")]})
     return chapters

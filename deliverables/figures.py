@@ -454,11 +454,14 @@ def _marker(shape: str, cx: float, cy: float, colour: str, filled: bool = True, 
     raise ValueError(shape)
 
 
-def transgene_svg(rows: Sequence[Row], dose_levels: Sequence[Row]) -> str:
+def transgene_svg(rows: Sequence[Row], dose_levels: Sequence[Row], median_of: dict[str, int] | None = None) -> str:
     """CAR transgene (copies/ug gDNA) over days from infusion, one line per participant coloured by
     dose level, log10 y axis. rows: analysis.adpc (SUBJID, ADY, AVAL, BLQFL, LLOQ, DOSEA).
-    BLQ samples are drawn at LLOQ/2 with an open marker; samples without a result are left out."""
-    label = "CAR transgene levels in blood over time by participant"
+    BLQ samples are drawn at LLOQ/2 with an open marker; samples without a result are left out.
+    median_of (dose -> participants): the rows are one median line per dose level (see
+    :data:`MAX_TRANSGENE_PARTICIPANTS`) and the legend gives how many participants each summarises."""
+    label = ("CAR transgene levels in blood over time, median by dose level" if median_of
+             else "CAR transgene levels in blood over time by participant")
     order = _dose_order(dose_levels)
     colours = dose_colours(dose_levels)
     pts_by_subj: dict[str, list[tuple[float, float, bool]]] = {}
@@ -492,9 +495,10 @@ def transgene_svg(rows: Sequence[Row], dose_levels: Sequence[Row]) -> str:
     doses = sorted({dose_of[s] for s in subjects}, key=lambda d: (d not in order, order.get(d, 0), d))
     items = []
     for dose in doses:
-        n = sum(1 for s in subjects if dose_of[s] == dose)
+        n = median_of.get(dose, 0) if median_of else sum(1 for s in subjects if dose_of[s] == dose)
         c = colours.get(dose, OTHER_COLOUR)
-        items.append((_line_symbol(c, marker=_marker("circle", 0, 0, c)), f"{_dose_label(dose_levels, dose) or 'no dose level'} (n={n})"))
+        what = f"median of n={n}" if median_of else f"n={n}"
+        items.append((_line_symbol(c, marker=_marker("circle", 0, 0, c)), f"{_dose_label(dose_levels, dose) or 'no dose level'} ({what})"))
     if any(blq for _, _, blq in all_pts):
         items.append((_marker("circle", 0, 0, "#555555", filled=False), "Below LLOQ, drawn at LLOQ/2"))
     if lloqs:
@@ -724,6 +728,9 @@ class FigureData:
     response: list[Row] = field(default_factory=list)
     adrs: list[Row] = field(default_factory=list)
     data_cut: dt.date | None = None
+    # Set when adpc holds more participants than one figure can show: adpc then holds one median
+    # profile per dose level (dose -> participants summarised).
+    transgene_median_of: dict[str, int] | None = None
     # Analysis tables that did not exist (their figure shows "No data at this data cut").
     missing: list[str] = field(default_factory=list)
 
@@ -737,6 +744,16 @@ FIGURE_QUERIES: dict[str, str] = {
                    FROM analysis.response ORDER BY DOSEAN NULLS LAST, SUBJID""",
     "adrs": "SELECT SUBJID, VISIT, RSDAT, ADY, AVALC FROM analysis.adrs ORDER BY SUBJID, RSDAT, VISIT",
 }
+
+# More participants than this and the transgene figure shows one median profile per dose level by
+# nominal time point (BLQ at LLOQ/2) instead of a line per participant: hundreds of lines are
+# unreadable, and at 10,000 participants the SVG alone would be megabytes for the PDF renderer.
+MAX_TRANSGENE_PARTICIPANTS = 60
+TRANSGENE_MEDIAN_SQL = """
+    SELECT DOSEA || ' median' AS SUBJID, median(ADY) AS ADY,
+           median(CASE WHEN BLQFL = 'Y' THEN LLOQ / 2 ELSE AVAL END) AS AVAL, 'N' AS BLQFL, max(LLOQ) AS LLOQ, DOSEA
+    FROM analysis.adpc WHERE DOSEA IS NOT NULL AND ADY IS NOT NULL
+    GROUP BY DOSEA, PCTPT ORDER BY DOSEA, ADY, PCTPT"""
 
 FIGURE_TITLES: dict[str, str] = {
     "accrual": "Enrolment and accrual over time",
@@ -755,21 +772,29 @@ def load_figure_data(con: duckdb.DuckDBPyConnection, data_cut: dt.date | str | N
     }
     out: dict[str, list[Row]] = {}
     missing: list[str] = []
+    median_of: dict[str, int] | None = None
     for name, sql in FIGURE_QUERIES.items():
         if name not in have:
             out[name] = []
             missing.append(name)
             continue
+        if name == "adpc":
+            per_dose = dict(con.execute(
+                "SELECT DOSEA, count(DISTINCT SUBJID) FROM analysis.adpc WHERE DOSEA IS NOT NULL GROUP BY DOSEA"
+            ).fetchall())
+            if sum(per_dose.values()) > MAX_TRANSGENE_PARTICIPANTS:
+                median_of = per_dose
+                sql = TRANSGENE_MEDIAN_SQL
         cur = con.execute(sql)
         names = [d[0] for d in cur.description]
         out[name] = [dict(zip(names, row)) for row in cur.fetchall()]
-    return FigureData(**out, data_cut=_date(data_cut), missing=missing)
+    return FigureData(**out, data_cut=_date(data_cut), transgene_median_of=median_of, missing=missing)
 
 
 def render_figures(data: FigureData) -> dict[str, str]:
     """{"accrual": svg, "transgene": svg, "swimmer": svg}."""
     return {
         "accrual": accrual_svg(data.adsl, data.dose_levels, data_cut=data.data_cut),
-        "transgene": transgene_svg(data.adpc, data.dose_levels),
+        "transgene": transgene_svg(data.adpc, data.dose_levels, median_of=data.transgene_median_of),
         "swimmer": swimmer_svg(data.response, data.adrs, data.dose_levels),
     }

@@ -61,6 +61,7 @@ class ReportTables:
     haem_recovery: list[dict[str, Any]] = field(default_factory=list)
     pk_summary: list[dict[str, Any]] = field(default_factory=list)
     ae_by_grade: list[dict[str, Any]] = field(default_factory=list)
+    form_completeness: list[dict[str, Any]] = field(default_factory=list)
     response_summary: list[dict[str, Any]] = field(default_factory=list)
     # Analysis tables that did not exist when the tables were loaded with strict=False.
     missing: list[str] = field(default_factory=list)
@@ -245,19 +246,63 @@ def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0].lower() for r in rows}
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cur = con.execute(sql)
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params) if params else con.execute(sql)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
-def load_report_tables(con: duckdb.DuckDBPyConnection, *, strict: bool = True) -> ReportTables:
+POPULATION_LABELS = {"SCRNFL": "Screened", "ENRLFL": "Enrolled", "APHFL": "Leukapheresed",
+                     "MFGFL": "Product released", "LDFL": "Lymphodepleted", "SAFFL": "Infused"}
+
+
+def form_completeness_rows(con: duckdb.DuckDBPyConnection, expected_forms: dict[str, str]) -> list[dict[str, Any]]:
+    """Per CRF form of the contract: records received (raw), accepted (stage), quarantined rows, the
+    participants with an accepted record and, for forms with an expected population (an ADSL flag,
+    from the study configuration), how many of that population have one. One set-based query;
+    the form ids (the contract's) and flags (a fixed list) are the only names put into the SQL text,
+    the form id as a value goes as a parameter."""
+    from clinical.crf import FORM_IDS
+    from clinical.study import POPULATION_FLAGS
+
+    have = {(r[0], r[1]) for r in con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
+    if ("raw", "quarantine") not in have or ("analysis", "adsl") not in have:
+        return []
+    parts, params = [], []
+    for n, form in enumerate(FORM_IDS, start=1):
+        if ("raw", form) not in have or ("stage", form) not in have:
+            continue
+        flag = expected_forms.get(form)
+        if flag is not None and flag not in POPULATION_FLAGS:
+            raise ValueError(f"expected population of {form}: unknown flag {flag!r}")
+        expected = (f"(SELECT count(*) FROM analysis.adsl WHERE {flag} = 'Y')" if flag else "NULL::BIGINT")
+        with_rec = (f"""(SELECT count(*) FROM analysis.adsl a WHERE a.{flag} = 'Y'
+                         AND EXISTS (SELECT 1 FROM stage.{form} f WHERE f.SUBJID = a.SUBJID))""" if flag else "NULL::BIGINT")
+        parts.append(f"""
+            SELECT {n} AS FORMN, ?::VARCHAR AS FORM, ?::VARCHAR AS POPULATION,
+                   (SELECT count(*) FROM raw.{form}) AS RECEIVED, (SELECT count(*) FROM stage.{form}) AS ACCEPTED,
+                   (SELECT count(DISTINCT line) FROM raw.quarantine q WHERE q.form = ?) AS QUARANTINED,
+                   (SELECT count(DISTINCT SUBJID) FROM stage.{form}) AS SUBJECTS,
+                   {expected} AS EXPECTED, {with_rec} AS EXPECTED_WITH""")
+        params += [form, flag, form]
+    if not parts:
+        return []
+    return _rows(con, " UNION ALL ".join(parts) + " ORDER BY FORMN", params)
+
+
+def load_report_tables(
+    con: duckdb.DuckDBPyConnection, *, strict: bool = True, expected_forms: dict[str, str] | None = None
+) -> ReportTables:
     """Read the analysis tables the reports need.
 
     strict (default): a missing analysis table raises :class:`MissingAnalysisTable`. With
     strict=False, missing tables load as empty and are named in ``ReportTables.missing`` (the
     PDF and workbook then say the table was not available), which lets a draft be produced while
     the pipeline is being built.
+
+    expected_forms: form -> ADSL population flag for the form-completeness table (the study
+    configuration's ``data_quality.expected_forms``; None: its default).
     """
     have = _existing_tables(con)
     missing = [t for t in REQUIRED if t not in have]
@@ -277,6 +322,11 @@ def load_report_tables(con: duckdb.DuckDBPyConnection, *, strict: bool = True) -
         out[name] = _rows(con, sql) if ok else []
     for name, (source, sql) in DERIVED_QUERIES.items():
         out[name] = _rows(con, sql) if source in have else []
+    if expected_forms is None:
+        from clinical.study import DataQuality
+
+        expected_forms = DataQuality().expected_forms
+    out["form_completeness"] = form_completeness_rows(con, expected_forms)
     out["baseline"] = []
     if "adsl" in have:
         cols = {r[0].upper() for r in con.execute(
@@ -830,6 +880,7 @@ def display_tables(t: ReportTables, session: str = "Closed") -> list[DisplayTabl
         ct.layout_pk(t),
         ct.layout_response(t),
         layout_data_quality(t),
+        layout_form_completeness(t),
         layout_protocol_deviations(t),
     ]
     if session == "Closed":
@@ -901,6 +952,36 @@ def layout_data_quality(t: ReportTables) -> DisplayTable:
         "with stable ids (analysis.data_queries); open = Open or Re-opened. Days open: from the data cut at which "
         "the query was first seen. The data-queries workbook lists every query.",
         sheet="Data quality",
+    )
+
+
+def layout_form_completeness(t: ReportTables) -> DisplayTable:
+    from clinical.crf import FORMS
+
+    titles = {f.id: f.title for f in FORMS}
+    rows: list[list[Cell]] = []
+    for r in t.form_completeness:
+        exp = r["EXPECTED"]
+        missing = None if exp is None else exp - r["EXPECTED_WITH"]
+        rows.append([
+            f"{titles.get(r['FORM'], r['FORM'])} ({r['FORM']})", r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"], r["SUBJECTS"],
+            POPULATION_LABELS.get(r["POPULATION"], "") if r["POPULATION"] else "(none)",
+            exp, missing,
+            "" if exp is None else fmt_npct(r["EXPECTED_WITH"], pct_half_up(r["EXPECTED_WITH"], exp)) if exp else "",
+        ])
+    return DisplayTable(
+        id="form_completeness",
+        title="Form completeness at the data cut-off",
+        columns=["Form", "Records received", "Accepted", "Quarantined rows", "Participants with a record",
+                 "Expected of", "Expected participants", "Expected, no record", "Expected with a record"],
+        rows=rows,
+        footnote="Records received: rows of the export file; accepted: rows that passed ingest; quarantined: rows "
+        "held back with a reason (the data-queries workbook lists them). Expected of: the population (ADSL flag, "
+        "study configuration data_quality.expected_forms) that should have at least one record of the form by "
+        "the data cut; forms without one (adverse events, medications, disposition) are counted only. "
+        "Sources: raw.<form>, stage.<form>, raw.quarantine, analysis.adsl.",
+        sheet="Form completeness",
+        empty_text="Form counts are not available in this database.",
     )
 
 

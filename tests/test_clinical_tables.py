@@ -196,3 +196,28 @@ def test_clinical_tables_from_the_demo_database_agree_with_the_analysis_tables(d
     assert _rows_by_label(tabs["exposure"])["Cells infused (x10^6)/n"][-1] == cells_n
     if truth is not None:
         assert sum(n for _, n in enrolled) == truth["enrolled"]
+
+
+def test_form_completeness_counts_expected_participants_without_a_record():
+    """Three screened, two enrolled; leukapheresis expected of the enrolled, one has no record; one
+    apher row quarantined (two quarantine messages on the same line count once)."""
+    from deliverables.tables import form_completeness_rows, layout_form_completeness
+
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA analysis; CREATE SCHEMA raw; CREATE SCHEMA stage")
+    con.execute("""CREATE TABLE analysis.adsl AS SELECT * FROM (VALUES ('01', 'Y', 'Y'), ('02', 'Y', 'Y'), ('03', 'Y', 'N'))
+                   t(SUBJID, SCRNFL, ENRLFL)""")
+    con.execute("CREATE TABLE raw.apher AS SELECT * FROM (VALUES ('01', 2), ('02', 3)) t(SUBJID, _line)")
+    con.execute("CREATE TABLE stage.apher AS SELECT * FROM (VALUES ('01')) t(SUBJID)")
+    con.execute("CREATE TABLE raw.ae AS SELECT * FROM (VALUES ('03')) t(SUBJID)")
+    con.execute("CREATE TABLE stage.ae AS SELECT * FROM raw.ae")
+    con.execute("""CREATE TABLE raw.quarantine AS SELECT * FROM (VALUES ('apher', 3, 'R1'), ('apher', 3, 'R2'))
+                   t(form, line, rule)""")
+    rows = form_completeness_rows(con, {"apher": "ENRLFL"})
+    assert [(r["FORM"], r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"], r["SUBJECTS"], r["EXPECTED"], r["EXPECTED_WITH"])
+            for r in rows] == [("apher", 2, 1, 1, 1, 2, 1), ("ae", 1, 1, 0, 1, None, None)]
+    d = layout_form_completeness(_tables(form_completeness=rows))
+    assert d.rows[0] == ["Leukapheresis (apher)", 2, 1, 1, 1, "Enrolled", 2, 1, "1 (50.0%)"]
+    assert d.rows[1][5:] == ["(none)", None, None, ""]
+    with pytest.raises(ValueError, match="unknown flag"):
+        form_completeness_rows(con, {"apher": "ENRLFL'; DROP TABLE x; --"})

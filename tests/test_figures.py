@@ -248,3 +248,24 @@ def test_swimmer_keeps_to_a_page():
     assert any(t.startswith("Showing 60 of 100 infused participants") for t in texts(root))
     ids = [g.get("data-subjid") for g in root.iter(f"{SVG}g") if g.get("class") == "participant"]
     assert ids[0] == "01-099" and ids[-1] == "01-040"  # longest first
+
+
+def test_transgene_figure_summarises_many_participants_as_medians_per_dose():
+    """Beyond MAX_TRANSGENE_PARTICIPANTS the figure draws one median profile per dose level."""
+    import duckdb
+
+    from deliverables import figures as fg
+
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA analysis")
+    con.execute("""CREATE TABLE analysis.adpc AS
+        SELECT printf('%03d', s) AS SUBJID, CASE WHEN s % 2 = 0 THEN 'DL1' ELSE 'DL2' END AS DOSEA,
+               t.PCTPT, t.ADY, CASE WHEN s % 2 = 0 THEN 100.0 ELSE 1000.0 END * t.f AS AVAL, 'N' AS BLQFL,
+               50.0 AS LLOQ, DATE '2025-01-01' + t.ADY AS PCDAT
+        FROM range(1, 71) r(s), (VALUES ('D1', 1, 1.0), ('D7', 7, 10.0)) t(PCTPT, ADY, f)""")
+    data = fg.load_figure_data(con)
+    assert data.transgene_median_of == {"DL1": 35, "DL2": 35}
+    assert [(r["SUBJID"], r["ADY"], r["AVAL"]) for r in data.adpc] == [
+        ("DL1 median", 1, 100.0), ("DL1 median", 7, 1000.0), ("DL2 median", 1, 1000.0), ("DL2 median", 7, 10000.0)]
+    svg = fg.render_figures(data)["transgene"]
+    assert "median of n=35" in svg and svg.count("<polyline") <= 4
