@@ -1457,6 +1457,35 @@ def _truth_subject(sim: _Sim, s: _Subj, cut: int) -> dict[str, Any]:
         "death_cause": s.death_cause if died else None,
         "disposition": s.exit_decod if exited else None,
         "disposition_date": iso(s.exit_date),
+        "adverse_events": [_truth_ae(s, ae, cut, infused) for ae in s.aes if on(ae.start)],
+    }
+
+
+def _truth_ae(s: _Subj, ae: _AE, cut: int, infused: bool) -> dict[str, Any]:
+    """One AE as it stands at the cut (the export's row, with the true onset date beside the recorded one).
+
+    end / outcome: blank end and NOT RECOVERED/NOT RESOLVED while the event is ongoing at the cut.
+    grade and seriousness never change between cuts: the simulator records each AE once, at its
+    final grade (it does not simulate a worsening recorded as a new row).
+    dlt: the investigator's DLT flag (AEDLT = Y; always inside the DLT window in the simulator).
+    treatment_emergent: infused by the cut and the true onset on or after the infusion day.
+    """
+    ongoing = ae.end is None or ae.end > cut
+    return {
+        "AESPID": ae.spid,
+        "term": ae.term[0],
+        "decod": ae.term[1],
+        "soc": ae.term[2],
+        "category": ae.cat,
+        "start": _iso(ae.start),
+        "start_recorded": _month(ae.start) if ae.partial else _iso(ae.start),
+        "end": None if ongoing else _iso(ae.end),
+        "grade": ae.grade,
+        "serious": ae.ser == "Y",
+        "relationship": ae.rel,
+        "outcome": _NRN if ongoing else ae.out,
+        "dlt": ae.dlt == "Y",
+        "treatment_emergent": infused and s.d0 is not None and ae.start >= s.d0,
     }
 
 

@@ -287,6 +287,40 @@ def test_truth_agrees_with_files(cfg, demo):
         assert t["per_dose"][d]["dlt"] == sum(p["dlt"] for p in parts.values() if p["dose_level"] == d)
 
 
+@pytest.mark.parametrize("cut", [CUT, EARLY_CUT])
+def test_truth_adverse_events_agree_with_the_ae_file(cfg, cut):
+    """Per-AE truth at the cut (deliverables.changes' end-to-end test reads it): one entry per AE row."""
+    trial = simulate(cfg, 83, cut)
+    file_rows = {(r["SUBJID"], int(r["AESPID"])): r for r in rows(trial, "ae")}
+    truth = {(p["SUBJID"], a["AESPID"]): (p, a) for p in trial.truth["participants"] for a in p["adverse_events"]}
+    assert set(truth) == set(file_rows)
+    for key, (p, a) in truth.items():
+        r = file_rows[key]
+        assert (r["AETERM"], r["AEDECOD"], r["AEBODSYS"], r["AECAT"]) == (a["term"], a["decod"], a["soc"], a["category"])
+        assert r["AESTDAT"] == a["start_recorded"] and a["start"].startswith(a["start_recorded"])
+        assert r["AEENDAT"] == (a["end"] or "") and r["AEOUT"] == a["outcome"]
+        assert int(r["AETOXGR"]) == a["grade"] and (r["AESER"] == "Y") == a["serious"]
+        assert r["AEREL"] == a["relationship"] and (r["AEDLT"] == "Y") == a["dlt"]
+        assert a["start"] <= cut.isoformat()
+        assert a["treatment_emergent"] == (p["infused"] and a["start"] >= p["infusion_date"])
+        if a["dlt"]:
+            assert p["dlt_aespid"] == a["AESPID"]
+
+
+def test_truth_adverse_events_of_a_later_cut_extend_the_earlier(cfg):
+    early = {p["SUBJID"]: p for p in simulate(cfg, 83, EARLY_CUT).truth["participants"]}
+    late = {p["SUBJID"]: p for p in simulate(cfg, 83, CUT).truth["participants"]}
+    for s, p in early.items():
+        later = {a["AESPID"]: a for a in late[s]["adverse_events"]}
+        for a in p["adverse_events"]:
+            b = later[a["AESPID"]]
+            # only the end date and outcome of an event ongoing at the earlier cut may change
+            assert {k: v for k, v in a.items() if k not in ("end", "outcome")} == \
+                {k: v for k, v in b.items() if k not in ("end", "outcome")}
+            if a["end"] is not None:
+                assert (a["end"], a["outcome"]) == (b["end"], b["outcome"])
+
+
 def test_escalation_notation_at_cut_matches_evaluable_participants(demo):
     t = demo.truth
     cohorts = parse_outcomes(t["escalation"])
