@@ -1,7 +1,33 @@
-"""Derive: analysis tables in the DuckDB ``analysis`` schema. Each asset reads, calls, writes, reports."""
+"""Derive: analysis tables in the DuckDB ``analysis`` schema.
+
+Every analysis table is a :class:`Derivation`: an ``AssetSpec`` (its key, upstream assets and
+description, as the UI shows it) and a builder ``(trial, con, log) -> metadata`` that reads the
+database, calls a pure function of ``clinical`` and returns what the asset reports (row counts under
+``dagster/row_count``). They run in two Dagster steps (docs/performance.md):
+
+* ``adsl``: the subject-level table alone, because cross-form rules of severity ERROR guard it
+  (``clinical.rules``): their blocking checks run right after it and stop everything downstream;
+* ``derive``: every other table of :data:`DERIVATIONS`, in list order, on one database connection.
+
+Adding a table (e.g. ``analysis/response``)::
+
+    def _response(trial, con, log):
+        n = build_response(con, trial.cfg)                 # pure function in clinical/response.py
+        return {"dagster/row_count": n}
+
+    response = dg.AssetSpec(key=["analysis", "response"], deps=[adsl_spec.key, *_raw("rs")],
+                            description="...", **SPEC)
+
+then add ``Derivation(response, _response)`` to the :data:`DERIVATIONS` list, after every table
+it reads (before ``data_queries`` if a rule guards it), and list the spec in ``assets.report.TABLE_ASSETS`` if a deliverable reads the table. A table that
+an ERROR rule guards must not be read by a table derived before it (checked at import).
+"""
 
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -23,26 +49,51 @@ from clinical.rules import RULES
 from clinical.safety_tables import build_ae_by_grade, build_safety_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
-COMMON = dict(group_name="derive", kinds={"duckdb"}, owners=OWNERS, pool="trial_db")
+SPEC = dict(group_name="derive", kinds={"duckdb"}, owners=OWNERS)
+POOL = "trial_db"
+
+Builder = Callable[[TrialResource, Any, Any], dict]
 
 
-def _counts_result(trial: TrialResource, build, row_table: str) -> dg.MaterializeResult:
-    """Run a builder that returns {table: row count} and report the counts (row_table's as the row count)."""
-    with trial.connect() as con:
-        counts = build(con)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts[row_table], **counts})
+@dataclass(frozen=True)
+class Derivation:
+    """One analysis table: its asset spec and the builder that writes it and returns its metadata."""
+
+    spec: dg.AssetSpec
+    build: Builder
 
 
 def _raw(*forms: str) -> list[dg.AssetKey]:
     return [dg.AssetKey(["raw", f]) for f in forms]
 
 
-@dg.asset(
+def _counts(build, row_table: str) -> Builder:
+    """A builder for a ``clinical`` function returning {table: row count} (row_table's is the row count)."""
+
+    def _build(trial: TrialResource, con, log) -> dict:
+        counts = build(trial, con)
+        return {"dagster/row_count": counts[row_table], **counts}
+
+    return _build
+
+
+# -- ADSL: its own step (ERROR rules guard it) ----------------------------------------------------
+
+adsl_spec = dg.AssetSpec(
     key=["analysis", "adsl"],
     deps=_raw("dm", "enrol", "ie", "sc", "apher", "mfg", "ld", "inf", "ae", "pc", "ds"),
     description="Subject-level analysis table (ADSL-like): dose levels planned and actual, key dates, "
     "population flags (screened ... DLT-evaluable, PK-evaluable) with reasons.",
-    **COMMON,
+    **SPEC,
+)
+
+
+@dg.asset(
+    key=adsl_spec.key,
+    deps=adsl_spec.deps,
+    description=adsl_spec.description,
+    pool=POOL,
+    **SPEC,
 )
 def adsl(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
@@ -51,157 +102,185 @@ def adsl(trial: TrialResource) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"dagster/row_count": n, "infused": infused})
 
 
-@dg.asset(
-    key=["analysis", "adae"],
-    deps=[adsl, *_raw("ae")],
-    description="Adverse-event analysis table (ADAE-like): imputed dates with flags, protocol day (day 0 = "
-    "infusion) and CDISC study day, period, treatment-emergent flag by the configured anchor, DLT.",
-    **COMMON,
-)
-def adae(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        n = build_adae(con, trial.cfg)
-        te = con.execute("SELECT count(*) FROM analysis.adae WHERE TRTEMFL = 'Y'").fetchone()[0]
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": n, "treatment_emergent": te, "anchor": trial.cfg.safety.treatment_emergent_anchor}
-    )
+# -- the other tables: one step --------------------------------------------------------------------
 
 
-@dg.asset(
-    key=["analysis", "participant_flow"],
-    deps=[adsl],
-    description="Participant flow per dose level: screening, funnel stages and the reasons at every exit.",
-    **COMMON,
-)
-def participant_flow(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        counts = build_flow(con)
-        bad = funnel_violations(con)
+def _adae(trial: TrialResource, con, log) -> dict:
+    n = build_adae(con, trial.cfg)
+    te = con.execute("SELECT count(*) FROM analysis.adae WHERE TRTEMFL = 'Y'").fetchone()[0]
+    return {"dagster/row_count": n, "treatment_emergent": te, "anchor": trial.cfg.safety.treatment_emergent_anchor}
+
+
+def _participant_flow(trial: TrialResource, con, log) -> dict:
+    counts = build_flow(con)
+    bad = funnel_violations(con)
     if bad:
         raise dg.Failure(description=f"participant flow increases down the funnel: {bad}", allow_retries=False)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts["participant_flow"], **counts})
+    return {"dagster/row_count": counts["participant_flow"], **counts}
 
 
-@dg.asset(
-    key=["analysis", "dose_escalation"],
-    deps=[adsl],
-    description="3+3 dose-escalation status per dose level and the next step the configured rules give.",
-    **COMMON,
+def _dose_escalation(trial: TrialResource, con, log) -> dict:
+    decision = build_escalation(con, trial.cfg)
+    return {k: dg.MetadataValue.text(str(v)) for k, v in decision.items()}
+
+
+def _safety_tables(trial: TrialResource, con, log) -> dict:
+    counts = build_safety_tables(con)
+    counts["ae_by_grade"] = build_ae_by_grade(con)
+    return {"dagster/row_count": counts["teae_summary"], **counts}
+
+
+def _data_queries(trial: TrialResource, con, log) -> dict:
+    previous = trial.previous_final_dir()
+    suites = {
+        f.id: resolve_suite(load_suite(REPO_ROOT / "expectations" / f"{f.id}.json"), trial.codelists) for f in FORMS
+    }
+    counts = build_queries(
+        con, trial.cfg, trial.export_id, trial.cut,
+        previous_db=previous / DATABASE_NAME if previous else None,
+        previous_cut=dt.date.fromisoformat(previous.name) if previous else None,
+        suites=suites,
+    )
+    log.info(f"data queries: {counts} (history from {previous or 'no earlier data cut'})")
+    return {"dagster/row_count": counts["total"], **{k: v for k, v in counts.items() if k != "total"},
+            "previous_data_cut": previous.name if previous else "none"}
+
+
+exposure = dg.AssetSpec(
+    key=["analysis", "exposure"],
+    deps=[adsl_spec.key, *_raw("ld", "mfg")],
+    description="Exposure: lymphodepletion cumulative doses against the protocol, product release and quality, "
+    "cells infused against the dose level, vein-to-vein time; summary per dose level.",
+    **SPEC,
 )
-def dose_escalation(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        decision = build_escalation(con, trial.cfg)
-    return dg.MaterializeResult(metadata={k: dg.MetadataValue.text(str(v)) for k, v in decision.items()})
-
-
-@dg.asset(
+adae = dg.AssetSpec(
+    key=["analysis", "adae"],
+    deps=[adsl_spec.key, *_raw("ae")],
+    description="Adverse-event analysis table (ADAE-like): imputed dates with flags, protocol day (day 0 = "
+    "infusion) and CDISC study day, period, treatment-emergent flag by the configured anchor, DLT.",
+    **SPEC,
+)
+participant_flow = dg.AssetSpec(
+    key=["analysis", "participant_flow"],
+    deps=[adsl_spec.key],
+    description="Participant flow per dose level: screening, funnel stages and the reasons at every exit.",
+    **SPEC,
+)
+dose_escalation = dg.AssetSpec(
+    key=["analysis", "dose_escalation"],
+    deps=[adsl_spec.key],
+    description="3+3 dose-escalation status per dose level and the next step the configured rules give.",
+    **SPEC,
+)
+safety_tables = dg.AssetSpec(
     key=["analysis", "safety_tables"],
-    deps=[adsl, adae],
+    deps=[adsl_spec.key, adae.key],
     description="Treatment-emergent AE overview per dose level, AEs by SOC and PT (all, serious, non-serious) "
     "and by worst grade.",
-    **COMMON,
+    **SPEC,
 )
-def safety_tables(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        counts = build_safety_tables(con)
-        counts["ae_by_grade"] = build_ae_by_grade(con)
-    return dg.MaterializeResult(metadata={"dagster/row_count": counts["teae_summary"], **counts})
-
-
-@dg.asset(
+adlb = dg.AssetSpec(
+    key=["analysis", "adlb"],
+    deps=[adsl_spec.key, *_raw("lb")],
+    description="Lab analysis table (ADLB-like) with CTCAE grades from value and the lab's normal range; worst grade, "
+    "nadir, neutrophil recovery and day-28 cytopenia per participant; worst-grade summary per dose level.",
+    **SPEC,
+)
+crs_icans = dg.AssetSpec(
+    key=["analysis", "crs_icans"],
+    deps=[adae.key, *_raw("cm")],
+    description="CRS and ICANS events with the ASTCT grade re-derived from the recorded items next to the "
+    "investigator's, onset, duration, tocilizumab and steroid use; summary per dose level.",
+    **SPEC,
+)
+pharmacokinetics = dg.AssetSpec(
+    key=["analysis", "pharmacokinetics"],
+    deps=[adsl_spec.key, *_raw("pc")],
+    description="CAR-T cellular kinetics: concentrations (ADPC-like), NCA parameters per participant (ADPP-like: "
+    "Cmax, Tmax, AUC0-28d, AUClast, lambda-z, half-life) and summaries per dose level.",
+    **SPEC,
+)
+dlt_review = dg.AssetSpec(
+    key=["analysis", "dlt_review"],
+    deps=[adae.key, adlb.key],
+    description="Candidate DLTs from the configured DLT rules (AEs and labs in the window) next to the "
+    "investigator's adjudication; disagreements listed for the medical monitor.",
+    **SPEC,
+)
+eligibility = dg.AssetSpec(
+    key=["analysis", "eligibility"],
+    deps=[adsl_spec.key, *_raw("dm", "enrol", "ie", "sc", "lb")],
+    description="Eligibility: every inclusion criterion of the study configuration evaluated on the screening "
+    "values (x ULN from the lab's own range), next to the investigator's assessment; protocol deviations of "
+    "enrolled participants who miss one (analysis.protocol_deviations).",
+    **SPEC,
+)
+data_queries = dg.AssetSpec(
     key=["analysis", "data_queries"],
     # Every asset a rule guards (the rules run again here), and every raw form (quarantine, WARN expectations).
     deps=[*[dg.AssetKey(list(p)) for p in dict.fromkeys(r.asset_path for r in RULES)], *[a.key for a in raw_forms]],
     description="Data queries tracked across exports: every failing record of a WARN rule (cross-form rules, "
     "quarantined rows, WARN expectations) with a stable id, status Open / Closed / Re-opened against the "
     "previous data cut, first and last seen, days open.",
-    **COMMON,
+    **SPEC,
 )
-def data_queries(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
-    previous = trial.previous_final_dir()
-    suites = {
-        f.id: resolve_suite(load_suite(REPO_ROOT / "expectations" / f"{f.id}.json"), trial.codelists) for f in FORMS
-    }
-    with trial.connect() as con:
-        counts = build_queries(
-            con, trial.cfg, trial.export_id, trial.cut,
-            previous_db=previous / DATABASE_NAME if previous else None,
-            previous_cut=dt.date.fromisoformat(previous.name) if previous else None,
-            suites=suites,
-        )
-    context.log.info(f"data queries: {counts} (history from {previous or 'no earlier data cut'})")
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": counts["total"], **{k: v for k, v in counts.items() if k != "total"},
-                  "previous_data_cut": previous.name if previous else "none"}
+
+# In dependency order: a table after every table it reads.
+DERIVATIONS: list[Derivation] = [
+    Derivation(exposure, _counts(lambda trial, con: build_exposure(con, trial.cfg), "exposure")),
+    Derivation(adae, _adae),
+    Derivation(participant_flow, _participant_flow),
+    Derivation(dose_escalation, _dose_escalation),
+    Derivation(safety_tables, _safety_tables),
+    Derivation(adlb, _counts(lambda trial, con: build_adlb(con, trial.cfg, baseline_visit=trial.cfg.screening_visit),
+                             "adlb")),
+    Derivation(crs_icans, _counts(lambda trial, con: build_crs_icans(con, trial.cfg), "crs_icans")),
+    Derivation(pharmacokinetics, _counts(lambda trial, con: build_pk(con, trial.cfg), "adpp")),
+    Derivation(dlt_review, _counts(lambda trial, con: build_dlt_review(con, trial.cfg, trial.cut), "candidates")),
+    Derivation(eligibility, _counts(lambda trial, con: build_eligibility(con, trial.cfg), "eligibility")),
+    Derivation(data_queries, _data_queries),
+]
+
+
+def _check_order(derivations: list[Derivation]) -> None:
+    """Each table after the tables it reads; no table an ERROR rule guards is derived in this step."""
+    done = {adsl_spec.key}
+    gated = {dg.AssetKey(list(r.asset_path)) for r in RULES if r.severity == "ERROR"}
+    for d in derivations:
+        if d.spec.key in gated:
+            raise ValueError(
+                f"{d.spec.key.to_user_string()}: an ERROR rule guards it, so it needs a step of its own (like adsl) "
+                "for its blocking check to stop the tables that read it"
+            )
+        later = [k for k in d.spec.deps if k.asset_key.path[0] == "analysis" and k.asset_key not in done]
+        if later:
+            raise ValueError(f"{d.spec.key.to_user_string()} reads {later[0].asset_key.to_user_string()}, derived after it")
+        done.add(d.spec.key)
+
+
+_check_order(DERIVATIONS)
+
+
+def _derive_step(derivations: list[Derivation]) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        name="derive",
+        specs=[d.spec for d in derivations],
+        pool=POOL,
+        can_subset=True,
+        description="Every analysis table but ADSL, in dependency order, in one step.",
     )
+    def _derive(context: dg.AssetExecutionContext, trial: TrialResource):
+        selected = context.selected_asset_keys
+        for d in derivations:
+            if d.spec.key not in selected:
+                continue
+            with trial.connect() as con:
+                metadata = d.build(trial, con, context.log)
+            yield dg.MaterializeResult(asset_key=d.spec.key, metadata=metadata)
+
+    return _derive
 
 
-@dg.asset(
-    key=["analysis", "eligibility"],
-    deps=[adsl, *_raw("dm", "enrol", "ie", "sc", "lb")],
-    description="Eligibility: every inclusion criterion of the study configuration evaluated on the screening "
-    "values (x ULN from the lab's own range), next to the investigator's assessment; protocol deviations of "
-    "enrolled participants who miss one (analysis.protocol_deviations).",
-    **COMMON,
-)
-def eligibility(trial: TrialResource) -> dg.MaterializeResult:
-    return _counts_result(trial, lambda con: build_eligibility(con, trial.cfg), "eligibility")
+derive = _derive_step(DERIVATIONS)
 
-
-@dg.asset(
-    key=["analysis", "adlb"],
-    deps=[adsl, *_raw("lb")],
-    description="Lab analysis table (ADLB-like) with CTCAE grades from value and the lab's normal range; worst grade, "
-    "nadir, neutrophil recovery and day-28 cytopenia per participant; worst-grade summary per dose level.",
-    **COMMON,
-)
-def adlb(trial: TrialResource) -> dg.MaterializeResult:
-    return _counts_result(trial, lambda con: build_adlb(con, trial.cfg, baseline_visit=trial.cfg.screening_visit), "adlb")
-
-
-@dg.asset(
-    key=["analysis", "crs_icans"],
-    deps=[adae, *_raw("cm")],
-    description="CRS and ICANS events with the ASTCT grade re-derived from the recorded items next to the "
-    "investigator's, onset, duration, tocilizumab and steroid use; summary per dose level.",
-    **COMMON,
-)
-def crs_icans(trial: TrialResource) -> dg.MaterializeResult:
-    return _counts_result(trial, lambda con: build_crs_icans(con, trial.cfg), "crs_icans")
-
-
-@dg.asset(
-    key=["analysis", "pharmacokinetics"],
-    deps=[adsl, *_raw("pc")],
-    description="CAR-T cellular kinetics: concentrations (ADPC-like), NCA parameters per participant (ADPP-like: "
-    "Cmax, Tmax, AUC0-28d, AUClast, lambda-z, half-life) and summaries per dose level.",
-    **COMMON,
-)
-def pharmacokinetics(trial: TrialResource) -> dg.MaterializeResult:
-    return _counts_result(trial, lambda con: build_pk(con, trial.cfg), "adpp")
-
-
-@dg.asset(
-    key=["analysis", "dlt_review"],
-    deps=[adae, adlb],
-    description="Candidate DLTs from the configured DLT rules (AEs and labs in the window) next to the "
-    "investigator's adjudication; disagreements listed for the medical monitor.",
-    **COMMON,
-)
-def dlt_review(trial: TrialResource) -> dg.MaterializeResult:
-    return _counts_result(trial, lambda con: build_dlt_review(con, trial.cfg, trial.cut), "candidates")
-
-
-@dg.asset(
-    key=["analysis", "exposure"],
-    deps=[adsl, *_raw("ld", "mfg")],
-    description="Exposure: lymphodepletion cumulative doses against the protocol, product release and quality, "
-    "cells infused against the dose level, vein-to-vein time; summary per dose level.",
-    **COMMON,
-)
-def exposure(trial: TrialResource) -> dg.MaterializeResult:
-    return _counts_result(trial, lambda con: build_exposure(con, trial.cfg), "exposure")
-
-
-derived = [exposure, adsl, adae, participant_flow, dose_escalation, safety_tables, data_queries, adlb, crs_icans, pharmacokinetics, dlt_review,
-           eligibility]
+derived = [adsl, derive]

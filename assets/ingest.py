@@ -9,6 +9,7 @@ import dagster as dg
 from clinical.crf import FORMS, Form
 from clinical.ingest import ExportFileError, IngestSettings, ingest_settings
 from clinical.sources import ExportSource, ingest_form
+from pipelines.faults import pause_point
 from pipelines.resources import DATABASE_NAME, TrialResource
 
 OWNERS = ["team:clinical-data-engineering"]
@@ -44,24 +45,50 @@ def _fail(exc: ExportFileError) -> dg.Failure:
     return dg.Failure(description=str(exc), metadata={"rule": str(exc)}, allow_retries=False)
 
 
-@dg.asset(
-    key=["ingest", "export_snapshot"],
+SNAPSHOT_KEY = dg.AssetKey(["ingest", "export_snapshot"])
+
+export_snapshot = dg.AssetSpec(
+    key=SNAPSHOT_KEY,
     deps=[spec.key for spec in export_files],
     group_name="ingest",
     kinds={"duckdb"},
     owners=OWNERS,
-    pool="trial_db",
     description="Fingerprints every file of the export (SHA-256, bytes, format, encoding, delimiter) and starts a "
     "clean work folder for this run.",
 )
-def export_snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
+
+
+def _raw_spec(form: Form) -> dg.AssetSpec:
+    # Demographics derive an age at consent from a date of birth with the consent date of enrol.
+    extra = [dg.AssetKey(["export", "enrol"])] if form.id == "dm" else []
+    return dg.AssetSpec(
+        key=["raw", form.id],
+        deps=[dg.AssetKey(["export", form.id]), *extra, SNAPSHOT_KEY],
+        group_name="ingest",
+        kinds={"duckdb"},
+        owners=OWNERS,
+        description=(
+            f"{form.title}: `raw.{form.id}` holds every record of the form's source as received with its file and line; "
+            f"`stage.{form.id}` the typed rows; rows breaking a rule go to `raw.quarantine` with the reason. Empty "
+            f"when the study does not collect the form."
+        ),
+    )
+
+
+# One AssetSpec per CRF form (``raw/<form>``): what the UI shows and what checks and derive assets
+# depend on. All of them are written by the one ``ingest`` step below.
+raw_forms = [_raw_spec(form) for form in FORMS]
+
+
+def _snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
     work = trial.work_dir
     # A run always rebuilds from the export: clear what a failed earlier run may have left.
+    trial.close_database()
     shutil.rmtree(work)
     work.mkdir(parents=True)
     _SOURCES.clear()  # a new run reads the export afresh
     # Great Expectations takes ~2-3 s to import: start it now, so that it overlaps with the ingest
-    # steps (DuckDB, Polars and NumPy work off the GIL) instead of delaying the first check.
+    # of the forms (DuckDB, Polars and NumPy work off the GIL) instead of delaying the first check.
     from clinical.expectation_runner import warm_up_in_background
 
     warm_up_in_background()
@@ -84,6 +111,7 @@ def export_snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> 
     encodings = sorted({f"{f.encoding}" for f in files if f.encoding})
     context.log.info(f"export {trial.export_id} ({fmt}): {len(rows)} files, encodings {encodings}, data cut {trial.cut}")
     return dg.MaterializeResult(
+        asset_key=SNAPSHOT_KEY,
         metadata={
             "export_id": trial.export_id,
             "data_cut": trial.cut.isoformat(),
@@ -91,56 +119,62 @@ def export_snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> 
             "files": len(rows),
             "encodings": ", ".join(encodings) or "none",
             "database": dg.MetadataValue.path(str(trial.work_dir / DATABASE_NAME)),
-        }
+        },
     )
 
 
-def _raw_asset(form: Form) -> dg.AssetsDefinition:
-    # Demographics derive an age at consent from a date of birth with the consent date of enrol.
-    extra = [dg.AssetKey(["export", "enrol"])] if form.id == "dm" else []
-
-    @dg.asset(
-        name=form.id,
-        key_prefix=["raw"],
-        deps=[dg.AssetKey(["export", form.id]), *extra, export_snapshot],
-        group_name="ingest",
-        kinds={"duckdb"},
-        owners=OWNERS,
-        pool="trial_db",
-        description=(
-            f"{form.title}: `raw.{form.id}` holds every record of the form's source as received with its file and line; "
-            f"`stage.{form.id}` the typed rows; rows breaking a rule go to `raw.quarantine` with the reason. Empty "
-            f"when the study does not collect the form."
-        ),
+def _load_form(context: dg.AssetExecutionContext, trial: TrialResource, form: Form, con) -> dg.MaterializeResult:
+    source, settings = export_source(trial)
+    result = ingest_form(con, form, source, trial.export_id, settings)
+    if result.rows_quarantined:
+        context.log.warning(f"{result.file}: {result.rows_quarantined} row(s) of {form.id} quarantined, see raw.quarantine")
+    if result.dropped_identifier_columns:
+        context.log.info(f"{result.file}: identifier columns dropped: {', '.join(result.dropped_identifier_columns)}")
+    return dg.MaterializeResult(
+        asset_key=dg.AssetKey(["raw", form.id]),
+        metadata={
+            "dagster/row_count": result.rows_staged,
+            "collected": result.collected,
+            "source_file": result.file or "none",
+            "format": result.format,
+            "encoding": result.encoding or "n/a",
+            "delimiter": {None: "n/a", "\t": "tab"}.get(result.delimiter, result.delimiter),
+            "rows_received": result.rows_received,
+            "rows_quarantined": result.rows_quarantined,
+            "file_sha256": result.sha256 or "n/a",
+            "identifier_columns_dropped": ", ".join(result.dropped_identifier_columns) or "none",
+            "ages_from_birth_date": result.ages_from_birth_date,
+        },
     )
-    def _load(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
-        source, settings = export_source(trial)
-        with trial.connect() as con:
-            try:
-                result = ingest_form(con, form, source, trial.export_id, settings)
-            except ExportFileError as exc:
-                raise _fail(exc) from None
-        if result.rows_quarantined:
-            context.log.warning(f"{result.file}: {result.rows_quarantined} row(s) of {form.id} quarantined, see raw.quarantine")
-        if result.dropped_identifier_columns:
-            context.log.info(f"{result.file}: identifier columns dropped: {', '.join(result.dropped_identifier_columns)}")
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": result.rows_staged,
-                "collected": result.collected,
-                "source_file": result.file or "none",
-                "format": result.format,
-                "encoding": result.encoding or "n/a",
-                "delimiter": {None: "n/a", "\t": "tab"}.get(result.delimiter, result.delimiter),
-                "rows_received": result.rows_received,
-                "rows_quarantined": result.rows_quarantined,
-                "file_sha256": result.sha256 or "n/a",
-                "identifier_columns_dropped": ", ".join(result.dropped_identifier_columns) or "none",
-                "ages_from_birth_date": result.ages_from_birth_date,
-            }
-        )
-
-    return _load
 
 
-raw_forms = [_raw_asset(form) for form in FORMS]
+@dg.multi_asset(
+    name="ingest",
+    specs=[export_snapshot, *raw_forms],
+    pool="trial_db",
+    can_subset=False,  # the snapshot starts a clean work folder: the forms are always loaded together
+    description="The export snapshot, then every CRF form into raw/stage/quarantine tables, in one step.",
+)
+def ingest(context: dg.AssetExecutionContext, trial: TrialResource):
+    """One step for the whole export (one Dagster step instead of 15: docs/performance.md).
+
+    A form whose file breaks a blocking rule does not stop the others from loading: the step fails
+    at the end, naming every such file, and the forms that loaded are reported as materialised.
+    """
+    yield _snapshot(context, trial)
+    problems: list[str] = []
+    for form in FORMS:
+        try:
+            with trial.connect() as con:
+                result = _load_form(context, trial, form, con)
+        except ExportFileError as exc:
+            context.log.error(str(exc))
+            problems.append(str(exc))
+            continue
+        yield result
+        pause_point(f"raw__{form.id}")  # crash-safety tests: a run killed in the middle of ingest
+    if problems:
+        raise dg.Failure(description="\n".join(problems), metadata={"rule": "\n".join(problems)}, allow_retries=False)
+
+
+ingest_assets = [ingest]

@@ -16,6 +16,7 @@ Nothing in the manifest comes from the clock or from where the export or the out
 
 import hashlib
 import json
+import os
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -88,8 +89,23 @@ def config_archive(study_root: Path, config_sha256: str, config_path: str) -> Pa
     return study_root / "archive" / "configs" / config_sha256[:16] / Path(config_path).name
 
 
+def _link_or_copy(src: Path, target: Path) -> None:
+    """A hard link to ``src`` when both lie on one file system and the source is already read-only
+    (then neither name can change the shared bytes), else a copy."""
+    if not src.stat().st_mode & 0o222:
+        try:
+            os.link(src, target)
+            return
+        except OSError:  # another file system, or links not allowed: copy
+            pass
+    shutil.copyfile(src, target)
+
+
 def _archive_copy(files: list[tuple[Path, str]], dest: Path) -> None:
-    """Copy files (source, expected sha256) into ``dest`` atomically and read-only; idempotent."""
+    """Copy files (source, expected sha256) into ``dest`` atomically and read-only; idempotent.
+
+    A source that is already read-only (an export archived on arrival in the landing area) is hard
+    linked instead of copied when it is on the same file system; the SHA-256 check below is the same."""
     if dest.is_dir():
         return
     tmp = dest.with_name(dest.name + ".partial")
@@ -97,7 +113,7 @@ def _archive_copy(files: list[tuple[Path, str]], dest: Path) -> None:
     tmp.mkdir(parents=True)
     for src, sha in files:
         target = tmp / src.name
-        shutil.copyfile(src, target)
+        _link_or_copy(src, target)
         if sha256_file(target) != sha:
             shutil.rmtree(tmp, ignore_errors=True)
             raise dg.Failure(
@@ -138,6 +154,7 @@ def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.Mate
         files = con.execute("SELECT file, sha256, bytes FROM raw.export_files ORDER BY file").fetchall()
     export_sha = export_fingerprint([(name, sha) for name, sha, _ in files])
     seed = f"{trial.cfg.study.id}|{trial.cut.isoformat()}|{export_sha}"
+    trial.close_database()  # checkpointed and closed: the file is copied, then moved
     if not canonical_database(work / DATABASE_NAME, seed):
         context.log.warning(f"{DATABASE_NAME}: unknown DuckDB header layout; the file is not byte-reproducible")
     export_dir = Path(trial.export_dir).resolve()

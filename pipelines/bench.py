@@ -193,11 +193,15 @@ def vm_hwm_bytes() -> int:
 
 
 def stage_of_steps(defs) -> dict[str, str]:
-    """Step key -> stage for every asset step of the code location (steps not listed are check steps)."""
+    """Step key -> stage for every asset step of the code location (steps not listed are check
+    steps). A step that writes several assets (``@multi_asset``) is named after its op."""
     by_group = {"export": "ingest", "ingest": "ingest", "derive": "derive", "report": "report"}
     out = {}
-    for spec in defs.resolve_all_asset_specs():
-        out["__".join(spec.key.path)] = by_group.get(spec.group_name or "", spec.group_name or "other")
+    for assets_def in defs.resolve_asset_graph().assets_defs:
+        if not assets_def.keys or not assets_def.is_executable:
+            continue  # external sources (the export files) and check-only definitions
+        groups = {by_group.get(g or "", g or "other") for g in assets_def.group_names_by_key.values()}
+        out[assets_def.node_def.name] = sorted(groups)[0] if len(groups) == 1 else "/".join(sorted(groups))
     return out
 
 

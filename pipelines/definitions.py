@@ -4,7 +4,7 @@
 import dagster as dg
 
 from assets.derive import derived
-from assets.ingest import export_files, export_snapshot, raw_forms
+from assets.ingest import export_files, ingest_assets
 from assets.publish import publish
 from assets.report import reports
 from assets.validate import checks
@@ -15,7 +15,7 @@ from pipelines.schedules import nightly_schedule, trial_job
 from pipelines.sensors import landing_sensor
 
 defs = dg.Definitions(
-    assets=[*export_files, export_snapshot, *raw_forms, *derived, *reports, *publish],
+    assets=[*export_files, *ingest_assets, *derived, *reports, *publish],
     asset_checks=checks,
     jobs=[trial_job],
     schedules=[nightly_schedule],

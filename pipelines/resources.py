@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+from pydantic import PrivateAttr
 
 from clinical.crf import ResolvedCodelists, study_codelists
 from clinical.study import StudyConfig, load_study
@@ -55,6 +56,10 @@ class TrialResource(dg.ConfigurableResource):
     export_dir: str = DEFAULT_EXPORT
     output_root: str = DEFAULT_OUTPUT
     data_cut: str = ""
+
+    # During a run: the database opened once and shared by every step (see ``connect``).
+    _run_scoped: bool = PrivateAttr(default=False)
+    _db: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
 
     @cached_property
     def cfg(self) -> StudyConfig:
@@ -102,11 +107,16 @@ class TrialResource(dg.ConfigurableResource):
         except BaseException:
             lock.release(self.study_root)
             raise
+        self._run_scoped = True
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         from pipelines import lock
 
-        lock.release(self.study_root)
+        try:
+            self.close_database()
+        finally:
+            self._run_scoped = False
+            lock.release(self.study_root)
 
     @property
     def final_dir(self) -> Path:
@@ -135,10 +145,29 @@ class TrialResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        # Own try/finally: the connection is closed even when the asset raises, so the next step
-        # (in this process or another) can open the file at once.
-        con = duckdb.connect(str(self.database), read_only=read_only)
+        """A connection to the run's database, closed when the block ends (also when it raises).
+
+        Inside a Dagster run (the in-process executor runs every step in this process) the database
+        file is opened once, on first use, and every step gets a connection of its own to that one
+        database (``cursor()``: its own transaction and settings); opening and closing the file --
+        catalog load and checkpoint -- is then paid once per run instead of once per step.
+        ``close_database`` checkpoints and closes it (before the file is copied, moved or removed;
+        at the latest when the run ends). Outside a run (tests calling an asset directly) every
+        call opens and closes the file, and ``read_only`` is honoured.
+        """
+        if self._run_scoped:
+            if self._db is None:
+                self._db = duckdb.connect(str(self.database))
+            con = self._db.cursor()
+        else:
+            con = duckdb.connect(str(self.database), read_only=read_only)
         try:
             yield con
         finally:
             con.close()
+
+    def close_database(self) -> None:
+        """Checkpoint and close the run's shared database file, if open (``connect`` reopens it)."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()

@@ -149,12 +149,13 @@ def test_a_failed_pipeline_run_alerts_and_is_in_the_audit_log(demo_run, tmp_path
     rc = run_export(str(STUDY), str(bad), str(tmp_path / "out"), DEMO_CUT)
     assert rc == 1
     alerts = {a["step"]: a for a in _alerts(tmp_path)}
-    assert "lb.csv: file missing from export nolab (rule FILE-MISSING)" in alerts["raw__lb"]["body"]
+    assert "lb.csv: file missing from export nolab (rule FILE-MISSING)" in alerts["ingest"]["body"]
     err = capsys.readouterr().err
     # After the retries, the command still names the original error.
-    assert "step raw__lb failed: dagster._core.definitions.events.Failure: lb.csv: file missing" in err
+    # (Every form is loaded by the one "ingest" step.)
+    assert "step ingest failed: dagster._core.definitions.events.Failure: lb.csv: file missing" in err
     [row] = audit.read_log(Path(tmp_path / "out" / "IM83"))
     assert row["status"] == "FAILURE" and row["export_id"] == "nolab" and row["outputs"] is None
     detail = json.loads(row["detail"])
-    assert "raw__lb" in {s["step"] for s in detail["failed_steps"]}
+    assert "ingest" in {s["step"] for s in detail["failed_steps"]}
     assert detail["tags"]["trial/study"] == "IM83"
