@@ -20,7 +20,7 @@ from assets.derive import (
 )
 from assets.ingest import OWNERS
 from clinical.ingest import sha256_file
-from deliverables import dsmb, figures, registry, workbooks
+from deliverables import changes, dsmb, figures, registry, workbooks
 from deliverables.tables import load_report_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
@@ -49,6 +49,15 @@ def _path(trial: TrialResource, role: str) -> Path:
     return trial.work_dir / OUTPUT_FILES[role]
 
 
+def _changes_since_previous_cut(trial: TrialResource, con, tables) -> tuple[list | None, object]:
+    """The display tables of the changes since the latest earlier published cut (None on a first
+    report) and that cut's date."""
+    found = changes.compare_with_previous_dir(trial.previous_final_dir(), con, trial.cut, DATABASE_NAME)
+    if found.first_report:
+        return None, None
+    return changes.layout_changes(found, tables.dose_label), found.previous_cut
+
+
 def _file_meta(path: Path) -> dict[str, dg.MetadataValue]:
     return {"path": dg.MetadataValue.path(str(path)), "sha256": dg.MetadataValue.text(sha256_file(path))}
 
@@ -65,9 +74,11 @@ def dsmb_report(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
         tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
         svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
-    meta: dict[str, dg.MetadataValue] = {}
+        change_tables, previous_cut = _changes_since_previous_cut(trial, con, tables)
+    meta: dict[str, dg.MetadataValue] = {"previous_cut": str(previous_cut or "none (first report)")}
     for session, html_role, pdf_role in (("Closed", "dsmb_html", "dsmb_pdf"), ("Open", "dsmb_open_html", "dsmb_open_pdf")):
-        html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs)
+        html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs,
+                                     changes=change_tables, previous_cut=previous_cut)
         _path(trial, html_role).write_text(html, encoding="utf-8")
         dsmb.html_to_pdf(html, _path(trial, pdf_role), trial.cut)
         meta[f"{session.lower()}_pdf"] = dg.MetadataValue.path(str(_path(trial, pdf_role)))
@@ -85,7 +96,8 @@ def dsmb_report(trial: TrialResource) -> dg.MaterializeResult:
 def sponsor_workbook(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
         tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
-    workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"))
+        change_tables, _ = _changes_since_previous_cut(trial, con, tables)
+    workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"), first=change_tables or [])
     return dg.MaterializeResult(metadata=_file_meta(_path(trial, "sponsor_xlsx")))
 
 

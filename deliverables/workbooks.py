@@ -443,8 +443,11 @@ def write_sponsor_workbook(
     cfg: StudyConfig,
     data_cut: dt.date | str,
     path: Path | str,
+    first: list[DisplayTable] | tuple[DisplayTable, ...] = (),
 ) -> Path:
     """The sponsor workbook: a cover sheet with contents, then one sheet per display table.
+
+    first: tables shown before the report's own (the changes since the previous data cut).
 
     Every listing is complete here (the DSMB PDF summarises listings beyond its page budget); a
     listing longer than an Excel sheet continues on numbered sheets. Written in openpyxl's
@@ -452,7 +455,7 @@ def write_sponsor_workbook(
     """
     cut = as_date(data_cut)
     path = Path(path)
-    shown = display_tables(tables)
+    shown = list(first) + display_tables(tables)
     wb = Workbook(write_only=True)
     cover = wb.create_sheet("Contents")
     styles = _Styles(cover)

@@ -427,36 +427,31 @@ def test_hostile_text_and_paths(tmp_path):
     assert again.execute("SELECT AETERM FROM analysis.adae").fetchall() == [(HOSTILE[0],)]
     again.close()
 
-    from deliverables.dsmb import _environment
+    from deliverables.dsmb import _environment, report_chapters
 
     tables = layout_changes(ch)
+    chapter = next(c for c in report_chapters([], None, tables, "Closed") if c["anchor"] == "sec-changes")
     html = _environment().from_string(
-        '{% import "dsmb_changes.html.j2" as ch %}{{ ch.changes_section(t, cut, prev) }}'
-    ).render(t=tables, cut="2024-03-31", prev=ch.previous_cut)
+        '{% import "dsmb_macros.html.j2" as m %}{% for i in items %}{{ m.display_table(i, cut) }}{% endfor %}'
+    ).render(items=chapter["items"] + chapter["landscape_items"], cut="2024-03-31")
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "&lt;/td&gt;&lt;/tr&gt;" in html
     assert "{{ 7*7 }}" in html and "49" not in html
     assert "Robert&#39;); DROP TABLE analysis.adae;--" in html
-    assert html.count('<section class="landscape">') == 1 and 'id="sec-changes"' in html
 
 
-def test_section_renders_numbered_entries_and_the_first_report():
-    from deliverables.dsmb import _environment
+def test_section_is_numbered_in_the_report_and_a_first_report_says_so():
+    from deliverables.dsmb import report_chapters
 
     prev, cur = _pair()
     summary, listing = layout_changes(compare_cuts(prev, cur, D(2024, 2, 29), D(2024, 3, 31)))
-    tpl = _environment().from_string(
-        '{% import "dsmb_changes.html.j2" as ch %}{{ ch.changes_section(t, cut, prev, heading="2 Changes") }}')
-    html = tpl.render(t=[{"t": summary, "label": "Table 2"}, {"t": listing, "label": "Listing 1"}],
-                      cut="2024-03-31", prev="2024-02-29")
-    assert "<h2>2 Changes</h2>" in html
-    assert "Table 2. Changes since the previous data cut (2024-02-29)" in html
-    assert "Listing 1. Listing of changes since the previous data cut (2024-02-29)" in html
-    assert "previous data cut-off (2024-02-29)" in html
-    first = layout_changes(compare_cuts(None, cur, None, D(2024, 3, 31)))
-    html = tpl.render(t=first, cut="2024-03-31", prev=None)
-    assert "First report: no previous data cut" in html
-    assert "<tbody>" not in html
+    chapter = report_chapters([], None, [summary, listing], "Closed")[0]
+    assert chapter["anchor"] == "sec-changes" and chapter["number"] == 2
+    labelled = [(i["label"], i["t"].title) for i in chapter["items"] + chapter["landscape_items"]]
+    assert labelled == [("Table 1", "Changes since the previous data cut (2024-02-29)"),
+                        ("Listing 1", "Listing of changes since the previous data cut (2024-02-29)")]
+    first = report_chapters([], None, None, "Closed")[0]
+    assert [i["kind"] for i in first["items"]] == ["note"] and "first report" in first["items"][0]["text"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,6 +506,33 @@ def test_later_cut_lists_exactly_the_changes_the_simulator_made(two_cuts, cfg):
     assert got.grade_changes == [] and got.removed == []  # the simulator neither regrades nor deletes
     assert {r.SUBJID for r in got.dlts} == {"01-019"} and {r.SUBJID for r in got.saes} == {"01-012"}
     assert {r.SUBJID for r in got.deaths} == {"01-010", "01-011"}
+
+
+def test_later_cut_dsmb_report_and_workbook_list_the_changes(two_cuts, cfg):
+    """What the DSMB reads: the later cut's PDF and the sponsor workbook list every expected change."""
+    import re
+
+    import openpyxl
+    from pypdf import PdfReader
+
+    first, second = two_cuts.finals
+    want = expected_changes(*two_cuts.truths, cfg)
+    pdf = re.sub(r"\s+", " ", " ".join(p.extract_text() or "" for p in PdfReader(str(second / "dsmb_report.pdf")).pages))
+    assert f"Changes since the previous data cut ({E2E_CUTS[0]})" in pdf
+    assert f"Compared with the data cut-off of {E2E_CUTS[0]}" in pdf
+    wb = openpyxl.load_workbook(second / "sponsor_workbook.xlsx", read_only=True)
+    listing = [r for r in wb["Changes listing"].iter_rows(values_only=True)]
+    for key in ("screened", "enrolled", "infused", "dlts", "saes", "deaths"):
+        for row in want.rows(key):
+            assert row.SUBJID in pdf, (key, row)
+            assert any(row.SUBJID in [str(v) for v in r if v is not None] for r in listing), (key, row)
+    summary = {r[0]: r[1] for r in wb["Changes summary"].iter_rows(values_only=True) if len(r) > 1 and r[0]}
+    for label, key in (("New dose-limiting toxicities", "dlts"), ("New deaths", "deaths"),
+                       ("New serious adverse events", "saes"), ("New participants infused", "infused")):
+        assert summary[label] == want.counts[key] == len(want.rows(key)), label
+    # The first cut is a first report: its DSMB report says so and lists nothing as new.
+    first_pdf = " ".join(p.extract_text() or "" for p in PdfReader(str(first / "dsmb_report.pdf")).pages)
+    assert "this is the first report" in re.sub(r"\s+", " ", first_pdf)
 
 
 def test_first_cut_is_a_first_report(two_cuts, cfg):

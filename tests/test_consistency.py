@@ -106,3 +106,72 @@ def test_registry_xml_matches_the_json(demo_run, facts):
     assert got == [facts["flow"][("enrolled", d)] for d in DOSES]
     groups = root.findall(".//{*}interventionGroup")
     assert [int(g.findtext("{*}partAtRiskSeriousEvents")) for g in groups] == [facts["teae"][(1, d)][1] for d in DOSES]
+
+
+def _pdf_text(path) -> str:
+    return _norm("\n".join(p.extract_text() or "" for p in PdfReader(str(path)).pages))
+
+
+def test_every_clinical_table_reads_the_same_in_the_closed_pdf_and_the_workbook(demo_run, facts):
+    """Baseline, exposure, TEAE by grade, CRS/ICANS, haematology, PK, response and form completeness:
+    every row's values appear in the closed-session PDF and, as the same cells, in its workbook sheet."""
+    from deliverables.tables import display_tables
+
+    pdf = _pdf_text(demo_run.final / "dsmb_report.pdf")
+    wb = openpyxl.load_workbook(demo_run.final / "sponsor_workbook.xlsx", read_only=True)
+    ids = ("baseline", "exposure", "teae_by_grade", "crs_icans", "haematology", "pk", "response", "form_completeness")
+    shown = {t.id: t for t in display_tables(facts["tables"])}
+    for tid in ids:
+        table = shown[tid]
+        assert table.rows, tid
+        cells = [tuple(r[: len(table.columns)]) for r in wb[table.sheet].iter_rows(values_only=True)]
+        for row in table.rows:
+            values = _row_text(row[1:])
+            if values:  # a label wraps in the PDF cell; the values of the row stay together
+                assert values in pdf, (tid, row)
+            assert any(c and c[0] is not None and str(c[0]).strip() == str(row[0]).strip()
+                       and [("" if v is None else str(v)) for v in c[1:]] == [("" if v is None else str(v)) for v in row[1:]]
+                       for c in cells), (tid, row)
+
+
+def test_open_session_pdf_is_pooled_and_has_no_participant_listing(demo_run, facts):
+    from deliverables.tables import display_tables
+
+    closed = _pdf_text(demo_run.final / "dsmb_report.pdf")
+    opened = _pdf_text(demo_run.final / "dsmb_report_open.pdf")
+    assert "OPEN SESSION" in opened and "CLOSED SESSION" in closed
+    subjids = [r["SUBJID"] for r in facts["tables"].sae_listing + facts["tables"].deaths]
+    assert subjids and all(s in closed for s in subjids)
+    assert not any(s in opened for s in subjids)
+    pooled = {t.id: t for t in display_tables(facts["tables"], "Open")}
+    assert pooled["teae_overview"].columns == ["Participants with at least one", "Total (N=13)"]
+    for row in pooled["teae_overview"].rows:
+        assert _row_text(row) in opened, row
+    # The per-dose headers of the safety tables are in the closed report only.
+    assert "DL2 1x10^9 cells (N=6)" in closed
+    assert "Listing of serious adverse events" in closed and "Listing of serious adverse events" not in opened
+
+
+def test_baseline_reads_the_same_in_the_dsmb_report_and_the_registry(demo_run, facts):
+    """Both count the enrolled participants by planned dose level."""
+    from deliverables.tables import display_tables
+
+    rs = json.loads((demo_run.final / "registry_results.json").read_text())["resultsSection"]
+    base = rs["baselineCharacteristicsModule"]
+    measures = {m["title"]: m for m in base["measures"]}
+    sex = {c["title"]: {x["groupId"]: int(x["value"]) for x in c["measurements"]}
+           for c in measures["Sex: Female, Male"]["classes"][0]["categories"]}
+    gids = [g["id"] for g in base["groups"]]
+    table = {t.id: t for t in display_tables(facts["tables"])}["baseline"]
+    rows: dict[str, list] = {}
+    group = ""
+    for r, style in zip(table.rows, table.row_styles):
+        group = r[0] if style == "group" else group
+        rows.setdefault(r[0], r[1:])
+        rows[f"{group}/{r[0]}"] = r[1:]
+    for label in ("Female", "Male"):
+        shown = [int(str(v).split(" ")[0]) for v in rows[label]]
+        assert shown == [sex[label][g] for g in gids], label
+    age = measures["Age, Continuous"]["classes"][0]["categories"][0]["measurements"]
+    by_group = {m["groupId"]: float(m["value"]) for m in age}
+    assert [float(v) for v in rows["Age (years)/Median"]] == [by_group[g] for g in gids]
