@@ -333,6 +333,7 @@ def _write_display_sheet(ws, styles: _Styles, t: DisplayTable, cfg: StudyConfig,
     for j, w in widths.items():
         ws.column_dimensions[get_column_letter(j)].width = w
     ws.freeze_panes = f"B{FIRST_DATA_ROW}"  # a write-only sheet writes its view before the rows
+    _page_setup(ws, cfg, cut, landscape=True)  # and its sheet properties (fit to page width)
     ncols = len(t.columns)
     # Trailing note rows (the escalation decision) stay outside the filter range and span the table.
     n_data = len(rows)
@@ -375,7 +376,6 @@ def _write_display_sheet(ws, styles: _Styles, t: DisplayTable, cfg: StudyConfig,
         ws.append([write_cell(ws, styles, t.empty_text, font=NOTE_FONT)])
     last_col = get_column_letter(len(columns))
     ws.auto_filter.ref = f"A{HEADER_ROW}:{last_col}{HEADER_ROW + n_data}"
-    _page_setup(ws, cfg, cut, landscape=True)
     ws.print_title_rows = f"{HEADER_ROW}:{HEADER_ROW}"
     # Print what the PDF shows; the numeric companion columns are for filtering on screen.
     ws.print_area = f"A1:{get_column_letter(ncols)}{FIRST_DATA_ROW + max(len(rows), 1) - 1}"
@@ -393,6 +393,7 @@ def _write_cover(
     ws.column_dimensions["A"].width = 30
     ws.column_dimensions["B"].width = 90
     ws.column_dimensions["C"].width = 8
+    _page_setup(ws, cfg, cut, landscape=False)  # before the rows: a write-only sheet writes its properties first
     ws.append([write_cell(ws, styles, heading, font=Font(bold=True, size=14))])
     ws.append([])
     r = 3
@@ -415,7 +416,6 @@ def _write_cover(
         # An internal link: a location inside the workbook, not an external target.
         c.hyperlink = Hyperlink(ref=f"A{r}", location=f"{quote_sheetname(sheet)}!A1", display=sheet)
         ws.append([c, write_cell(ws, styles, title), write_cell(ws, styles, n, "0")])
-    _page_setup(ws, cfg, cut, landscape=False)
 
 
 def cell_text_len(value: Any) -> str:
@@ -583,6 +583,7 @@ def _write_rows_sheet(
     for j, w in widths.items():
         ws.column_dimensions[get_column_letter(j)].width = w
     ws.freeze_panes = f"A{FIRST_DATA_ROW}"  # before the rows (write-only)
+    _page_setup(ws, cfg, cut, landscape=True)  # likewise
     _merge(ws, TITLE_ROW, 1, len(columns), widths, title, TITLE_SIZE)
     ws.append([write_cell(ws, styles, title, font=TITLE_FONT,
                           alignment=_align(wrap_text=True, vertical="top") if len(columns) > 1 else None)])
@@ -600,7 +601,6 @@ def _write_rows_sheet(
     if not rows:
         ws.append([write_cell(ws, styles, empty, font=NOTE_FONT)])
     ws.auto_filter.ref = f"A{HEADER_ROW}:{get_column_letter(len(columns))}{max(HEADER_ROW, HEADER_ROW + len(rows))}"
-    _page_setup(ws, cfg, cut, landscape=True)
     ws.print_title_rows = f"{HEADER_ROW}:{HEADER_ROW}"
 
 
