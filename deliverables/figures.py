@@ -181,6 +181,17 @@ def _day_axis(lo: float, hi: float) -> tuple[float, float, list[float]]:
     return a, b, ticks
 
 
+def _day_ticks(xticks: Sequence[float], x: Any, top: float, bottom: float) -> list[str]:
+    """Grid line, tick and label of each day on the x axis (transgene and swimmer figures)."""
+    out = []
+    for t in xticks:
+        xt = x(t)
+        out.append(f'<line x1="{_num(xt)}" y1="{_num(top)}" x2="{_num(xt)}" y2="{_num(bottom)}" stroke="{GRID_COLOUR}" stroke-width="0.5"/>')
+        out.append(f'<line x1="{_num(xt)}" y1="{_num(bottom)}" x2="{_num(xt)}" y2="{_num(bottom + 3)}" stroke="{AXIS_COLOUR}" stroke-width="0.6"/>')
+        out.append(f'<text x="{_num(xt)}" y="{_num(bottom + 12)}" text-anchor="middle" font-size="{_num(TICK_PT)}">{_num(t)}</text>')
+    return out
+
+
 def _legend(items: list[tuple[str, str]], x0: float, y0: float, width: float, size: float = LABEL_PT) -> tuple[list[str], float]:
     """Legend items (symbol svg drawn at (0, 0) centred, label) laid out in rows; returns (parts, height)."""
     parts: list[str] = []
@@ -533,11 +544,7 @@ def transgene_svg(rows: Sequence[Row], dose_levels: Sequence[Row], median_of: di
         f'<text transform="translate({_num(10)} {_num(top + plot_h / 2)}) rotate(-90)" text-anchor="middle" '
         f'font-size="{_num(TITLE_PT)}">Transgene copies/\u00b5g gDNA (log scale)</text>'
     )
-    for t in xticks:
-        xt = x(t)
-        parts.append(f'<line x1="{_num(xt)}" y1="{_num(top)}" x2="{_num(xt)}" y2="{_num(bottom)}" stroke="{GRID_COLOUR}" stroke-width="0.5"/>')
-        parts.append(f'<line x1="{_num(xt)}" y1="{_num(bottom)}" x2="{_num(xt)}" y2="{_num(bottom + 3)}" stroke="{AXIS_COLOUR}" stroke-width="0.6"/>')
-        parts.append(f'<text x="{_num(xt)}" y="{_num(bottom + 12)}" text-anchor="middle" font-size="{_num(TICK_PT)}">{_num(t)}</text>')
+    parts += _day_ticks(xticks, x, top, bottom)
     parts.append(
         f'<text x="{_num((left + right) / 2)}" y="{_num(bottom + 25)}" text-anchor="middle" font-size="{_num(TITLE_PT)}">'
         "Days since CAR-T infusion (day 0)"
@@ -667,11 +674,7 @@ def swimmer_svg(
     parts = _open(height, label)
     parts.append(f'<text x="{_num(left - 6)}" y="{_num(top - 5)}" text-anchor="end" font-size="{_num(TICK_PT)}" font-weight="bold">Participant</text>')
     parts.append(f'<text x="{_num(WIDTH - 4)}" y="{_num(top - 5)}" text-anchor="end" font-size="{_num(TICK_PT)}" font-weight="bold">BOR</text>')
-    for t in xticks:
-        xt = x(t)
-        parts.append(f'<line x1="{_num(xt)}" y1="{_num(top)}" x2="{_num(xt)}" y2="{_num(bottom)}" stroke="{GRID_COLOUR}" stroke-width="0.5"/>')
-        parts.append(f'<line x1="{_num(xt)}" y1="{_num(bottom)}" x2="{_num(xt)}" y2="{_num(bottom + 3)}" stroke="{AXIS_COLOUR}" stroke-width="0.6"/>')
-        parts.append(f'<text x="{_num(xt)}" y="{_num(bottom + 12)}" text-anchor="middle" font-size="{_num(TICK_PT)}">{_num(t)}</text>')
+    parts += _day_ticks(xticks, x, top, bottom)
     parts.append(
         f'<text x="{_num((left + right) / 2)}" y="{_num(bottom + 25)}" text-anchor="middle" font-size="{_num(TITLE_PT)}">'
         "Days since CAR-T infusion (day 0)</text>"
