@@ -87,11 +87,6 @@ def _snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.Mat
     shutil.rmtree(work)
     work.mkdir(parents=True)
     _SOURCES.clear()  # a new run reads the export afresh
-    # Great Expectations takes ~2-3 s to import: start it now, so that it overlaps with the ingest
-    # of the forms (DuckDB, Polars and NumPy work off the GIL) instead of delaying the first check.
-    from clinical.expectation_runner import warm_up_in_background
-
-    warm_up_in_background()
     source, _settings = export_source(trial)
     try:
         source.check_study()
@@ -161,12 +156,17 @@ def ingest(context: dg.AssetExecutionContext, trial: TrialResource):
     A form whose file breaks a blocking rule does not stop the others from loading: the step fails
     at the end, naming every such file, and the forms that loaded are reported as materialised.
     """
+    from assets.validate import clear_submitted, submit_form_suite  # (assets.validate imports this module)
+
+    clear_submitted()
     yield _snapshot(context, trial)
     problems: list[str] = []
     for form in FORMS:
         try:
             with trial.connect() as con:
                 result = _load_form(context, trial, form, con)
+                # Great Expectations validates this form in the suite worker while the next ones load.
+                submit_form_suite(context.run_id, form, trial, con)
         except ExportFileError as exc:
             context.log.error(str(exc))
             problems.append(str(exc))

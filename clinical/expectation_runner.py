@@ -59,6 +59,18 @@ The GX import (~2-3 s, once per process) can be started early in a background th
 :func:`warm_up_in_background` (e.g. when a run starts ingesting), so that it overlaps with work that
 does not hold the GIL (DuckDB, Polars); :func:`run_suite` then waits for it.
 
+A worker process for the suites
+-------------------------------
+The import and GX's own per-expectation Python (~7 ms each, 190 expectations) hold the GIL, so a
+thread cannot overlap them with the pipeline's other Python work. :class:`SuiteWorker` is one
+process (``spawn``: a fresh interpreter, no inherited DuckDB or Polars threads) that imports GX as
+soon as it starts and then runs :func:`run_suite` on the frames it is sent, on the machine's other
+core. ``SuiteWorker.submit(suite, frame)`` returns a future of the outcomes, which are the same as
+:func:`run_suite` in this process gives (same function, same input). If the worker cannot be started
+or dies, :func:`outcomes_of` runs the suite in this process instead. :func:`start_worker` /
+:func:`stop_worker` manage one worker per process (the pipeline starts it when a run starts and
+stops it when the run ends).
+
 Measured (this machine, 2 vCPU, GX 1.24.1, pandas 3.1.1, polars 2.1, Python 3.11):
 
 {timings}
@@ -521,7 +533,106 @@ def _run_reduced(suite: dict, exps: list[dict], frame: pl.DataFrame, positions: 
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# A worker process (module docstring, "A worker process for the suites")
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    warm_up()
+
+
+class SuiteWorker:
+    """One ``spawn``-ed process that imports GX at once and runs suites on frames sent to it."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.executor = ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        )
+        self.executor.submit(os.getpid)  # start the process now (the GX import runs in its initializer)
+
+    def submit(self, suite: dict, frame: pl.DataFrame):
+        """A future of ``run_suite(suite, frame)`` computed in the worker."""
+        return self.executor.submit(run_suite, suite, frame)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in (getattr(self.executor, "_processes", None) or {}).values() if p.pid]
+
+    def close(self) -> None:
+        # Nothing in the worker needs flushing: end it at once instead of waiting for the
+        # interpreter's orderly exit (~0.5 s with GX loaded), then reap it.
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            with contextlib.suppress(Exception):
+                p.terminate()
+        for p in processes:
+            with contextlib.suppress(Exception):
+                p.join(timeout=10)
+
+
+_WORKER: SuiteWorker | None = None
+
+
+def start_worker() -> SuiteWorker | None:
+    """Start this process's suite worker if it is not running (idempotent); None if it cannot start."""
+    global _WORKER
+    with _GX_LOCK:
+        if _WORKER is None:
+            try:
+                _WORKER = SuiteWorker()
+            except Exception:  # noqa: BLE001 - no worker: suites run in this process
+                _WORKER = None
+        return _WORKER
+
+
+def stop_worker() -> None:
+    """Stop the suite worker (waits for it to exit)."""
+    global _WORKER
+    with _GX_LOCK:
+        worker, _WORKER = _WORKER, None
+    if worker is not None:
+        worker.close()
+
+
+def worker_running() -> bool:
+    return _WORKER is not None
+
+
+def submit_suite(suite: dict, frame: pl.DataFrame):
+    """A future of the suite's outcomes from the worker, or None when no worker runs."""
+    worker = _WORKER
+    if worker is None:
+        return None
+    try:
+        return worker.submit(suite, frame)
+    except Exception:  # noqa: BLE001 - a broken or stopped worker: the caller runs the suite itself
+        return None
+
+
+def outcomes_of(future, suite: dict, frame: pl.DataFrame) -> list[ExpectationOutcome]:
+    """The outcomes of a submitted suite; if it was not submitted or the worker died, run it here.
+    An error raised by the suite itself (e.g. an invalid expectation) is raised as it would be here."""
+    if future is not None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            pass
+    return run_suite(suite, frame)
+
+
 __all__ = [
+    "SuiteWorker",
+    "outcomes_of",
+    "start_worker",
+    "stop_worker",
+    "submit_suite",
+    "worker_running",
     "ExpectationOutcome",
     "load_suite",
     "resolve_suite",

@@ -108,12 +108,20 @@ class TrialResource(dg.ConfigurableResource):
             lock.release(self.study_root)
             raise
         self._run_scoped = True
+        # Great Expectations in a process of its own, importing while the export loads
+        # (clinical.expectation_runner, "A worker process for the suites").
+        from clinical.expectation_runner import start_worker
+
+        start_worker()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         from pipelines import lock
 
+        from clinical.expectation_runner import stop_worker
+
         try:
             self.close_database()
+            stop_worker()
         finally:
             self._run_scoped = False
             lock.release(self.study_root)

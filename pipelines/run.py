@@ -112,8 +112,12 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
             print(f"refused: {message}", file=sys.stderr)
             _refusal(study_root, "FROZEN", message, trial_config, cfg)
             return EXIT_FROZEN
+        from clinical.expectation_runner import start_worker
         from pipelines.definitions import defs
 
+        # Great Expectations imports in its worker process while Dagster creates the run and the
+        # export loads (the trial resource stops it when the run ends; stop_worker below in any case).
+        start_worker()
         run_config = {
             # The console shows warnings and failures; the full event log is in the Dagster instance.
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
@@ -129,6 +133,9 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
             except Exception as exc:  # noqa: BLE001  a log problem must not mask the run's outcome
                 print(f"warning: could not append run {result.run_id} to the audit log: {exc}", file=sys.stderr)
     finally:
+        from clinical.expectation_runner import stop_worker
+
+        stop_worker()
         lock.release(study_root)
     problems = failed_checks(result)
     if not result.success:

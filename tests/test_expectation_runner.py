@@ -275,3 +275,31 @@ def test_warm_up_in_background_is_idempotent():
     runner.warm_up_in_background()
     runner.warm_up_in_background()
     assert runner._gx() is runner._gx()
+
+
+def test_the_suite_worker_gives_the_same_outcomes_and_a_dead_worker_falls_back(codelists):
+    """GX in the worker process: the outcomes equal those of run_suite here; if the worker dies,
+    outcomes_of runs the suite in this process."""
+    import os
+    import signal
+
+    suite = suite_for("ae", codelists)
+    rows = ae_rows()
+    rows[2]["AETOXGR"] = "7"
+    rows[0]["AESTDAT"] = "2025-13-45"
+    data = frame(rows, "ae")
+    here = runner.run_suite(suite, data)
+    try:
+        worker = runner.start_worker()
+        assert worker is not None and runner.start_worker() is worker and runner.worker_running()
+        future = runner.submit_suite(suite, data)
+        assert runner.outcomes_of(future, suite, data) == here
+        assert any(not o.success for o in here)
+        [pid] = worker.pids()
+        assert pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        late = runner.submit_suite(suite, data)
+        assert runner.outcomes_of(late, suite, data) == here
+    finally:
+        runner.stop_worker()
+    assert not runner.worker_running() and runner.submit_suite(suite, data) is None
