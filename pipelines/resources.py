@@ -109,10 +109,13 @@ class TrialResource(dg.ConfigurableResource):
             raise
         self._run_scoped = True
         # Great Expectations in a process of its own, importing while the export loads
-        # (clinical.expectation_runner, "A worker process for the suites").
-        from clinical.expectation_runner import start_worker
+        # (clinical.expectation_runner, "A worker process for the suites"); not for a run that
+        # neither loads the export nor runs the form checks (e.g. only a report re-made from the UI).
+        steps = context.dagster_run.step_keys_to_execute if context.dagster_run else None
+        if steps is None or {"ingest", "form_checks"} & set(steps):
+            from clinical.expectation_runner import start_worker
 
-        start_worker()
+            start_worker()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         from pipelines import lock
