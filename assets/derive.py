@@ -45,6 +45,7 @@ from clinical.exposure import build_exposure
 from clinical.flow import build_flow, funnel_violations
 from clinical.pk import build_pk
 from clinical.queries import build_queries
+from clinical.response import build_response
 from clinical.rules import RULES
 from clinical.safety_tables import build_ae_by_grade, build_safety_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
@@ -207,6 +208,14 @@ dlt_review = dg.AssetSpec(
     "investigator's adjudication; disagreements listed for the medical monitor.",
     **SPEC,
 )
+response = dg.AssetSpec(
+    key=["analysis", "response"],
+    deps=[adsl_spec.key, *_raw("rs")],
+    description="Tumour response (RECIST 1.1): assessments from infusion (ADRS-like), best overall response per "
+    "infused participant with the SD minimum and confirmation of the study configuration, last contact for the "
+    "swimmer plot; BOR and objective response rate per dose level.",
+    **SPEC,
+)
 eligibility = dg.AssetSpec(
     key=["analysis", "eligibility"],
     deps=[adsl_spec.key, *_raw("dm", "enrol", "ie", "sc", "lb")],
@@ -237,6 +246,9 @@ DERIVATIONS: list[Derivation] = [
     Derivation(crs_icans, _counts(lambda trial, con: build_crs_icans(con, trial.cfg), "crs_icans")),
     Derivation(pharmacokinetics, _counts(lambda trial, con: build_pk(con, trial.cfg), "adpp")),
     Derivation(dlt_review, _counts(lambda trial, con: build_dlt_review(con, trial.cfg, trial.cut), "candidates")),
+    Derivation(response, _counts(lambda trial, con: build_response(
+        con, sd_min_days=trial.cfg.response.sd_min_days, confirm=trial.cfg.response.confirm,
+        confirm_days=trial.cfg.response.confirm_days), "response")),
     Derivation(eligibility, _counts(lambda trial, con: build_eligibility(con, trial.cfg), "eligibility")),
     Derivation(data_queries, _data_queries),
 ]

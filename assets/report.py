@@ -16,6 +16,7 @@ from assets.derive import (
     exposure,
     participant_flow,
     pharmacokinetics,
+    response,
     safety_tables,
 )
 from assets.ingest import OWNERS
@@ -27,7 +28,7 @@ from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 COMMON = dict(group_name="report", owners=OWNERS, pool="trial_db")
 TABLE_ASSETS = [
     participant_flow, dose_escalation, safety_tables, adlb, crs_icans, pharmacokinetics, exposure, dlt_review,
-    eligibility, data_queries,
+    eligibility, data_queries, response,
 ]
 RRS_XSD = Path(os.environ.get("RRS_XSD", REPO_ROOT.parent / "shared" / "registry" / "RRSUploadSchema.xsd"))
 

@@ -392,6 +392,9 @@ class _Subj:
     cms: list[_CM] = field(default_factory=list)
     # rows per form, each (known date, values, open end) where open end = (end date, {col: value if open})
     rows: dict[str, list[tuple[int, list[str], tuple[int, dict[int, str]] | None]]] = field(default_factory=dict)
+    # (date known, row) of the tumour assessments in the export at the cut, kept for the truth
+    # when the rows are released after the cut.
+    rs_at_cut: list[tuple[int, list[str]]] = field(default_factory=list)
 
     def add(self, form_id: str, known: int, values: list[str], open_end: tuple[int, dict[int, str]] | None = None):
         self.rows.setdefault(form_id, []).append((known, values, open_end))
@@ -1458,7 +1461,36 @@ def _truth_subject(sim: _Sim, s: _Subj, cut: int) -> dict[str, Any]:
         "disposition": s.exit_decod if exited else None,
         "disposition_date": iso(s.exit_date),
         "adverse_events": [_truth_ae(s, ae, cut, infused) for ae in s.aes if on(ae.start)],
+        "best_overall_response": _truth_bor(s, cfg.response.sd_min_days) if infused else None,
     }
+
+
+# RECIST 1.1 categories, best first.
+_BOR_RANK = ("CR", "PR", "SD", "PD", "NE")
+
+
+def _truth_bor(s: _Subj, sd_min_days: int) -> str:
+    """Best overall response from the tumour assessments the export holds at the cut, written here
+    independently of clinical/response.py (unconfirmed responses, as the demo configuration says):
+    assessments after infusion up to the first PD; CR/PR count as they are, SD from ``sd_min_days``
+    after infusion, PD; otherwise NE."""
+    assert s.d0 is not None
+    seen = sorted(s.rs_at_cut)
+    cats = []
+    for known, (_, _, _, res) in seen:
+        day = known - s.d0
+        if day < 1:
+            continue
+        if res in ("CR", "PR"):
+            cats.append(res)
+        elif res == "SD" and day >= sd_min_days:
+            cats.append("SD")
+        elif res == "PD":
+            cats.append("PD")
+            break
+        else:
+            cats.append("NE")
+    return min(cats, key=_BOR_RANK.index) if cats else "NE"
 
 
 def _truth_ae(s: _Subj, ae: _AE, cut: int, infused: bool) -> dict[str, Any]:
@@ -1539,6 +1571,7 @@ def simulate(
     for s in subjects:
         for fid, rs in _cut_rows(s, cut).items():
             rows[fid].extend(rs)
+        s.rs_at_cut = [(known, v) for known, v, _ in s.rows.get("rs", []) if known <= cut]
         s.rows = {}
     forms = {}
     for f in crf.FORMS:
