@@ -165,7 +165,19 @@ def report_chapters(
     return chapters
 
 
-def _dsmb_asks(tables: ReportTables, figures: dict[str, Any]) -> list[str]:
+def _changes_ask(changes: list[DisplayTable] | None) -> str | None:
+    """One sentence on what changed since the previous cut, from the changes summary table."""
+    summary = next((t for t in changes or [] if t.id == "changes_summary"), None)
+    if summary is None or not summary.rows:
+        return None
+    changed = [f"{str(r[0])[:1].lower()}{str(r[0])[1:]}: {r[1]}" for r in summary.rows
+               if isinstance(r[1], int) and r[1] > 0]
+    if not changed:
+        return "Note that nothing reportable changed since the previous data cut (section 2)."
+    return "Review the changes since the previous data cut (section 2): " + "; ".join(changed) + "."
+
+
+def _dsmb_asks(tables: ReportTables, figures: dict[str, Any], changes: list[DisplayTable] | None = None) -> list[str]:
     s = decision_summary(tables)
     d = tables.escalation_decision
     asks = []
@@ -174,6 +186,9 @@ def _dsmb_asks(tables: ReportTables, figures: dict[str, Any]) -> list[str]:
     if parts:
         review += f" ({figures['Infused (safety population)']} participant(s) infused)"
     asks.append(review + ", in particular the dose-limiting toxicities, serious adverse events and deaths listed below.")
+    since = _changes_ask(changes)
+    if since:
+        asks.append(since)
     if d is None:
         asks.append("The escalation decision was not available for this report: no escalation step can be endorsed.")
     else:
@@ -219,7 +234,7 @@ def render_dsmb_html(
     shown = pdf_tables(tables, session=sess)
     chapters = report_chapters(shown, figures, changes, sess)
     numbered = {i["t"].id: i for c in chapters for i in c["items"] + c["landscape_items"] if i["kind"] == "table"}
-    figures = key_figures(tables)
+    headline = key_figures(tables)
     study = cfg.study
     title = f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}"
     ctx = {
@@ -235,10 +250,10 @@ def render_dsmb_html(
         "tables": numbered,
         "chapters": chapters,
         "previous_cut": as_date(previous_cut).isoformat() if previous_cut is not None else None,
-        "figures": figures,
+        "figures": headline,
         "decision": decision_summary(tables),
         "decision_row": tables.escalation_decision,
-        "asks": _dsmb_asks(tables, dict(figures)),
+        "asks": _dsmb_asks(tables, dict(headline), changes),
         "boxes": flow_boxes(tables),
         "dose_ids": [d["DOSE"] for d in tables.dose_levels],
         "problems": consistency_problems(tables),

@@ -544,3 +544,17 @@ def test_first_cut_is_a_first_report(two_cuts, cfg):
         con.close()
     assert got == expected_changes(None, two_cuts.truths[0], cfg)
     assert got.first_report and not any(got.rows(k) for k in CATEGORY_KEYS)
+
+
+def test_summary_asks_the_dsmb_to_review_the_changes():
+    from deliverables.dsmb import _changes_ask
+
+    prev, cur = _pair()
+    tables = layout_changes(compare_cuts(prev, cur, D(2024, 2, 29), D(2024, 3, 31)))
+    ask = _changes_ask(tables)
+    summary = tables[0]
+    for label, n in ((r[0], r[1]) for r in summary.rows if isinstance(r[1], int) and r[1] > 0):
+        assert f"{label[:1].lower()}{label[1:]}: {n}" in ask
+    assert _changes_ask(None) is None
+    same = layout_changes(compare_cuts(cur, cur, D(2024, 2, 29), D(2024, 3, 31)))
+    assert "nothing reportable changed" in _changes_ask(same)
