@@ -962,18 +962,17 @@ def layout_form_completeness(t: ReportTables) -> DisplayTable:
     rows: list[list[Cell]] = []
     for r in t.form_completeness:
         exp = r["EXPECTED"]
-        missing = None if exp is None else exp - r["EXPECTED_WITH"]
         rows.append([
             f"{titles.get(r['FORM'], r['FORM'])} ({r['FORM']})", r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"], r["SUBJECTS"],
             POPULATION_LABELS.get(r["POPULATION"], "") if r["POPULATION"] else "(none)",
-            exp, missing,
+            exp,
             "" if exp is None else fmt_npct(r["EXPECTED_WITH"], pct_half_up(r["EXPECTED_WITH"], exp)) if exp else "",
         ])
     return DisplayTable(
         id="form_completeness",
         title="Form completeness at the data cut-off",
-        columns=["Form", "Records received", "Accepted", "Quarantined rows", "Participants with a record",
-                 "Expected of", "Expected participants", "Expected, no record", "Expected with a record"],
+        columns=["Form", "Records received", "Accepted", "Quarantined", "Participants with a record",
+                 "Expected of", "Expected (n)", "Expected with a record"],
         rows=rows,
         footnote="Records received: rows of the export file; accepted: rows that passed ingest; quarantined: rows "
         "held back with a reason (the data-queries workbook lists them). Expected of: the population (ADSL flag, "
