@@ -1015,8 +1015,11 @@ PDF_LISTING_ROWS = 60
 # Rows of the summary: the most frequent values, then one line for all the others.
 SUMMARY_ROWS = 25
 # What a summarised listing is counted by (column header of the listing).
-SUMMARY_BY = {"dlt_listing": "Preferred term", "sae_listing": "Preferred term", "deaths": "Cause of death"}
-SUMMARY_UNIT = {"dlt_listing": "events", "sae_listing": "events", "deaths": "deaths"}
+SUMMARY_BY = {"dlt_listing": "Preferred term", "sae_listing": "Preferred term", "deaths": "Cause of death",
+              "crs_icans_listing": "Category", "exposure_listing": "Fludarabine days",
+              "protocol_deviations": "Criterion"}
+SUMMARY_UNIT = {"dlt_listing": "events", "sae_listing": "events", "deaths": "deaths", "crs_icans_listing": "events",
+                "exposure_listing": "participants", "protocol_deviations": "deviations"}
 
 
 def summarise_listing(d: DisplayTable, budget: int | None = None) -> DisplayTable:
@@ -1031,8 +1034,9 @@ def summarise_listing(d: DisplayTable, budget: int | None = None) -> DisplayTabl
     doses: list[str] = []
     counts: dict[str, dict[str, int]] = {}
     people: set[Any] = set()
+    dose_col = d.columns.index("Dose level") if "Dose level" in d.columns else 0
     for row in d.rows:
-        dose = str(row[0]) if row[0] is not None else ""
+        dose = str(row[dose_col]) if row[dose_col] is not None else ""
         if dose not in doses:
             doses.append(dose)
         key = "" if row[key_col] is None else str(row[key_col])

@@ -221,3 +221,17 @@ def test_form_completeness_counts_expected_participants_without_a_record():
     assert d.rows[1][5:] == ["(none)", None, ""]
     with pytest.raises(ValueError, match="unknown flag"):
         form_completeness_rows(con, {"apher": "ENRLFL'; DROP TABLE x; --"})
+
+
+def test_long_listings_of_the_new_sections_are_summarised_by_a_meaningful_column():
+    from deliverables.tables import DisplayTable, summarise_listing
+
+    rows = sorted(([["01-%03d" % i, "DL1" if i % 3 else "DL2", "ANC >= 1.5", "1.2", ">= 1.5", "Y"] for i in range(90)]),
+                  key=lambda r: (r[1], r[0]))  # a listing is sorted by dose level
+    d = DisplayTable(id="protocol_deviations", title="Eligibility protocol deviations",
+                     columns=["Participant", "Dose level", "Criterion", "Screening value", "Threshold", "Investigator: met"],
+                     rows=rows, kind="listing", sheet="Protocol deviations")
+    s = summarise_listing(d, 60)
+    assert s.columns == ["Criterion", "DL1", "DL2", "Total"]
+    assert s.rows[0] == ["ANC >= 1.5", 60, 30, 90]
+    assert "90 deviations of 90 participants" in s.intro
