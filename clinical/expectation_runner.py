@@ -63,9 +63,10 @@ A worker process for the suites
 -------------------------------
 The import and GX's own per-expectation Python (~7 ms each, 190 expectations) hold the GIL, so a
 thread cannot overlap them with the pipeline's other Python work. :class:`SuiteWorker` is one
-process (``spawn``: a fresh interpreter, no inherited DuckDB or Polars threads) that imports GX as
-soon as it starts and then runs :func:`run_suite` on the frames it is sent, on the machine's other
-core. ``SuiteWorker.submit(suite, frame)`` returns a future of the outcomes, which are the same as
+child process (``python -c`` with this module: a fresh interpreter, no inherited DuckDB or Polars
+threads, and -- unlike multiprocessing's ``spawn`` -- no re-run of the caller's ``__main__``) that
+imports GX as soon as it starts and then runs :func:`run_suite` on the frames it is sent (pickled
+over its stdin; outcomes back over its stdout), on the machine's other core. ``SuiteWorker.submit(suite, frame)`` returns a future of the outcomes, which are the same as
 :func:`run_suite` in this process gives (same function, same input). If the worker cannot be started
 or dies, :func:`outcomes_of` runs the suite in this process instead. :func:`start_worker` /
 :func:`stop_worker` manage one worker per process (the pipeline starts it when a run starts and
@@ -83,6 +84,7 @@ import copy
 import json
 import math
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -537,41 +539,141 @@ def _run_reduced(suite: dict, exps: list[dict], frame: pl.DataFrame, positions: 
 # A worker process (module docstring, "A worker process for the suites")
 
 
-def _worker_init() -> None:
+class WorkerGone(RuntimeError):
+    """The suite worker exited (or was stopped) before answering."""
+
+
+def _send(fh, obj) -> None:
+    import pickle
+
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    fh.write(len(data).to_bytes(8, "little"))
+    fh.write(data)
+    fh.flush()
+
+
+def _receive(fh):
+    import pickle
+
+    head = fh.read(8)
+    if len(head) < 8:
+        raise EOFError
+    size = int.from_bytes(head, "little")
+    data = fh.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+def _serve() -> None:
+    """The worker's main loop: import GX, then answer (task id, suite, frame) with (task id, ok, result)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    warm_up()
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed must not corrupt the answers
+    try:
+        warm_up()
+    except Exception:  # noqa: BLE001 - every suite then answers with the import error
+        pass
+    while True:
+        try:
+            task_id, suite, frame = _receive(stdin)
+        except EOFError:
+            return
+        try:
+            answer = (task_id, True, run_suite(suite, frame))
+        except Exception as exc:  # noqa: BLE001 - raised again in the caller
+            answer = (task_id, False, exc)
+        try:
+            _send(stdout, answer)
+        except Exception as exc:  # noqa: BLE001 - e.g. an exception that does not pickle
+            _send(stdout, (task_id, False, RuntimeError(f"{type(exc).__name__}: {exc}")))
 
 
 class SuiteWorker:
-    """One ``spawn``-ed process that imports GX at once and runs suites on frames sent to it."""
+    """One child process that imports GX at once and runs suites on frames sent to it."""
 
     def __init__(self) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        import queue
+        import subprocess
 
-        self.executor = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env.setdefault("GX_ANALYTICS_ENABLED", "false")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from clinical.expectation_runner import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
         )
-        self.executor.submit(os.getpid)  # start the process now (the GX import runs in its initializer)
+        self._lock = threading.Lock()
+        self._futures: dict[int, Any] = {}
+        self._next = 0
+        self._closed = False
+        self._outbox: queue.Queue = queue.Queue()
+        # A writer thread, so that handing over a large frame never waits for the worker to be idle.
+        self._writer = threading.Thread(target=self._write, name="gx-worker-writer", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="gx-worker-reader", daemon=True)
+        self._writer.start()
+        self._reader.start()
+
+    def _write(self) -> None:
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                break
+            try:
+                _send(self.proc.stdin, item)
+            except Exception:  # noqa: BLE001 - the worker is gone: the reader fails the futures
+                break
+        with contextlib.suppress(Exception):
+            self.proc.stdin.close()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                task_id, ok, result = _receive(self.proc.stdout)
+            except Exception:  # noqa: BLE001 - EOF: the worker exited
+                break
+            with self._lock:
+                future = self._futures.pop(task_id, None)
+            if future is not None:
+                future.set_result(result) if ok else future.set_exception(result)
+        self._fail_all()
+
+    def _fail_all(self) -> None:
+        with self._lock:
+            self._closed = True
+            futures, self._futures = list(self._futures.values()), {}
+        for future in futures:
+            if not future.done():
+                future.set_exception(WorkerGone("the Great Expectations worker exited"))
 
     def submit(self, suite: dict, frame: pl.DataFrame):
         """A future of ``run_suite(suite, frame)`` computed in the worker."""
-        return self.executor.submit(run_suite, suite, frame)
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        with self._lock:
+            if self._closed or self.proc.poll() is not None:
+                raise WorkerGone("the Great Expectations worker is not running")
+            self._next += 1
+            self._futures[self._next] = future
+            self._outbox.put((self._next, suite, frame))
+        return future
 
     def pids(self) -> list[int]:
-        return [p.pid for p in (getattr(self.executor, "_processes", None) or {}).values() if p.pid]
+        return [self.proc.pid] if self.proc.poll() is None else []
 
     def close(self) -> None:
         # Nothing in the worker needs flushing: end it at once instead of waiting for the
         # interpreter's orderly exit (~0.5 s with GX loaded), then reap it.
-        processes = list((getattr(self.executor, "_processes", None) or {}).values())
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        for p in processes:
+        self._outbox.put(None)
+        with contextlib.suppress(Exception):
+            self.proc.terminate()
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+        self._fail_all()
+        for stream in (self.proc.stdout,):
             with contextlib.suppress(Exception):
-                p.terminate()
-        for p in processes:
-            with contextlib.suppress(Exception):
-                p.join(timeout=10)
+                stream.close()
 
 
 _WORKER: SuiteWorker | None = None
@@ -617,17 +719,16 @@ def outcomes_of(future, suite: dict, frame: pl.DataFrame) -> list[ExpectationOut
     """The outcomes of a submitted suite; if it was not submitted or the worker died, run it here.
     An error raised by the suite itself (e.g. an invalid expectation) is raised as it would be here."""
     if future is not None:
-        from concurrent.futures.process import BrokenProcessPool
-
         try:
             return future.result()
-        except BrokenProcessPool:
+        except WorkerGone:
             pass
     return run_suite(suite, frame)
 
 
 __all__ = [
     "SuiteWorker",
+    "WorkerGone",
     "outcomes_of",
     "start_worker",
     "stop_worker",
