@@ -289,6 +289,12 @@ def _derive_step(derivations: list[Derivation]) -> dg.AssetsDefinition:
             with trial.connect() as con:
                 metadata = d.build(trial, con, context.log)
             yield dg.MaterializeResult(asset_key=d.spec.key, metadata=metadata)
+        # The last write of the run: what follows (rule checks, reports) only reads. When the run goes
+        # on to the manifest, the database is made read-only and its canonical copy starts now, on
+        # the other core while the reports are written (pipelines.resources, seal_database).
+        steps = context.run.step_keys_to_execute
+        if steps is None or "report__manifest" in steps:
+            trial.seal_database()
 
     return _derive
 

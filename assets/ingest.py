@@ -83,7 +83,7 @@ raw_forms = [_raw_spec(form) for form in FORMS]
 def _snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
     work = trial.work_dir
     # A run always rebuilds from the export: clear what a failed earlier run may have left.
-    trial.close_database()
+    trial.reset_database()
     shutil.rmtree(work)
     work.mkdir(parents=True)
     _SOURCES.clear()  # a new run reads the export afresh

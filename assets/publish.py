@@ -37,7 +37,7 @@ from pipelines.audit import export_fingerprint
 from pipelines.faults import pause_point
 from pipelines.freeze import frozen_record
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
-from pipelines.storage import canonical_database, fsync_tree, publish_dir
+from pipelines.storage import canonical_database, finish_canonical, fsync_tree, publish_dir
 
 COMMON = {"group_name": "report", "owners": OWNERS, "pool": "trial_db"}
 CODE_DIRS = ("pipelines", "assets", "clinical", "deliverables", "report_templates", "expectations")
@@ -154,8 +154,14 @@ def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.Mate
         files = con.execute("SELECT file, sha256, bytes FROM raw.export_files ORDER BY file").fetchall()
     export_sha = export_fingerprint([(name, sha) for name, sha, _ in files])
     seed = f"{trial.cfg.study.id}|{trial.cut.isoformat()}|{export_sha}"
-    trial.close_database()  # checkpointed and closed: the file is copied, then moved
-    if not canonical_database(work / DATABASE_NAME, seed):
+    # The canonical copy started in the background after the last write (TrialResource.seal_database),
+    # else made now; the file is closed before it is replaced.
+    copied = trial.take_canonical_copy()
+    trial.close_database()
+    reproducible = (
+        finish_canonical(work / DATABASE_NAME, copied, seed) if copied else canonical_database(work / DATABASE_NAME, seed)
+    )
+    if not reproducible:
         context.log.warning(f"{DATABASE_NAME}: unknown DuckDB header layout; the file is not byte-reproducible")
     export_dir = Path(trial.export_dir).resolve()
     _archive_copy([(export_dir / name, sha) for name, sha, _ in files], archive_dir(study_root, export_sha, trial.export_id))

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -60,6 +61,9 @@ class TrialResource(dg.ConfigurableResource):
     # During a run: the database opened once and shared by every step (see ``connect``).
     _run_scoped: bool = PrivateAttr(default=False)
     _db: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
+    # After the last write of the run (``seal_database``): read-only, and the canonical copy under way.
+    _sealed: bool = PrivateAttr(default=False)
+    _canonical: Any = PrivateAttr(default=None)
 
     @cached_property
     def cfg(self) -> StudyConfig:
@@ -123,7 +127,7 @@ class TrialResource(dg.ConfigurableResource):
         from clinical.expectation_runner import stop_worker
 
         try:
-            self.close_database()
+            self.reset_database()
             stop_worker()
         finally:
             self._run_scoped = False
@@ -168,7 +172,7 @@ class TrialResource(dg.ConfigurableResource):
         """
         if self._run_scoped:
             if self._db is None:
-                self._db = duckdb.connect(str(self.database))
+                self._db = duckdb.connect(str(self.database), read_only=self._sealed)
             con = self._db.cursor()
         else:
             con = duckdb.connect(str(self.database), read_only=read_only)
@@ -182,3 +186,29 @@ class TrialResource(dg.ConfigurableResource):
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+    def seal_database(self) -> None:
+        """The run's last write is done (the ``derive`` step calls this when the run goes on to the
+        manifest): the file is checkpointed and reopened read-only for the steps that follow (a
+        write from them fails loudly), and its canonical copy (``pipelines.storage.CanonicalCopy``)
+        starts in the background for the manifest."""
+        if not self._run_scoped:
+            return
+        from pipelines.storage import CanonicalCopy
+
+        self.reset_database()
+        self._sealed = True
+        self._canonical = CanonicalCopy(self.database)
+
+    def take_canonical_copy(self) -> Path | None:
+        """The finished canonical copy of the database started by ``seal_database``, or None."""
+        copy, self._canonical = self._canonical, None
+        return copy.take() if copy is not None else None
+
+    def reset_database(self) -> None:
+        """Close the database, drop an unused canonical copy and allow writes again."""
+        copy, self._canonical = self._canonical, None
+        if copy is not None:
+            copy.discard()
+        self.close_database()
+        self._sealed = False

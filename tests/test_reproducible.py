@@ -63,3 +63,29 @@ def test_pdf_and_workbook_dates_come_from_the_data_cut(demo_run):
         with zipfile.ZipFile(demo_run.final / name) as z:
             assert "2025-12-31T00:00:00Z" in z.read("docProps/core.xml").decode()
             assert {i.date_time for i in z.infolist()} == {(2025, 12, 31, 0, 0, 0)}
+
+
+def test_the_background_canonical_copy_equals_the_synchronous_one(tmp_path):
+    """The copy the run starts after its last write (TrialResource.seal_database) gives the bytes
+    canonical_database gives; a file that changed after the copy started is copied again."""
+    from pipelines.storage import CanonicalCopy, canonical_database, finish_canonical
+
+    def make(path):
+        con = duckdb.connect(str(path))
+        con.execute("CREATE SCHEMA raw; CREATE TABLE raw.t AS SELECT range AS i, 'v' || range AS s FROM range(50000)")
+        con.close()
+
+    a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    make(a)
+    make(b)
+    assert canonical_database(a, "seed")
+    copy = CanonicalCopy(b)
+    done = copy.take()
+    assert done is not None and finish_canonical(b, done, "seed")
+    assert _sha(a) == _sha(b)
+    changed = CanonicalCopy(b)
+    changed.wait()
+    con = duckdb.connect(str(b))
+    con.execute("INSERT INTO raw.t VALUES (-1, 'late')")
+    con.close()
+    assert changed.take() is None and not changed.tmp.exists()
