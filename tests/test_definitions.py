@@ -60,3 +60,32 @@ def test_dagster_cli_validates_the_workspace():
         [str(exe), "definitions", "validate", "-w", "workspace.yaml"], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_few_steps_with_every_asset_and_check_in_its_own_right():
+    """docs/performance.md: the job runs in 11 steps, while the UI still sees one asset per form and
+    per analysis table and one check per expectation, quarantine check and rule."""
+    job = defs.resolve_job_def("trial_job")
+    steps = {n.name for n in job.graph.node_defs}
+    assert steps == {
+        "ingest", "form_checks", "analysis__adsl", "adsl_rules", "derive", "derive_rules",
+        "report__dsmb_report", "report__sponsor_workbook", "report__registry_results", "report__queries_workbook",
+        "report__manifest",
+    }
+    graph = defs.resolve_asset_graph()
+    by_node = {}
+    for ad in graph.assets_defs:
+        if ad.is_executable and ad.keys:
+            by_node[ad.node_def.name] = {k.to_user_string() for k in ad.keys}
+    assert by_node["ingest"] == {"ingest/export_snapshot", *{f"raw/{f}" for f in FORM_IDS}}
+    assert "analysis/adlb" in by_node["derive"] and "analysis/adsl" not in by_node["derive"]
+    checks = {}
+    for ad in graph.assets_defs:
+        if not ad.keys and ad.check_keys:
+            checks[ad.node_def.name] = {k.name for k in ad.check_keys}
+    form_checks = checks["form_checks"]
+    assert {f"{f}_quarantine_empty" for f in FORM_IDS} <= form_checks
+    assert len([n for n in form_checks if n.startswith("gx_")]) == sum(
+        len(json.loads(p.read_text())["expectations"]) for p in (ROOT / "expectations").glob("*.json")
+    )
+    assert "xf_subj_not_in_dm" in checks["adsl_rules"] and "xf_fatal_not_serious" in checks["derive_rules"]
