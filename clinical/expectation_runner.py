@@ -383,12 +383,7 @@ def _validate(g: _Gx, name: str, exps: list[dict], pdf, result_format: str = "SU
     return [by_rule[exp["meta"]["rule_id"]] for exp in exps]
 
 
-def run_suite(suite: dict, frame: pl.DataFrame) -> list[ExpectationOutcome]:
-    """Validate a polars frame of raw text with a resolved suite; one outcome per expectation.
-
-    ``suite`` must be resolved (:func:`resolve_suite`); a remaining "@..." placeholder is a
-    ``ValueError``. Every expectation needs a unique ``meta.rule_id``.
-    """
+def _expectations(suite: dict) -> list[dict]:
     left = _placeholders(suite)
     if left:
         raise ValueError(f"suite {suite.get('name')!r}: unresolved study codelists {sorted(set(left))}; call resolve_suite")
@@ -396,14 +391,51 @@ def run_suite(suite: dict, frame: pl.DataFrame) -> list[ExpectationOutcome]:
     ids = [e.get("meta", {}).get("rule_id") for e in exps]
     if None in ids or len(set(ids)) != len(ids):
         raise ValueError(f"suite {suite.get('name')!r}: every expectation needs a unique meta.rule_id")
+    return exps
 
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """What GX is given for one suite: the whole frame, or -- above ``FULL_GX_ROWS`` rows -- only its
+    suspect and sampled rows (``positions`` in the whole frame, with the pre-filter's ``flags``)."""
+
+    suite: dict
+    frame: pl.DataFrame
+    n_rows: int
+    n_columns: int
+    positions: list[int] | None = None
+    flags: pl.DataFrame | None = None
+
+
+def prepare_suite(suite: dict, frame: pl.DataFrame) -> SuiteTask:
+    """The rows GX will validate (module docstring, "At scale"); the pre-filter runs here, in Polars."""
+    exps = _expectations(suite)
     if frame.height > FULL_GX_ROWS:
         reduced = _reduce(exps, frame)
         if reduced is not None:
-            outcomes = _run_reduced(suite, exps, frame, *reduced)
-            if outcomes is not None:
-                return outcomes
-    return _run_whole(suite, exps, frame)
+            positions, flags = reduced
+            return SuiteTask(suite, frame[positions], frame.height, len(frame.columns), positions, flags)
+    return SuiteTask(suite, frame, frame.height, len(frame.columns))
+
+
+def run_task(task: SuiteTask) -> list[ExpectationOutcome] | None:
+    """GX on a prepared suite; None when a reduced frame must be validated whole after all."""
+    exps = _expectations(task.suite)
+    if task.positions is None:
+        return _run_whole(task.suite, exps, task.frame)
+    return _run_reduced(task.suite, exps, task.frame, task.positions, task.flags, task.n_rows, task.n_columns)
+
+
+def run_suite(suite: dict, frame: pl.DataFrame) -> list[ExpectationOutcome]:
+    """Validate a polars frame of raw text with a resolved suite; one outcome per expectation.
+
+    ``suite`` must be resolved (:func:`resolve_suite`); a remaining "@..." placeholder is a
+    ``ValueError``. Every expectation needs a unique ``meta.rule_id``.
+    """
+    outcomes = run_task(prepare_suite(suite, frame))
+    if outcomes is None:
+        outcomes = _run_whole(suite, suite["expectations"], frame)
+    return outcomes
 
 
 def _run_gx(suite: dict, exps: list[dict], frame: pl.DataFrame, result_format: str = "SUMMARY") -> dict[str, Any]:
@@ -504,11 +536,11 @@ def _reduce(exps: list[dict], frame: pl.DataFrame) -> tuple[list[int], pl.DataFr
     return kept["_pos"].cast(pl.Int64).to_list(), kept.drop("_pos")
 
 
-def _run_reduced(suite: dict, exps: list[dict], frame: pl.DataFrame, positions: list[int],
-                 flags: pl.DataFrame) -> list[ExpectationOutcome] | None:
-    """GX on the suspect rows and the sample; None when GX found a row the pre-filter had not
+def _run_reduced(suite: dict, exps: list[dict], small: pl.DataFrame, positions: list[int],
+                 flags: pl.DataFrame, n_rows: int, n_columns: int) -> list[ExpectationOutcome] | None:
+    """GX on the suspect rows and the sample (``small``: the rows at ``positions`` of a frame of
+    ``n_rows`` rows and ``n_columns`` columns); None when GX found a row the pre-filter had not
     flagged (the caller then validates the whole frame)."""
-    small = frame[positions]
     results = _run_gx(suite, exps, small, result_format="COMPLETE")
     for i, e in enumerate(exps):
         if e["type"] == "expect_table_columns_to_match_set":
@@ -529,8 +561,8 @@ def _run_reduced(suite: dict, exps: list[dict], frame: pl.DataFrame, positions: 
     key = list((suite.get("meta") or {}).get("key") or [])
     namer = _RowNamer(small, key)
     return [
-        _outcome(e, results[e["meta"]["rule_id"]], namer, len(frame.columns), positions=positions,
-                 n_rows=frame.height, gx_rows=small.height)
+        _outcome(e, results[e["meta"]["rule_id"]], namer, n_columns, positions=positions,
+                 n_rows=n_rows, gx_rows=small.height)
         for e in exps
     ]
 
@@ -566,7 +598,7 @@ def _receive(fh):
 
 
 def _serve() -> None:
-    """The worker's main loop: import GX, then answer (task id, suite, frame) with (task id, ok, result)."""
+    """The worker's main loop: import GX, then answer (task id, SuiteTask) with (task id, ok, result)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # anything printed must not corrupt the answers
@@ -576,11 +608,11 @@ def _serve() -> None:
         pass
     while True:
         try:
-            task_id, suite, frame = _receive(stdin)
+            task_id, task = _receive(stdin)
         except EOFError:
             return
         try:
-            answer = (task_id, True, run_suite(suite, frame))
+            answer = (task_id, True, run_task(task))
         except Exception as exc:  # noqa: BLE001 - raised again in the caller
             answer = (task_id, False, exc)
         try:
@@ -646,8 +678,8 @@ class SuiteWorker:
             if not future.done():
                 future.set_exception(WorkerGone("the Great Expectations worker exited"))
 
-    def submit(self, suite: dict, frame: pl.DataFrame):
-        """A future of ``run_suite(suite, frame)`` computed in the worker."""
+    def submit(self, task: SuiteTask):
+        """A future of ``run_task(task)`` computed in the worker."""
         from concurrent.futures import Future
 
         future: Future = Future()
@@ -656,7 +688,7 @@ class SuiteWorker:
                 raise WorkerGone("the Great Expectations worker is not running")
             self._next += 1
             self._futures[self._next] = future
-            self._outbox.put((self._next, suite, frame))
+            self._outbox.put((self._next, task))
         return future
 
     def pids(self) -> list[int]:
@@ -705,30 +737,45 @@ def worker_running() -> bool:
 
 
 def submit_suite(suite: dict, frame: pl.DataFrame):
-    """A future of the suite's outcomes from the worker, or None when no worker runs."""
+    """A future of the suite's outcomes from the worker, or None when no worker runs.
+
+    The pre-filter of a large frame runs here (Polars, off the GIL), so that only the rows GX is to
+    see are sent (a few thousand instead of a million for the lab form)."""
     worker = _WORKER
     if worker is None:
         return None
     try:
-        return worker.submit(suite, frame)
+        task = prepare_suite(suite, frame)  # an invalid suite raises later, in outcomes_of's run_suite
+        return worker.submit(task)
     except Exception:  # noqa: BLE001 - a broken or stopped worker: the caller runs the suite itself
         return None
 
 
 def outcomes_of(future, suite: dict, frame: pl.DataFrame) -> list[ExpectationOutcome]:
     """The outcomes of a submitted suite; if it was not submitted or the worker died, run it here.
-    An error raised by the suite itself (e.g. an invalid expectation) is raised as it would be here."""
+    An error raised by the suite itself (e.g. an invalid expectation) is raised as it would be here.
+    A reduced frame that must be validated whole after all goes back to the worker whole."""
     if future is not None:
         try:
-            return future.result()
+            outcomes = future.result()
+            if outcomes is not None:
+                return outcomes
+            worker = _WORKER
+            if worker is not None:
+                outcomes = worker.submit(SuiteTask(suite, frame, frame.height, len(frame.columns))).result()
+                if outcomes is not None:
+                    return outcomes
         except WorkerGone:
             pass
     return run_suite(suite, frame)
 
 
 __all__ = [
+    "SuiteTask",
     "SuiteWorker",
     "WorkerGone",
+    "prepare_suite",
+    "run_task",
     "outcomes_of",
     "start_worker",
     "stop_worker",

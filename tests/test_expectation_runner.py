@@ -303,3 +303,31 @@ def test_the_suite_worker_gives_the_same_outcomes_and_a_dead_worker_falls_back(c
     finally:
         runner.stop_worker()
     assert not runner.worker_running() and runner.submit_suite(suite, data) is None
+
+
+def test_the_worker_gets_only_the_rows_gx_validates_and_gives_the_whole_frame_outcome(codelists, monkeypatch):
+    """Above FULL_GX_ROWS the pre-filter runs in the caller and only the suspect and sampled rows
+    travel to the worker; the outcome is still GX's on the whole frame, also when the pre-filter
+    misses a row (the worker then validates the whole frame)."""
+    rows = _big_ae()
+    rows[7] = {**rows[7], "AETOXGR": "7"}
+    rows[0] = {**rows[0], "AESER": "maybe"}
+    suite = suite_for("ae", codelists)
+    df = frame(rows, "ae")
+    whole = runner.run_suite(suite, df)
+    monkeypatch.setattr(runner, "FULL_GX_ROWS", 10)
+    monkeypatch.setattr(runner, "SAMPLE_ROWS", 5)
+    task = runner.prepare_suite(suite, df)
+    assert task.positions is not None and task.frame.height < len(rows) and task.n_rows == len(rows)
+    try:
+        assert runner.start_worker() is not None
+        got = runner.outcomes_of(runner.submit_suite(suite, df), suite, df)
+        assert _plain(got) == _plain(whole) and got[0].gx_rows < len(rows)
+        real = runner._suspect
+        monkeypatch.setattr(  # a pre-filter that misses the failing value: the worker's check catches it
+            runner, "_suspect", lambda e, fr: pl.lit(False) if e["meta"]["rule_id"] == "GX-AE-AESER-CODELIST" else real(e, fr)
+        )
+        again = runner.outcomes_of(runner.submit_suite(suite, df), suite, df)
+        assert _plain(again) == _plain(whole) and again[0].gx_rows == len(rows)
+    finally:
+        runner.stop_worker()
