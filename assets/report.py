@@ -77,13 +77,17 @@ def dsmb_report(trial: TrialResource) -> dg.MaterializeResult:
         svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
         change_tables, previous_cut = _changes_since_previous_cut(trial, con, tables)
     meta: dict[str, dg.MetadataValue] = {"previous_cut": str(previous_cut or "none (first report)")}
-    for session, html_role, pdf_role in (("Closed", "dsmb_html", "dsmb_pdf"), ("Open", "dsmb_open_html", "dsmb_open_pdf")):
+    jobs = []
+    for session, html_role, pdf_role in (("Open", "dsmb_open_html", "dsmb_open_pdf"), ("Closed", "dsmb_html", "dsmb_pdf")):
         html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs,
                                      changes=change_tables, previous_cut=previous_cut)
         _path(trial, html_role).write_text(html, encoding="utf-8")
-        dsmb.html_to_pdf(html, _path(trial, pdf_role), trial.cut)
-        meta[f"{session.lower()}_pdf"] = dg.MetadataValue.path(str(_path(trial, pdf_role)))
-        meta[f"{session.lower()}_pdf_sha256"] = dg.MetadataValue.text(sha256_file(_path(trial, pdf_role)))
+        jobs.append((html, _path(trial, pdf_role)))
+    # Both sessions at once: the open one in a child process, the closed one here.
+    dsmb.write_pdfs(jobs, trial.cut)
+    for session, pdf_role in (("closed", "dsmb_pdf"), ("open", "dsmb_open_pdf")):
+        meta[f"{session}_pdf"] = dg.MetadataValue.path(str(_path(trial, pdf_role)))
+        meta[f"{session}_pdf_sha256"] = dg.MetadataValue.text(sha256_file(_path(trial, pdf_role)))
     return dg.MaterializeResult(metadata=meta)
 
 

@@ -304,6 +304,49 @@ def _source_date_epoch(cut: dt.date) -> Iterator[None]:
             os.environ["SOURCE_DATE_EPOCH"] = old
 
 
+# Run by a child process: render one HTML file to a PDF (see write_pdfs).
+_CHILD = (
+    "import sys; from deliverables.dsmb import html_to_pdf; "
+    "html_to_pdf(open(sys.argv[1], encoding='utf-8').read(), sys.argv[2], sys.argv[3])"
+)
+
+
+def write_pdfs(jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> list[Path]:
+    """Render several HTML documents to PDF at once: every job but the last in a child process of
+    its own (WeasyPrint is single-threaded Python, so a second core needs a second process), the last
+    here. The same function renders either way, so the bytes are what :func:`html_to_pdf` gives.
+    Raises RuntimeError with the child's error output when a child fails."""
+    import subprocess
+    import sys
+    import tempfile
+
+    cut = as_date(data_cut).isoformat()
+    outs = [Path(out) for _, out in jobs]
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dsmb-") as tmp:
+        children = []
+        for i, (html, out) in enumerate(jobs[:-1]):
+            src = Path(tmp) / f"job{i}.html"
+            src.write_text(html, encoding="utf-8")
+            children.append((out, subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(src), str(out), cut],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(TEMPLATE_DIR.parent),
+            )))
+        try:
+            if jobs:
+                html_to_pdf(jobs[-1][0], outs[-1], cut)
+        finally:
+            failures = []
+            for out, child in children:
+                _, err = child.communicate()
+                if child.returncode != 0:
+                    failures.append(f"{out.name}: {err.decode('utf-8', 'replace').strip()[-2000:]}")
+        if failures:
+            raise RuntimeError("PDF rendering failed in a child process: " + "; ".join(failures))
+    return outs
+
+
 def write_dsmb_pdf(
     tables: ReportTables,
     cfg: StudyConfig,

@@ -556,3 +556,19 @@ def test_data_quality_summary_counts_queries_by_status_age_form_and_site(tables)
     assert [rows[k] for k in ("Open", "Re-opened", "Closed", "New at this data cut", "Closed at this data cut")] == [2, 1, 1, 1, 1]
     assert [rows[k] for k in ("0-30 days", "31-60 days", "61-90 days", "> 90 days")] == [1, 1, 0, 1]
     assert (rows["ae"], rows["lb"], rows["01"], rows["02"]) == (2, 1, 2, 1)
+
+
+def test_pdfs_rendered_in_parallel_are_the_bytes_of_a_single_rendering(tables, cfg, tmp_path, monkeypatch):
+    """write_pdfs renders in a child process and here; each PDF is byte-identical to html_to_pdf's."""
+    from deliverables.dsmb import write_pdfs
+
+    jobs = [(render_dsmb_html(tables, cfg, DATA_CUT, session=s), tmp_path / f"{s}.pdf") for s in ("Open", "Closed")]
+    write_pdfs(jobs, DATA_CUT)
+    for html, out in jobs:
+        alone = html_to_pdf(html, tmp_path / f"alone-{out.name}", DATA_CUT)
+        assert out.read_bytes() == alone.read_bytes(), out.name
+    import deliverables.dsmb as dsmb_module
+
+    monkeypatch.setattr(dsmb_module, "_CHILD", "raise SystemExit('renderer crashed')")
+    with pytest.raises(RuntimeError, match="Open.pdf: renderer crashed"):
+        write_pdfs(jobs, DATA_CUT)
