@@ -65,10 +65,13 @@ The import and GX's own per-expectation Python (~7 ms each, 190 expectations) ho
 thread cannot overlap them with the pipeline's other Python work. :class:`SuiteWorker` is one
 child process (``python -c`` with this module: a fresh interpreter, no inherited DuckDB or Polars
 threads, and -- unlike multiprocessing's ``spawn`` -- no re-run of the caller's ``__main__``) that
-imports GX as soon as it starts and then runs :func:`run_suite` on the frames it is sent (pickled
-over its stdin; outcomes back over its stdout), on the machine's other core. ``SuiteWorker.submit(suite, frame)`` returns a future of the outcomes, which are the same as
-:func:`run_suite` in this process gives (same function, same input). If the worker cannot be started
-or dies, :func:`outcomes_of` runs the suite in this process instead. :func:`start_worker` /
+imports GX as soon as it starts and then validates the suites it is sent (pickled over its stdin;
+outcomes back over its stdout), on the machine's other core. The caller runs the pre-filter of a
+large frame itself (:func:`prepare_suite`, Polars) and sends only the rows GX is to validate (a
+:class:`SuiteTask`); the worker runs :func:`run_task`, and a reduced frame that has to be validated
+whole after all goes back to it whole. :func:`submit_suite` returns a future of the outcomes, which
+are the ones :func:`run_suite` gives in this process (the same functions on the same rows). If the
+worker cannot be started or dies, :func:`outcomes_of` runs the suite in this process instead. :func:`start_worker` /
 :func:`stop_worker` manage one worker per process (the pipeline starts it when a run starts and
 stops it when the run ends).
 
