@@ -233,7 +233,6 @@ def render_dsmb_html(
     # Listings beyond the page budget are summarised here; the sponsor workbook lists them in full.
     shown = pdf_tables(tables, session=sess)
     chapters = report_chapters(shown, figures, changes, sess)
-    numbered = {i["t"].id: i for c in chapters for i in c["items"] + c["landscape_items"] if i["kind"] == "table"}
     headline = key_figures(tables)
     study = cfg.study
     title = f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}"
@@ -247,18 +246,14 @@ def render_dsmb_html(
         "session": sess,
         "created": f"{cut.isoformat()}T00:00:00+00:00",
         "css": Markup(_stylesheet()),
-        "tables": numbered,
         "chapters": chapters,
         "previous_cut": as_date(previous_cut).isoformat() if previous_cut is not None else None,
         "figures": headline,
         "decision": decision_summary(tables),
-        "decision_row": tables.escalation_decision,
         "asks": _dsmb_asks(tables, dict(headline), changes),
         "boxes": flow_boxes(tables),
-        "dose_ids": [d["DOSE"] for d in tables.dose_levels],
         "problems": consistency_problems(tables),
         "missing": tables.missing,
-        "dose_levels": tables.dose_levels,
     }
     return _environment().get_template(TEMPLATE).render(**ctx)
 
