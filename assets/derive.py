@@ -9,18 +9,19 @@ database, calls a pure function of ``clinical`` and returns what the asset repor
   (``clinical.rules``): their blocking checks run right after it and stop everything downstream;
 * ``derive``: every other table of :data:`DERIVATIONS`, in list order, on one database connection.
 
-Adding a table (e.g. ``analysis/response``)::
+Adding a table (``analysis/response`` below was added this way; ``analysis/xyz`` is an example)::
 
-    def _response(trial, con, log):
-        n = build_response(con, trial.cfg)                 # pure function in clinical/response.py
+    def _xyz(trial, con, log):
+        n = build_xyz(con, trial.cfg)                      # a pure function in clinical/
         return {"dagster/row_count": n}
 
-    response = dg.AssetSpec(key=["analysis", "response"], deps=[adsl_spec.key, *_raw("rs")],
-                            description="...", **SPEC)
+    xyz = dg.AssetSpec(key=["analysis", "xyz"], deps=[adsl_spec.key, *_raw("rs")],
+                       description="...", **SPEC)
 
-then add ``Derivation(response, _response)`` to the :data:`DERIVATIONS` list, after every table
-it reads (before ``data_queries`` if a rule guards it), and list the spec in ``assets.report.TABLE_ASSETS`` if a deliverable reads the table. A table that
-an ERROR rule guards must not be read by a table derived before it (checked at import).
+then add ``Derivation(xyz, _xyz)`` to the :data:`DERIVATIONS` list, after every table it reads
+(before ``data_queries`` if a rule guards it), and list the spec in ``assets.report.TABLE_ASSETS``
+if a deliverable reads the table. A table that an ERROR rule guards cannot be in the ``derive``
+step (checked at import: it needs a step of its own, like ADSL).
 """
 
 
