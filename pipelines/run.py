@@ -113,11 +113,12 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
             _refusal(study_root, "FROZEN", message, trial_config, cfg)
             return EXIT_FROZEN
         from clinical.expectation_runner import start_worker
-        from pipelines.definitions import defs
 
-        # Great Expectations imports in its worker process while Dagster creates the run and the
-        # export loads (the trial resource stops it when the run ends; stop_worker below in any case).
+        # Great Expectations imports in its worker process while the code location loads, Dagster
+        # creates the run and the export loads (the trial resource stops it when the run ends;
+        # stop_worker below in any case).
         start_worker()
+        from pipelines.definitions import defs
         run_config = {
             # The console shows warnings and failures; the full event log is in the Dagster instance.
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
