@@ -134,13 +134,22 @@ def test_treatment_emergent_aes_match_the_pilot_adam(pilot, cfg):
     assert events(te_ours, by_pt=True) == events(te_theirs, by_pt=True)
 
 
-def test_the_pilot_runs_end_to_end_from_sdtm(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def pilot_run(tmp_path_factory):
+    """The pilot's SDTM delivery run through the whole job once: (published folder, input hashes before)."""
     from pipelines.run import run_export
 
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    out = tmp_path_factory.mktemp("pilot") / "out"
     before = {p.name: _sha(p) for p in SDTM.glob("*.xpt")}
-    assert run_export(str(STUDY), str(SDTM), str(tmp_path / "out"), CUT) == 0
-    final = tmp_path / "out" / "CDISCPILOT01" / CUT
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DAGSTER_HOME", raising=False)
+        rc = run_export(str(STUDY), str(SDTM), str(out), CUT)
+    assert rc == 0
+    return out / "CDISCPILOT01" / CUT, before
+
+
+def test_the_pilot_runs_end_to_end_from_sdtm(pilot_run):
+    final, before = pilot_run
     manifest = json.loads((final / "manifest.json").read_text())
     assert ROLES <= {o["role"] for o in manifest["outputs"]}
     inputs = {i["path"]: i["sha256"] for i in manifest["inputs"]}
@@ -150,3 +159,57 @@ def test_the_pilot_runs_end_to_end_from_sdtm(tmp_path, monkeypatch):
     assert con.execute("SELECT DOSE, N FROM analysis.teae_summary WHERE ROWN = 1 ORDER BY DOSEN").fetchall() == [
         ("Pbo", 65), ("Xan_Lo", 77), ("Xan_Hi", 76), ("TOTAL", 218),
     ]
+
+
+def test_the_pilot_deliverables_validate_and_agree(pilot_run):
+    """Issue 6 on data nobody here wrote: the registry XML validates against the PRS schema, the JSON
+    follows the CT.gov API v2 spec, the pre-check has no error, and the DSMB PDF and the sponsor
+    workbook show the same rows of every table."""
+    import re
+
+    import openpyxl
+    from pypdf import PdfReader
+
+    from deliverables.registry import (
+        build_results_section,
+        precheck,
+        results_json,
+        results_xml,
+        validate_against_oas,
+        validate_xml,
+    )
+    from deliverables.tables import display_tables, load_report_tables
+
+    registry_dir = ROOT.parent / "shared" / "registry"
+    require((registry_dir / "RRSUploadSchema.xsd").is_file(), f"PRS schema and CT.gov spec not found in {registry_dir}")
+    final, _ = pilot_run
+    cfg = load_study(STUDY)
+    con = duckdb.connect(str(final / "trial.duckdb"), read_only=True)
+    try:
+        rs = build_results_section(con, cfg, dt.date.fromisoformat(CUT))
+        enrolled = con.execute("SELECT count(*) FROM analysis.adsl WHERE ENRLFL = 'Y'").fetchone()[0]
+        tables = load_report_tables(con)
+    finally:
+        con.close()
+    xml = (final / "registry_results.xml").read_bytes()
+    assert xml == results_xml(rs, cfg)
+    xml_errors = validate_xml(xml, registry_dir / "RRSUploadSchema.xsd")
+    assert xml_errors == []
+    study = json.loads((final / "registry_results.json").read_text())
+    assert validate_against_oas(study, registry_dir / "ctg-oas-v2.yaml", "Study", check_order=True) == []
+    assert study == json.loads(results_json(rs, cfg))
+    assert [f for f in precheck(rs, xml_errors, cfg=cfg, actual_enrollment=enrolled) if f.severity == "ERROR"] == []
+
+    pdf = re.sub(r"\s+", " ", " ".join(p.extract_text() or "" for p in PdfReader(str(final / "dsmb_report.pdf")).pages))
+    wb = openpyxl.load_workbook(final / "sponsor_workbook.xlsx", read_only=True)
+    for table in display_tables(tables):
+        if table.kind != "table" or not table.rows:
+            continue
+        cells = [tuple(r[: len(table.columns)]) for r in wb[table.sheet].iter_rows(values_only=True)]
+        for row in table.rows:
+            values = " ".join(str(v) for v in row[1:] if v not in (None, ""))
+            if values:
+                assert values in pdf, (table.id, row)
+            assert any(c and c[0] is not None and str(c[0]).strip() == str(row[0]).strip()
+                       and [("" if v is None else str(v)) for v in c[1:]] == [("" if v is None else str(v)) for v in row[1:]]
+                       for c in cells), (table.id, row)
