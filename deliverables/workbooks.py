@@ -222,10 +222,16 @@ def _text_width(value: Any) -> int:
     return n
 
 
+# Column widths are estimated from the header and the first rows of a sheet: a listing of hundreds of
+# thousands of rows need not be measured cell by cell to choose a width capped at 60 characters.
+WIDTH_SAMPLE_ROWS = 2000
+
+
 def _column_widths(rows: list[list[Any]], min_width: int = 6, max_width: int = 60) -> dict[int, float]:
-    """Column widths (1-based) from the longest text of each column of ``rows`` (cleaned values)."""
+    """Column widths (1-based) from the longest text of each column of the first
+    :data:`WIDTH_SAMPLE_ROWS` of ``rows`` (cleaned values; the header is the first row)."""
     widths: dict[int, int] = {}
-    for row in rows:
+    for row in rows[:WIDTH_SAMPLE_ROWS]:
         for j, v in enumerate(row, start=1):
             if v is None:
                 continue
