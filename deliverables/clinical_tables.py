@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from deliverables.registry import AGE_CATEGORIES, ETHNIC_CATEGORIES, RACE_CATEGORIES, SEX_CATEGORIES
+from deliverables.registry import (
+    AGE_CATEGORIES,
+    ETHNIC_CATEGORIES,
+    RACE_CATEGORIES,
+    SEX_CATEGORIES,
+)
 from deliverables.tables import (
     TOTAL,
     Cell,
@@ -58,6 +63,22 @@ def fmt_range(median: float | None, lo: float | None, hi: float | None, decimals
     if median is None:
         return ""
     return f"{fmt_num(median, decimals)} ({fmt_num(lo, decimals)}, {fmt_num(hi, decimals)})"
+
+
+class _Lines:
+    """The rows of a display table and their styles, appended together."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width  # value cells after the label
+        self.rows: list[list[Cell]] = []
+        self.styles: list[str] = []
+
+    def group(self, label: str) -> None:
+        self.add(label, [None] * self.width, "group")
+
+    def add(self, label: Cell, values: list[Cell], style: str = "indent") -> None:
+        self.rows.append([label, *values])
+        self.styles.append(style)
 
 
 def _columns(t: ReportTables, heads: list[tuple[str, str]]) -> tuple[list[str], list[int]]:
@@ -107,8 +128,7 @@ def _category_order(var: str, values: list[str]) -> list[tuple[str, str]]:
 def layout_baseline(t: ReportTables) -> DisplayTable:
     heads = enrolled_headers(t)
     cols, dose_cols = _columns(t, heads)
-    rows: list[list[Cell]] = []
-    styles: list[str] = []
+    lines = _Lines(len(heads))
     cont = {(r["VAR"], r["DOSE"]): r for r in t.baseline if r["KIND"] == "CONT"}
     cats: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for r in t.baseline:
@@ -117,33 +137,29 @@ def layout_baseline(t: ReportTables) -> DisplayTable:
     for var, label, decimals in BASELINE_CONTINUOUS:
         if not any(k[0] == var for k in cont):
             continue
-        rows.append([label] + [None] * len(heads))
-        styles.append("group")
+        lines.group(label)
         stats = (
             ("n", lambda c: c["N"]),
-            ("Mean (SD)", lambda c: "" if c["MEAN"] is None else
-             f"{fmt_num(c['MEAN'], decimals)} ({fmt_num(c['SD'], decimals + 1) if c['SD'] is not None else 'NE'})"),
-            ("Median", lambda c: fmt_num(c["MEDIAN"], decimals)),
+            ("Mean (SD)", lambda c, dec=decimals: "" if c["MEAN"] is None else
+             f"{fmt_num(c['MEAN'], dec)} ({fmt_num(c['SD'], dec + 1) if c['SD'] is not None else 'NE'})"),
+            ("Median", lambda c, dec=decimals: fmt_num(c["MEDIAN"], dec)),
             ("Min, max", lambda c: "" if c["MIN"] is None else f"{fmt_num(c['MIN'], 0)}, {fmt_num(c['MAX'], 0)}"),
         )
         for name, fn in stats:
-            rows.append([name] + [fn(cont[(var, d)]) if (var, d) in cont else None for d, _ in heads])
-            styles.append("indent")
+            lines.add(name, [fn(cont[(var, d)]) if (var, d) in cont else None for d, _ in heads])
     for var, label in BASELINE_CATEGORICAL:
         if var not in cats:
             continue
-        rows.append([label] + [None] * len(heads))
-        styles.append("group")
+        lines.group(label)
         for cat, cat_label in _category_order(var, list(cats[var])):
             cells = cats[var][cat]
-            rows.append([cat_label] + [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else 0 for d, _ in heads])
-            styles.append("indent")
+            lines.add(cat_label, [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else 0 for d, _ in heads])
     return DisplayTable(
         id="baseline",
         title="Baseline characteristics by planned dose level (enrolled participants)",
         columns=["Characteristic"] + cols,
-        rows=rows,
-        row_styles=styles,
+        rows=lines.rows,
+        row_styles=lines.styles,
         dose_columns=dose_cols,
         sheet="Baseline",
         footnote=(
@@ -167,30 +183,26 @@ def layout_teae_by_grade(t: ReportTables) -> DisplayTable:
     cells: dict[tuple[str, str | None], dict[int, dict[str, dict[str, Any]]]] = {}
     for r in t.ae_by_grade:
         cells.setdefault((r["AEBODSYS"], r["AEDECOD"]), {}).setdefault(r["GRADE"], {})[r["DOSE"]] = r
-    rows: list[list[Cell]] = []
-    styles: list[str] = []
+    lines = _Lines(len(heads))
 
     def term_total(key: tuple[str, str | None]) -> int:
         return sum(g.get(TOTAL, {}).get("N", 0) for g in cells[key].values())
 
     def emit(key: tuple[str, str | None], label: str, style: str) -> None:
-        rows.append([label] + [None] * len(heads))
-        styles.append(style)
+        lines.add(label, [None] * len(heads), style)
         for grade in sorted(cells[key]):
             by = cells[key][grade]
             if not by.get(TOTAL, {}).get("N"):
                 continue  # a grade nobody had (chevron prune_0)
-            rows.append([f"Grade {grade}"] + [
+            lines.add(f"Grade {grade}", [
                 fmt_npct(by[d]["N"], pct_half_up(by[d]["N"], by[d]["N_AT_RISK"])) if d in by else 0 for d, _ in heads])
-            styles.append("indent")
 
     overall = [k for k in cells if k[1] is None]
     for key in overall:
         emit(key, f"{key[0]}, by highest grade", "group")
     socs = sorted({k[0] for k in cells if k[1] is not None}, key=str.lower)
     for soc in socs:
-        rows.append([soc] + [None] * len(heads))
-        styles.append("group")
+        lines.group(soc)
         terms = sorted((k for k in cells if k[0] == soc and k[1] is not None),
                        key=lambda k: (-term_total(k), str(k[1]).lower()))
         for key in terms:
@@ -199,8 +211,8 @@ def layout_teae_by_grade(t: ReportTables) -> DisplayTable:
         id="teae_by_grade",
         title="Treatment-emergent adverse events by preferred term and highest grade",
         columns=["System organ class / Preferred term / Highest grade"] + cols,
-        rows=rows,
-        row_styles=styles,
+        rows=lines.rows,
+        row_styles=lines.styles,
         dose_columns=dose_cols,
         sheet="TEAE by highest grade",
         footnote=(
@@ -226,27 +238,23 @@ def layout_exposure(t: ReportTables) -> DisplayTable:
         if r["PARAMCD"] not in by:
             order.append((r["PARAMCD"], r["PARAM"]))
         by.setdefault(r["PARAMCD"], {})[r["DOSE"]] = r
-    rows: list[list[Cell]] = []
-    styles: list[str] = []
+    lines = _Lines(len(heads))
     for code, param in order:
         dec = EXPOSURE_DECIMALS.get(code, 1)
-        rows.append([param] + [None] * len(heads))
-        styles.append("group")
-        rows.append(["n"] + [by[code][d]["N"] if d in by[code] else 0 for d, _ in heads])
-        styles.append("indent")
+        lines.group(param)
+        lines.add("n", [by[code][d]["N"] if d in by[code] else 0 for d, _ in heads])
         cell = by[code]
-        rows.append(["Median"] + [fmt_num(cell[d]["MEDIAN"], dec) if d in cell else "" for d, _ in heads])
-        rows.append(["Min, max"] + [
+        lines.add("Median", [fmt_num(cell[d]["MEDIAN"], dec) if d in cell else "" for d, _ in heads])
+        lines.add("Min, max", [
             f"{fmt_num(cell[d]['MIN'], dec)}, {fmt_num(cell[d]['MAX'], dec)}" if d in cell and cell[d]["MIN"] is not None
             else "" for d, _ in heads])
-        styles += ["indent", "indent"]
     plan = "; ".join(f"{d['DOSE']} {d['DOSELBL']}" for d in t.dose_levels)
     return DisplayTable(
         id="exposure",
         title="Exposure: lymphodepletion and CAR-T cells infused by dose level",
         columns=["Parameter"] + cols,
-        rows=rows,
-        row_styles=styles,
+        rows=lines.rows,
+        row_styles=lines.styles,
         dose_columns=dose_cols,
         sheet="Exposure",
         footnote=(
@@ -294,17 +302,14 @@ def layout_crs_icans(t: ReportTables) -> DisplayTable:
     by: dict[str, dict[str, dict[str, Any]]] = {}
     for r in t.crs_icans_summary:
         by.setdefault(r["AECAT"], {})[r["DOSE"]] = r
-    rows: list[list[Cell]] = []
-    styles: list[str] = []
+    lines = _Lines(len(heads))
 
     def line(label: str, fn) -> None:
-        rows.append([label] + [fn(c[d]) if d in c else None for d, _ in heads])
-        styles.append("indent")
+        lines.add(label, [fn(c[d]) if d in c else None for d, _ in heads])
 
     for cat in sorted(by, key=lambda k: min(r["AECATN"] for r in by[k].values())):
         c = by[cat]
-        rows.append([f"{CRS_ICANS_TITLES.get(cat, cat)} ({cat})"] + [None] * len(heads))
-        styles.append("group")
+        lines.group(f"{CRS_ICANS_TITLES.get(cat, cat)} ({cat})")
         line("Any grade", lambda r: fmt_npct(r["N_ANY"], r["PCT_ANY"]))
         for g in range(1, 6):
             line(f"Maximum grade {g}", lambda r, g=g: fmt_npct(r[f"N_GR{g}"], pct_half_up(r[f"N_GR{g}"], r["DENOM"])))
@@ -323,8 +328,8 @@ def layout_crs_icans(t: ReportTables) -> DisplayTable:
         id="crs_icans",
         title="Cytokine release syndrome and ICANS by dose level (ASTCT consensus grading)",
         columns=["Participants"] + cols,
-        rows=rows,
-        row_styles=styles,
+        rows=lines.rows,
+        row_styles=lines.styles,
         dose_columns=dose_cols,
         sheet="CRS and ICANS",
         footnote=(
@@ -378,46 +383,36 @@ def layout_haematology(t: ReportTables) -> DisplayTable:
         if (r["PARAMN"], r["PARAMCD"], r["ATOXTERM"]) not in params:
             params.append((r["PARAMN"], r["PARAMCD"], r["ATOXTERM"]))
         cells.setdefault((r["PARAMCD"], r["WORSTGR"]), {})[r["DOSE"]] = r
-    rows: list[list[Cell]] = []
-    styles: list[str] = []
+    lines = _Lines(len(heads))
     for _, code, term in sorted(params):
-        rows.append([f"{term} ({code})"] + [None] * len(heads))
-        styles.append("group")
+        lines.group(f"{term} ({code})")
         denom = cells.get((code, 0), {})
-        rows.append(["Participants with a graded value, N"] + [denom[d]["DENOM"] if d in denom else 0 for d, _ in heads])
-        styles.append("indent")
+        lines.add("Participants with a graded value, N", [denom[d]["DENOM"] if d in denom else 0 for d, _ in heads])
         for g in (3, 4):
             c = cells.get((code, g), {})
-            rows.append([f"Worst grade {g}"] + [fmt_npct(c[d]["N"], c[d]["PCT"]) if d in c else 0 for d, _ in heads])
-            styles.append("indent")
+            lines.add(f"Worst grade {g}", [fmt_npct(c[d]["N"], c[d]["PCT"]) if d in c else 0 for d, _ in heads])
         g34 = {d: (cells.get((code, 3), {}).get(d, {}).get("N", 0) + cells.get((code, 4), {}).get(d, {}).get("N", 0))
                for d, _ in heads}
-        rows.append(["Worst grade 3 or 4"] + [fmt_npct(g34[d], pct_half_up(g34[d], denom.get(d, {}).get("DENOM")))
+        lines.add("Worst grade 3 or 4", [fmt_npct(g34[d], pct_half_up(g34[d], denom.get(d, {}).get("DENOM")))
                                               for d, _ in heads])
-        styles.append("indent")
     rec = {(r["ROW"], r["DOSE"]): r for r in t.haem_recovery}
     if t.haem_recovery:
-        rows.append(["Recovery"] + [None] * len(heads))
-        styles.append("group")
-        rows.append(["ANC nadir < 0.5 x10^9/L"] + [rec.get(("ANC_LT05", d), {}).get("N", 0) for d, _ in heads])
-        styles.append("indent")
-        rows.append(["  recovered to ANC >= 0.5 x10^9/L"] + [rec.get(("ANC_REC", d), {}).get("N", 0) for d, _ in heads])
-        styles.append("indent")
-        rows.append(["  day of recovery: median (min, max)"] + [
+        lines.group("Recovery")
+        lines.add("ANC nadir < 0.5 x10^9/L", [rec.get(("ANC_LT05", d), {}).get("N", 0) for d, _ in heads])
+        lines.add("  recovered to ANC >= 0.5 x10^9/L", [rec.get(("ANC_REC", d), {}).get("N", 0) for d, _ in heads])
+        lines.add("  day of recovery: median (min, max)", [
             fmt_range(r["MEDIAN"], r["MIN"], r["MAX"], 0) if (r := rec.get(("ANC_REC", d))) and r["N"] else ""
             for d, _ in heads])
-        styles.append("indent")
         for code in sorted({k[0] for k in rec if k[0].startswith("D28_")}):
             term = next((p[2] for p in params if "D28_" + p[1] == code), code[4:])
-            rows.append([f"Grade >= 3 {term.lower()} at day 28 (n / assessed)"] + [
+            lines.add(f"Grade >= 3 {term.lower()} at day 28 (n / assessed)", [
                 f"{r['N']}/{r['DENOM']}" if (r := rec.get((code, d))) and r["DENOM"] else "" for d, _ in heads])
-            styles.append("indent")
     return DisplayTable(
         id="haematology",
         title="Haematological toxicity after infusion and recovery by dose level",
         columns=["Test / measure"] + cols,
-        rows=rows,
-        row_styles=styles,
+        rows=lines.rows,
+        row_styles=lines.styles,
         dose_columns=dose_cols,
         sheet="Haematology",
         footnote=(
@@ -447,33 +442,28 @@ def layout_pk(t: ReportTables) -> DisplayTable:
         if r["PARAMCD"] not in by:
             order.append((r["PARAMN"], r["PARAMCD"], r["PARAM"]))
         by.setdefault(r["PARAMCD"], {})[r["DOSE"]] = r
-    rows: list[list[Cell]] = []
-    styles: list[str] = []
+    lines = _Lines(len(heads))
     for _, code, param in sorted(order):
         c = by[code]
         days = code in PK_DAYS
-        rows.append([param] + [None] * len(heads))
-        styles.append("group")
-        rows.append(["n"] + [c[d]["N"] if d in c else 0 for d, _ in heads])
-        styles.append("indent")
+        lines.group(param)
+        lines.add("n", [c[d]["N"] if d in c else 0 for d, _ in heads])
         fmt = (lambda x: fmt_num(x, 1)) if days else fmt_sig
         if any(r["GEOMEAN"] is not None for r in c.values()):
-            rows.append(["Geometric mean"] + [
+            lines.add("Geometric mean", [
                 "" if d not in c or c[d]["GEOMEAN"] is None else fmt_sig(c[d]["GEOMEAN"]) for d, _ in heads])
-            rows.append(["Geometric CV%"] + [
+            lines.add("Geometric CV%", [
                 "" if d not in c or c[d]["GEOMEAN"] is None else
                 ("NE" if c[d]["GEOCV"] is None else fmt_num(c[d]["GEOCV"])) for d, _ in heads])
-            styles += ["indent", "indent"]
-        rows.append(["Median"] + ["" if d not in c or c[d]["MEDIAN"] is None else fmt(c[d]["MEDIAN"]) for d, _ in heads])
-        rows.append(["Min, max"] + [
+        lines.add("Median", ["" if d not in c or c[d]["MEDIAN"] is None else fmt(c[d]["MEDIAN"]) for d, _ in heads])
+        lines.add("Min, max", [
             "" if d not in c or c[d]["MIN"] is None else f"{fmt(c[d]['MIN'])}, {fmt(c[d]['MAX'])}" for d, _ in heads])
-        styles += ["indent", "indent"]
     return DisplayTable(
         id="pk",
         title="CAR-T cellular kinetics (transgene copies in blood) by dose level",
         columns=["Parameter"] + cols,
-        rows=rows,
-        row_styles=styles,
+        rows=lines.rows,
+        row_styles=lines.styles,
         dose_columns=dose_cols,
         sheet="Pharmacokinetics",
         footnote=(
@@ -495,22 +485,20 @@ def layout_response(t: ReportTables) -> DisplayTable:
     by: dict[tuple[int, str, str], dict[str, dict[str, Any]]] = {}
     for r in t.response_summary:
         by.setdefault((r["ROWN"], r["ROWCD"], r["ROWLBL"]), {})[r["DOSE"]] = r
-    rows: list[list[Cell]] = []
-    styles: list[str] = []
+    lines = _Lines(len(heads))
     if by:
-        rows.append(["Best overall response"] + [None] * len(heads))
-        styles.append("group")
+        lines.group("Best overall response")
     for key in sorted(by):
         cells = by[key]
-        rows.append([key[2]] + [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else 0 for d, _ in heads])
         # The rate (CR + PR) is a summary line under the categories, not one of them.
-        styles.append("" if key[1] == "ORR" else "indent")
+        lines.add(key[2], [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else 0 for d, _ in heads],
+                  "" if key[1] == "ORR" else "indent")
     return DisplayTable(
         id="response",
         title="Best overall response (RECIST 1.1) by dose level",
         columns=["Participants"] + cols,
-        rows=rows,
-        row_styles=styles,
+        rows=lines.rows,
+        row_styles=lines.styles,
         dose_columns=dose_cols,
         sheet="Response",
         empty_text="Response data are not available at this data cut.",

@@ -29,6 +29,7 @@ from markupsafe import Markup
 
 from clinical.study import StudyConfig
 from deliverables.tables import (
+    SESSIONS,
     DisplayTable,
     ReportTables,
     consistency_problems,
@@ -36,7 +37,6 @@ from deliverables.tables import (
     flow_boxes,
     fmt_date,
     key_figures,
-    SESSIONS,
     pdf_tables,
 )
 
@@ -287,7 +287,7 @@ def _source_date_epoch(cut: dt.date) -> Iterator[None]:
     """Embedded font subsets carry a 'modified' timestamp (fontTools sets head.modified to now
     unless SOURCE_DATE_EPOCH is set): pin it to the data cut so the PDF bytes are reproducible.
     os.environ is process-wide; the previous value is restored on exit."""
-    epoch = str(int(dt.datetime(cut.year, cut.month, cut.day, tzinfo=dt.timezone.utc).timestamp()))
+    epoch = str(int(dt.datetime(cut.year, cut.month, cut.day, tzinfo=dt.UTC).timestamp()))
     old = os.environ.get("SOURCE_DATE_EPOCH")
     os.environ["SOURCE_DATE_EPOCH"] = epoch
     try:

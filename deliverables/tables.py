@@ -858,7 +858,9 @@ def display_tables(t: ReportTables, session: str = "Closed") -> list[DisplayTabl
     (Total column only) and no participant-level listing; participant flow and the dose-escalation
     status stay by dose level, because the dose level is the design (open label, every
     investigator knows it) and the DSMB decides on it in the open session."""
-    from deliverables import clinical_tables as ct  # imported here: clinical_tables builds on this module
+    from deliverables import (
+        clinical_tables as ct,  # imported here: clinical_tables builds on this module
+    )
 
     if session not in SESSIONS:
         raise ValueError(f"session must be one of {SESSIONS}, got {session!r}")

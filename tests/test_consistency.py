@@ -10,7 +10,12 @@ import pytest
 from lxml import etree
 from pypdf import PdfReader
 
-from deliverables.tables import layout_dose_escalation, layout_participant_flow, layout_teae_overview, load_report_tables
+from deliverables.tables import (
+    layout_dose_escalation,
+    layout_participant_flow,
+    layout_teae_overview,
+    load_report_tables,
+)
 
 DOSES = ("DL1", "DL2", "DL3")
 
