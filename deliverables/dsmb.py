@@ -129,7 +129,12 @@ def report_chapters(
                     items.append({"kind": "note", "text": "No previous data cut of this study has been published: "
                                   "this is the first report, so no changes are listed."})
                 for t in changes or []:
-                    items.append({"kind": "table", "t": t, "landscape": False})
+                    if session == "Open" and t.kind == "listing":
+                        items.append({"kind": "note", "text": "The listing of the individual changes names "
+                                      "participants: it is in the closed session report and the sponsor workbook."})
+                        continue
+                    items.append({"kind": "table", "t": t,
+                                  "landscape": t.kind == "listing" and len(t.columns) > LANDSCAPE_COLUMNS})
                 continue
             if item == "flow_diagram" or item.startswith("figure:"):
                 key = item.removeprefix("figure:")
@@ -177,7 +182,9 @@ def _changes_ask(changes: list[DisplayTable] | None) -> str | None:
     return "Review the changes since the previous data cut (section 2): " + "; ".join(changed) + "."
 
 
-def _dsmb_asks(tables: ReportTables, figures: dict[str, Any], changes: list[DisplayTable] | None = None) -> list[str]:
+def _dsmb_asks(
+    tables: ReportTables, figures: dict[str, Any], changes: list[DisplayTable] | None = None, session: str = "Closed"
+) -> list[str]:
     s = decision_summary(tables)
     d = tables.escalation_decision
     asks = []
@@ -185,7 +192,8 @@ def _dsmb_asks(tables: ReportTables, figures: dict[str, Any], changes: list[Disp
     review = "Review the cumulative safety data at the data cut-off"
     if parts:
         review += f" ({figures['Infused (safety population)']} participant(s) infused)"
-    asks.append(review + ", in particular the dose-limiting toxicities, serious adverse events and deaths listed below.")
+    where = "listed below" if session == "Closed" else "summarised below (listed in the closed session report)"
+    asks.append(review + f", in particular the dose-limiting toxicities, serious adverse events and deaths {where}.")
     since = _changes_ask(changes)
     if since:
         asks.append(since)
@@ -250,7 +258,7 @@ def render_dsmb_html(
         "previous_cut": as_date(previous_cut).isoformat() if previous_cut is not None else None,
         "figures": headline,
         "decision": decision_summary(tables),
-        "asks": _dsmb_asks(tables, dict(headline), changes),
+        "asks": _dsmb_asks(tables, dict(headline), changes, sess),
         "boxes": flow_boxes(tables),
         "problems": consistency_problems(tables),
         "missing": tables.missing,

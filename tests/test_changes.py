@@ -558,3 +558,15 @@ def test_summary_asks_the_dsmb_to_review_the_changes():
     assert _changes_ask(None) is None
     same = layout_changes(compare_cuts(cur, cur, D(2024, 2, 29), D(2024, 3, 31)))
     assert "nothing reportable changed" in _changes_ask(same)
+
+
+def test_open_session_shows_the_summary_of_changes_but_not_the_participant_listing():
+    from deliverables.dsmb import report_chapters
+
+    prev, cur = _pair()
+    tables = layout_changes(compare_cuts(prev, cur, D(2024, 2, 29), D(2024, 3, 31)))
+    opened = report_chapters([], None, tables, "Open")[0]
+    kinds = [(i["kind"], i["t"].id if i["kind"] == "table" else "") for i in opened["items"] + opened["landscape_items"]]
+    assert kinds == [("table", "changes_summary"), ("note", "")]
+    closed = report_chapters([], None, tables, "Closed")[0]
+    assert [i["t"].id for i in closed["items"] + closed["landscape_items"]] == ["changes_summary", "changes_listing"]
