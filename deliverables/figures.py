@@ -54,7 +54,7 @@ GRID_COLOUR = "#E3E3E3"
 EMPTY_TEXT = "No data at this data cut"
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 MAX_ID_CHARS = 12
-MAX_SWIMMER_ROWS = 45  # participants in one swimmer plot: it then fits one A4 portrait page with its caption
+MAX_SWIMMER_ROWS = 40  # participants in one swimmer plot: it then fits one A4 portrait page with its caption
 RESPONSES = ("CR", "PR", "SD", "PD", "NE")
 RESPONSE_LABELS = {
     "CR": "Complete response",
@@ -613,6 +613,29 @@ def _ongoing_arrow(x0: float, cy: float, cls: str = "ongoing") -> str:
     )
 
 
+def _swimmer_selection(ordered: list[Row], max_rows: int) -> list[Row]:
+    """At most ``max_rows`` of the participants (ordered by dose level, then longest first): an equal
+    share of each dose level, the first dose levels taking the remainder and the rows a smaller dose
+    level leaves unused, so that every dose level is seen when there are more than a page."""
+    if len(ordered) <= max_rows:
+        return ordered
+    groups: dict[str, list[Row]] = {}
+    for r in ordered:
+        groups.setdefault(str(r.get("DOSEA") or ""), []).append(r)
+    take = {d: 0 for d in groups}
+    left = max_rows
+    while left:  # round-robin over the dose levels in order
+        progressed = False
+        for d, rs in groups.items():
+            if left and take[d] < len(rs):
+                take[d] += 1
+                left -= 1
+                progressed = True
+        if not progressed:
+            break
+    return [r for d, rs in groups.items() for r in rs[: take[d]]]
+
+
 def swimmer_svg(
     rows: Sequence[Row], assessments: Sequence[Row], dose_levels: Sequence[Row], *, max_rows: int = MAX_SWIMMER_ROWS
 ) -> str:
@@ -638,7 +661,7 @@ def swimmer_svg(
                        str(r.get("DOSEA") or ""), -dur(r), str(r["SUBJID"])),
     )
     n_all = len(subjects)
-    subjects = subjects[: max(max_rows, 1)]
+    subjects = _swimmer_selection(subjects, max(max_rows, 1))
     ids = {str(r["SUBJID"]) for r in subjects}
     by_subj: dict[str, list[tuple[float, str]]] = {}
     for a in assessments:
@@ -682,8 +705,8 @@ def swimmer_svg(
     if n_all > len(subjects):
         parts.append(
             f'<text class="truncated" x="{_num(left)}" y="{_num(height - 3)}" font-size="{_num(TICK_PT)}" font-style="italic">'
-            f"Showing {len(subjects)} of {n_all} infused participants (by dose level, longest first); "
-            "the listings give every participant.</text>"
+            f"Showing {len(subjects)} of {n_all:,} infused participants: the longest on study of each dose level."
+            "</text>"
         )
     prev_dose = None
     for i, r in enumerate(subjects):

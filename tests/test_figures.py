@@ -269,3 +269,18 @@ def test_transgene_figure_summarises_many_participants_as_medians_per_dose():
         ("DL1 median", 1, 100.0), ("DL1 median", 7, 1000.0), ("DL2 median", 1, 1000.0), ("DL2 median", 7, 10000.0)]
     svg = fg.render_figures(data)["transgene"]
     assert "median of n=35" in svg and svg.count("<polyline") <= 4
+
+
+def test_swimmer_beyond_a_page_shows_every_dose_level():
+    from deliverables import figures as fg
+
+    doses = [{"DOSE": f"DL{i}", "DOSEN": i, "DOSELBL": f"{i}", "CELLS": i * 1e8} for i in (1, 2, 3)]
+    rows = [{"SUBJID": f"{d}-{k:03d}", "DOSEA": d, "LSTCNDY": k, "DTHDY": None, "ONGOING": "Y", "BOR": "SD"}
+            for d, n in (("DL1", 100), ("DL2", 100), ("DL3", 5)) for k in range(n)]
+    svg = fg.swimmer_svg(rows, [], doses, max_rows=40)
+    shown = {d: sum(f">{d}-" in svg for _ in [0]) for d in ("DL1", "DL2", "DL3")}
+    assert all(shown.values())
+    # 40 rows: DL3 has 5, the other 35 split 18 / 17 between DL1 and DL2, longest on study first.
+    assert svg.count(">DL1-") == 18 and svg.count(">DL2-") == 17 and svg.count(">DL3-") == 5
+    assert ">DL1-099<" in svg and ">DL1-081<" not in svg
+    assert "Showing 40 of 205 infused participants: the longest on study of each dose level." in svg
