@@ -647,6 +647,18 @@ def _baseline_module(
     }
 
 
+def _measure_groups(gid: dict[str, str], doses, description: str) -> list[dict[str, str]]:
+    """An outcome measure's groups: one per dose level, described as '<description> <dose label>.'."""
+    return [{"id": gid[d["DOSE"]], "title": d["DOSELBL"], "description": f"{description} {d['DOSELBL']}."}
+            for d in doses]
+
+
+def _measure_denoms(gid: dict[str, str], doses, n: dict[str, int]) -> list[dict[str, Any]]:
+    """An outcome measure's participants analysed per group (0 for a dose level absent from ``n``)."""
+    return [{"units": "Participants",
+             "counts": [{"groupId": gid[d["DOSE"]], "value": _n(n.get(d["DOSE"], 0))} for d in doses]}]
+
+
 def _outcome_count(
     *,
     type_: str,
@@ -673,23 +685,8 @@ def _outcome_count(
         "paramType": "COUNT_OF_PARTICIPANTS",
         "unitOfMeasure": "Participants",
         "timeFrame": time_frame,
-        "groups": [
-            {
-                "id": gid[d["DOSE"]],
-                "title": d["DOSELBL"],
-                "description": f"{group_desc} {d['DOSELBL']}.",
-            }
-            for d in doses
-        ],
-        "denoms": [
-            {
-                "units": "Participants",
-                "counts": [
-                    {"groupId": gid[d["DOSE"]], "value": _n(denom.get(d["DOSE"], 0))}
-                    for d in doses
-                ],
-            }
-        ],
+        "groups": _measure_groups(gid, doses, group_desc),
+        "denoms": _measure_denoms(gid, doses, denom),
         "classes": [
             {
                 "categories": [
@@ -826,28 +823,8 @@ def _pk_outcomes(
                 else "Full Range",
                 "unitOfMeasure": unit.format(unit=cfg.pk.unit),
                 "timeFrame": time_frame,
-                "groups": [
-                    {
-                        "id": gid[d["DOSE"]],
-                        "title": d["DOSELBL"],
-                        "description": f"PK-evaluable participants infused at {d['DOSELBL']}.",
-                    }
-                    for d in doses
-                ],
-                "denoms": [
-                    {
-                        "units": "Participants",
-                        "counts": [
-                            {
-                                "groupId": gid[d["DOSE"]],
-                                "value": _n(
-                                    prow[d["DOSE"]]["N"] if d["DOSE"] in prow else 0
-                                ),
-                            }
-                            for d in doses
-                        ],
-                    }
-                ],
+                "groups": _measure_groups(gid, doses, "PK-evaluable participants infused at"),
+                "denoms": _measure_denoms(gid, doses, {d: r["N"] for d, r in prow.items()}),
                 "classes": [{"categories": [{"measurements": measurements}]}],
             }
         )
