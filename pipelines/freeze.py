@@ -125,13 +125,7 @@ def freeze(out_root: str, study_config: str, cut: str, reason: str = "", export:
             if existing:
                 print(f"{final} is already frozen ({existing.get('reason')}, {existing.get('frozen_at')})")
                 return 0
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            problems = _check_against_manifest(final, manifest)
-            archived, more = _archived_export(study_root, manifest, export)
-            problems += more
-            config, note = _config_for(study_root, manifest)
-            if config is None:
-                problems.append(note)
+            manifest, archived, config, note, problems = _published(study_root, final, export)
             if problems:
                 for p in problems:
                     print(f"error: {p}", file=sys.stderr)
@@ -297,6 +291,20 @@ def compare_manifests(published: dict, regenerated: dict) -> tuple[list[str], li
     return data, notes
 
 
+def _published(study_root: Path, final: Path, export: str | None):
+    """What freeze and verify both check of a published cut: (manifest, archived export, archived
+    configuration, a note on the configuration, problems). The outputs must match the manifest, and
+    the archived export and configuration must exist and match their hashes."""
+    manifest = json.loads((final / MANIFEST).read_text(encoding="utf-8"))
+    problems = _check_against_manifest(final, manifest)
+    archived, more = _archived_export(study_root, manifest, export)
+    problems += more
+    config, note = _config_for(study_root, manifest)
+    if config is None:
+        problems.append(note)
+    return manifest, archived, config, note, problems
+
+
 def verify(out_root: str, study_config: str, cut: str, keep: bool = False) -> int:
     from pipelines import audit
     from pipelines.run import run_export
@@ -306,14 +314,8 @@ def verify(out_root: str, study_config: str, cut: str, keep: bool = False) -> in
     if not manifest_path.is_file():
         print(f"error: {final}: no published outputs (manifest.json) to verify", file=sys.stderr)
         return 2
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    problems = _check_against_manifest(final, manifest)
-    export, more = _archived_export(study_root, manifest, None)
-    problems += more
-    config, note = _config_for(study_root, manifest)
-    if config is None:
-        problems.append(note)
-    elif note:
+    manifest, export, config, note, problems = _published(study_root, final, None)
+    if config is not None and note:
         print(note)
     if export is None or config is None:
         for p in problems:
