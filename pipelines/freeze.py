@@ -125,7 +125,7 @@ def freeze(out_root: str, study_config: str, cut: str, reason: str = "", export:
             if existing:
                 print(f"{final} is already frozen ({existing.get('reason')}, {existing.get('frozen_at')})")
                 return 0
-            manifest, archived, config, note, problems = _published(study_root, final, export)
+            manifest, archived, _config, _note, problems = _published(study_root, final, export)
             if problems:
                 for p in problems:
                     print(f"error: {p}", file=sys.stderr)
