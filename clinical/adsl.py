@@ -13,6 +13,9 @@ is lymphodepleted only if leukapheresed, and so on), so flow counts can never in
            a DLT in the window or completed the window on study (DLTEVLRS gives the reason when not)
   COMPLFL  completed protocol follow-up
 
+AGEGR1 is the age group of the ClinicalTrials.gov baseline ("Age, Categorical": <=18, 19-64, >=65
+years; :data:`AGE_GROUPS`), derived here once for the registry and the DSMB baseline table.
+
 DLTFL is the adjudicated DLT: an AE the investigator flagged as DLT (AEDLT = Y) with onset inside
 the DLT window (day 0 to the configured window). Candidate DLTs derived from the rules are a
 separate listing (issue 5); the 3+3 uses the adjudicated flag.
@@ -25,6 +28,12 @@ import datetime as dt
 import duckdb
 
 from clinical.study import StudyConfig
+
+# Age groups (label, highest age in the group; None: no upper limit). The registry's categories: its
+# labels overlap at 18, and 18-year-olds go to "<=18 years".
+AGE_GROUPS: tuple[tuple[str, int | None], ...] = (
+    ("<=18 years", 18), ("Between 18 and 65 years", 64), (">=65 years", None),
+)
 
 SETUP_SQL = """
 CREATE SCHEMA IF NOT EXISTS analysis;
@@ -95,7 +104,10 @@ pk AS (
 base AS (
   SELECT
     dm.STUDYID, dm.SITEID, dm.SUBJID, dm.STUDYID || '-' || dm.SUBJID AS USUBJID,
-    dm.AGE, dm.SEX, dm.RACE, dm.ETHNIC, dm.COUNTRY, sc.KPS, sc.GPC3, sc.LIVERMET,
+    dm.AGE,
+    CASE WHEN dm.AGE IS NULL THEN NULL WHEN dm.AGE <= $age1 THEN $agegr1 WHEN dm.AGE <= $age2 THEN $agegr2
+         ELSE $agegr3 END AS AGEGR1,
+    dm.SEX, dm.RACE, dm.ETHNIC, dm.COUNTRY, sc.KPS, sc.GPC3, sc.LIVERMET,
     en.RFICDT, en.ENRLDT, en.DOSEP, dp.DOSEN AS DOSEPN, dp.DOSELBL AS DOSEPLBL,
     ap.PRSTDAT AS APHDT, ap.PRYN, ap.PRREASND, mf.RELSTAT AS MFGSTAT,
     ld.LDSTDT, ld.LDENDT,
@@ -169,6 +181,8 @@ def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.da
             "tolerance": cfg.escalation.dose_tolerance,
             "highest": cfg.safety.date_imputation,
             **{f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")},
+            "age1": AGE_GROUPS[0][1], "age2": AGE_GROUPS[1][1],
+            **{f"agegr{i}": label for i, (label, _) in enumerate(AGE_GROUPS, start=1)},
         },
     )
     return con.execute("SELECT count(*) FROM analysis.adsl").fetchone()[0]

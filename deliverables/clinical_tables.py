@@ -98,7 +98,7 @@ def enrolled_headers(t: ReportTables) -> list[tuple[str, str]]:
 
 BASELINE_CONTINUOUS = (("AGE", "Age (years)", 1), ("KPS", "Karnofsky performance status", 1))
 BASELINE_CATEGORICAL = (
-    ("AGEGR", "Age group"),
+    ("AGEGR1", "Age group"),
     ("SEX", "Sex"),
     ("RACE", "Race"),
     ("ETHNIC", "Ethnicity"),
@@ -109,7 +109,7 @@ BASELINE_CATEGORICAL = (
 
 # Category labels and order as the registry shows them, so a category reads the same in both.
 BASELINE_CATEGORIES: dict[str, tuple[tuple[str, str], ...]] = {
-    "AGEGR": tuple((a, a) for a in AGE_CATEGORIES),
+    "AGEGR1": tuple((a, a) for a in AGE_CATEGORIES),
     "SEX": SEX_CATEGORIES,
     "RACE": RACE_CATEGORIES,
     "ETHNIC": ETHNIC_CATEGORIES,

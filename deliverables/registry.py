@@ -45,6 +45,7 @@ import jinja2
 import yaml
 from lxml import etree
 
+from clinical.adsl import AGE_GROUPS
 from clinical.study import StudyConfig
 
 RRS_NS = "http://clinicaltrials.gov/rrs"
@@ -101,8 +102,8 @@ ETHNIC_CATEGORIES = (
     ("UNKNOWN", "Unknown or Not Reported"),
 )
 SEX_CATEGORIES = (("F", "Female"), ("M", "Male"))
-# PRS "Age, Categorical" categories. The PRS labels overlap at 18; 18-year-olds go to "<=18 years".
-AGE_CATEGORIES = ("<=18 years", "Between 18 and 65 years", ">=65 years")
+# PRS "Age, Categorical" categories: ADSL AGEGR1 (clinical/adsl.py derives it).
+AGE_CATEGORIES = tuple(label for label, _ in AGE_GROUPS)
 
 # MedDRA SOC names as ClinicalTrials.gov words (27 SOCs; cran/eudract inst/extdata/soc.xml).
 PRS_SOCS = (
@@ -465,7 +466,7 @@ def _baseline_module(
     total_id = f"BG{len(doses):03d}" if len(doses) >= 2 else None
     subjects = _rows(
         con,
-        """SELECT SUBJID, AGE, SEX, RACE, ETHNIC, COUNTRY, DOSEP AS DOSE FROM analysis.adsl
+        """SELECT SUBJID, AGE, AGEGR1, SEX, RACE, ETHNIC, COUNTRY, DOSEP AS DOSE FROM analysis.adsl
            WHERE ENRLFL = 'Y' ORDER BY SUBJID""",
     )
     known = {d["DOSE"] for d in doses}
@@ -524,15 +525,6 @@ def _baseline_module(
             ],
         }
 
-    def age_cat(age: int) -> str:
-        return (
-            AGE_CATEGORIES[0]
-            if age <= 18
-            else AGE_CATEGORIES[1]
-            if age < 65
-            else AGE_CATEGORIES[2]
-        )
-
     for s in subjects:
         if s["AGE"] is None:
             raise RegistryDataError(
@@ -575,7 +567,7 @@ def _baseline_module(
                         "measurements": [
                             {
                                 "groupId": g,
-                                "value": _n(sum(age_cat(s["AGE"]) == cat for s in ss)),
+                                "value": _n(sum(s["AGEGR1"] == cat for s in ss)),
                             }
                             for g, ss in columns
                         ],

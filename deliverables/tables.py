@@ -170,9 +170,9 @@ OPTIONAL_QUERIES: dict[str, str] = {
 
 # Baseline characteristics of the enrolled participants by planned dose level and in total: one row
 # per categorical variable x category x column (KIND CAT) and per continuous variable x column (KIND
-# CONT). Age groups as the registry's (deliverables.registry.AGE_CATEGORIES). Variables that
-# analysis.adsl does not have (e.g. KPS or GPC3 of another study) are left out.
-BASELINE_CATEGORICAL = ("SEX", "RACE", "ETHNIC", "COUNTRY", "GPC3")
+# CONT). Age groups are ADSL AGEGR1, the registry's categories. Variables that analysis.adsl does
+# not have (e.g. KPS or GPC3 of another study) are left out.
+BASELINE_CATEGORICAL = ("AGEGR1", "SEX", "RACE", "ETHNIC", "COUNTRY", "GPC3")
 BASELINE_CONTINUOUS = ("AGE", "KPS")
 
 
@@ -181,20 +181,16 @@ def baseline_sql(adsl_columns: set[str]) -> str:
     are put into the SQL text (never data values)."""
     cats = [c for c in BASELINE_CATEGORICAL if c in adsl_columns]
     nums = [c for c in BASELINE_CONTINUOUS if c in adsl_columns]
-    age = "AGE" in adsl_columns
-    agegr = ("CASE WHEN AGE IS NULL THEN 'Missing' WHEN AGE <= 18 THEN '<=18 years' "
-             "WHEN AGE < 65 THEN 'Between 18 and 65 years' ELSE '>=65 years' END") if age else "NULL"
-    cat_cols = (["AGEGR"] if age else []) + cats
-    sel = ", ".join([f"{agegr} AS AGEGR"] + [f"coalesce(CAST({c} AS VARCHAR), 'Missing') AS {c}" for c in cats]
+    sel = ", ".join([f"coalesce(CAST({c} AS VARCHAR), 'Missing') AS {c}" for c in cats]
                     + [f"CAST({c} AS DOUBLE) AS {c}" for c in nums])
     parts = []
-    if cat_cols:
+    if cats:
         parts.append(f"""
         SELECT 'CAT' AS KIND, c.VAR, c.CAT, c.DOSE, c.N, d.DENOM, round(100.0 * c.N / d.DENOM, 1) AS PCT,
                NULL::DOUBLE AS MEAN, NULL::DOUBLE AS SD, NULL::DOUBLE AS MEDIAN, NULL::DOUBLE AS MIN,
                NULL::DOUBLE AS MAX
         FROM (SELECT VAR, CAT, coalesce(DOSE, 'TOTAL') AS DOSE, count(*) AS N
-              FROM (UNPIVOT (SELECT DOSE, {', '.join(cat_cols)} FROM s) ON {', '.join(cat_cols)} INTO NAME VAR VALUE CAT)
+              FROM (UNPIVOT (SELECT DOSE, {', '.join(cats)} FROM s) ON {', '.join(cats)} INTO NAME VAR VALUE CAT)
               GROUP BY GROUPING SETS ((VAR, CAT, DOSE), (VAR, CAT))) c
         JOIN denom d USING (DOSE)""")
     if nums:

@@ -42,13 +42,13 @@ def adsl_con():
     con = duckdb.connect()
     con.execute("CREATE SCHEMA analysis")
     con.execute("""CREATE TABLE analysis.adsl AS SELECT * FROM (VALUES
-        ('01', 'DL1', 'Y', 20, 'F', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 80),
-        ('02', 'DL1', 'Y', 30, 'M', 'WHITE', 'NOT HISPANIC OR LATINO', 'China', 90),
-        ('03', 'DL2', 'Y', 16, 'M', 'ASIAN', 'UNKNOWN', 'China', NULL),
-        ('04', 'DL2', 'Y', 40, 'M', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 70),
-        ('05', 'DL2', 'Y', 70, 'F', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 60),
-        ('06', NULL, 'N', 99, 'F', 'WHITE', 'NOT HISPANIC OR LATINO', 'China', 100)
-        ) t(SUBJID, DOSEP, ENRLFL, AGE, SEX, RACE, ETHNIC, COUNTRY, KPS)""")
+        ('01', 'DL1', 'Y', 20, 'Between 18 and 65 years', 'F', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 80),
+        ('02', 'DL1', 'Y', 30, 'Between 18 and 65 years', 'M', 'WHITE', 'NOT HISPANIC OR LATINO', 'China', 90),
+        ('03', 'DL2', 'Y', 16, '<=18 years', 'M', 'ASIAN', 'UNKNOWN', 'China', NULL),
+        ('04', 'DL2', 'Y', 40, 'Between 18 and 65 years', 'M', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 70),
+        ('05', 'DL2', 'Y', 70, '>=65 years', 'F', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 60),
+        ('06', NULL, 'N', 99, '>=65 years', 'F', 'WHITE', 'NOT HISPANIC OR LATINO', 'China', 100)
+        ) t(SUBJID, DOSEP, ENRLFL, AGE, AGEGR1, SEX, RACE, ETHNIC, COUNTRY, KPS)""")
     yield con
     con.close()
 
@@ -66,7 +66,7 @@ def _rows_by_label(d) -> dict[str, list]:
 
 def test_baseline_counts_enrolled_by_planned_dose(adsl_con):
     rows = [dict(zip([c[0] for c in cur.description], r))
-            for cur in [adsl_con.execute(baseline_sql({"DOSEP", "ENRLFL", "AGE", "SEX", "RACE", "ETHNIC", "COUNTRY", "KPS"}))]
+            for cur in [adsl_con.execute(baseline_sql({"DOSEP", "ENRLFL", "AGE", "AGEGR1", "SEX", "RACE", "ETHNIC", "COUNTRY", "KPS"}))]
             for r in cur.fetchall()]
     flow = [{"STAGE": "enrolled", "DOSE": "DL1", "N": 2}, {"STAGE": "enrolled", "DOSE": "DL2", "N": 3},
             {"STAGE": "enrolled", "DOSE": TOTAL, "N": 5}]
@@ -94,7 +94,7 @@ def test_baseline_without_optional_columns(adsl_con):
     sql = baseline_sql({"DOSEP", "ENRLFL", "AGE", "SEX"})
     assert "KPS" not in sql and "GPC3" not in sql
     kinds = {(r[0], r[1]) for r in adsl_con.execute(sql).fetchall()}
-    assert kinds == {("CAT", "AGEGR"), ("CAT", "SEX"), ("CONT", "AGE")}
+    assert kinds == {("CAT", "SEX"), ("CONT", "AGE")}
 
 
 def test_crs_icans_grades_and_management():
@@ -182,6 +182,18 @@ def test_open_session_pools_and_leaves_out_participant_listings():
     assert pooled(closed["dose_escalation"]) is closed["dose_escalation"]
     with pytest.raises(ValueError):
         display_tables(t, "Semi-open")
+
+
+def test_adsl_age_group_follows_the_registry_categories(demo_run):
+    """AGEGR1 of every participant of the demo: <=18, 19-64, >=65 (18-year-olds in the first group)."""
+    con = duckdb.connect(str(demo_run.final / "trial.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT AGE, AGEGR1 FROM analysis.adsl").fetchall()
+    finally:
+        con.close()
+    want = {a: ("<=18 years" if a <= 18 else "Between 18 and 65 years" if a <= 64 else ">=65 years") for a, _ in rows}
+    assert rows and all(g == want[a] for a, g in rows)
+    assert {g for _, g in rows} >= {"<=18 years", "Between 18 and 65 years"}  # the demo has both sides of 18
 
 
 def test_clinical_tables_from_the_demo_database_agree_with_the_analysis_tables(demo_run):

@@ -400,6 +400,12 @@ def make_fixture_db(path: Path | str) -> Path:
         "INSERT INTO analysis.adsl VALUES (?, ?, ?, ?, ?, 'China', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ADSL,
     )
+    # ADSL's age group (clinical/adsl.py), stated here by hand: the registry reads it as it is.
+    con.execute(
+        """ALTER TABLE analysis.adsl ADD COLUMN AGEGR1 VARCHAR;
+           UPDATE analysis.adsl SET AGEGR1 = CASE WHEN AGE <= 18 THEN '<=18 years'
+                                                  WHEN AGE <= 64 THEN 'Between 18 and 65 years' ELSE '>=65 years' END"""
+    )
     con.execute(
         "CREATE TABLE analysis.flow_screening (ROWN INTEGER, ROWLBL VARCHAR, N BIGINT)"
     )
