@@ -153,7 +153,7 @@ def layout_baseline(t: ReportTables) -> DisplayTable:
         lines.group(label)
         for cat, cat_label in _category_order(var, list(cats[var])):
             cells = cats[var][cat]
-            lines.add(cat_label, [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else 0 for d, _ in heads])
+            lines.add(cat_label, [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else fmt_npct(0, None) for d, _ in heads])
     return DisplayTable(
         id="baseline",
         title="Baseline characteristics by planned dose level (enrolled participants)",
@@ -195,7 +195,7 @@ def layout_teae_by_grade(t: ReportTables) -> DisplayTable:
             if not by.get(TOTAL, {}).get("N"):
                 continue  # a grade nobody had (chevron prune_0)
             lines.add(f"Grade {grade}", [
-                fmt_npct(by[d]["N"], pct_half_up(by[d]["N"], by[d]["N_AT_RISK"])) if d in by else 0 for d, _ in heads])
+                fmt_npct(by[d]["N"], pct_half_up(by[d]["N"], by[d]["N_AT_RISK"])) if d in by else fmt_npct(0, None) for d, _ in heads])
 
     overall = [k for k in cells if k[1] is None]
     for key in overall:
@@ -390,7 +390,7 @@ def layout_haematology(t: ReportTables) -> DisplayTable:
         lines.add("Participants with a graded value, N", [denom[d]["DENOM"] if d in denom else 0 for d, _ in heads])
         for g in (3, 4):
             c = cells.get((code, g), {})
-            lines.add(f"Worst grade {g}", [fmt_npct(c[d]["N"], c[d]["PCT"]) if d in c else 0 for d, _ in heads])
+            lines.add(f"Worst grade {g}", [fmt_npct(c[d]["N"], c[d]["PCT"]) if d in c else fmt_npct(0, None) for d, _ in heads])
         g34 = {d: (cells.get((code, 3), {}).get(d, {}).get("N", 0) + cells.get((code, 4), {}).get(d, {}).get("N", 0))
                for d, _ in heads}
         lines.add("Worst grade 3 or 4", [fmt_npct(g34[d], pct_half_up(g34[d], denom.get(d, {}).get("DENOM")))
@@ -491,7 +491,7 @@ def layout_response(t: ReportTables) -> DisplayTable:
     for key in sorted(by):
         cells = by[key]
         # The rate (CR + PR) is a summary line under the categories, not one of them.
-        lines.add(key[2], [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else 0 for d, _ in heads],
+        lines.add(key[2], [fmt_npct(cells[d]["N"], cells[d]["PCT"]) if d in cells else fmt_npct(0, None) for d, _ in heads],
                   "" if key[1] == "ORR" else "indent")
     return DisplayTable(
         id="response",
