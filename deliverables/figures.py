@@ -781,13 +781,6 @@ TRANSGENE_MEDIAN_SQL = """
     FROM analysis.adpc WHERE DOSEA IS NOT NULL AND ADY IS NOT NULL
     GROUP BY DOSEA, PCTPT ORDER BY DOSEA, ADY, PCTPT"""
 
-FIGURE_TITLES: dict[str, str] = {
-    "accrual": "Enrolment and accrual over time",
-    "transgene": "CAR transgene levels in blood over time by participant",
-    "swimmer": "Time on study and tumour response by participant (swimmer plot)",
-}
-
-
 def load_figure_data(con: duckdb.DuckDBPyConnection, data_cut: dt.date | str | None = None) -> FigureData:
     """Read the analysis tables the figures need; a table that does not exist reads as no rows."""
     have = {
