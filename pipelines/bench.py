@@ -16,9 +16,11 @@ One benchmark is four steps, each in its own process so that nothing of one infl
    ``pipelines.run.run_export`` -- what ``python -m pipelines run`` does: study lock, ``trial_job``
    through ``execute_in_process`` (in-process executor), audit log -- with a Dagster instance of its
    own: SQLite storage in a scratch ``DAGSTER_HOME`` with ``pipelines/dagster.yaml``, as ``make run``
-   and the nightly schedule use (``--instance ephemeral``: in memory). ``total_s`` is the wall time
-   of ``run_export``; ``startup_s`` (imports, code location) and ``process_s`` (the whole process,
-   interpreter start to exit, measured by the parent) are reported next to it.
+   and the nightly schedule use (``--instance ephemeral``: in memory); the home's databases are
+   created before the clock starts, as they exist for every nightly run. As in the CLI, the Great
+   Expectations worker process starts before the code location is imported. ``total_s`` is the wall
+   time of ``run_export``; ``startup_s`` (imports, code location) and ``process_s`` (the whole
+   process, interpreter start to exit, measured by the parent) are reported next to it.
 4. **Report.** JSON (``--out``) and a table on stdout; ``python -m pipelines.bench --table
    bench/bench_*.json`` prints the Markdown table of docs/performance.md.
 
@@ -38,9 +40,10 @@ to the run. A step belongs to a stage by what it computes:
 
 ``orchestration_s`` is what remains of the run outside any step (lock, run start, resource set-up,
 run end, audit log).
-Peak memory and CPU: a thread samples the resident set size and CPU time of the process and of its
-child processes (the Great Expectations worker, ``clinical.expectation_runner.SuiteWorker``) every
-10 ms; a stage's ``peak_rss_mb`` is the highest sample while its steps ran; the run's ``peak_rss_mb``
+Peak memory and CPU: a thread of the benchmark's parent process (not of the measured one, whose
+interpreter lock it would contend for) samples the resident set size and CPU time of the pipeline
+process and of its child processes (the Great Expectations worker,
+``clinical.expectation_runner.SuiteWorker``; the PDF renderer) every 10 ms; a stage's ``peak_rss_mb`` is the highest sample while its steps ran; the run's ``peak_rss_mb``
 is the higher of the kernel's high-water mark (``VmHWM``) of the pipeline process, imports included,
 and the sampled peak of the process and its children together. CPU seconds include the children.
 """
@@ -167,56 +170,58 @@ def _children(pid: int | str = "self") -> list[int]:
     return out
 
 
-def _proc_rss_cpu(pid: int, page: int, tick: float) -> tuple[int, float]:
-    """(resident bytes, user+system CPU seconds) of a live process; (0, 0) if it is gone."""
+def _proc_rss_cpu(pid: int, page: int, tick: float, waited: bool = False) -> tuple[int, float]:
+    """(resident bytes, user+system CPU seconds) of a live process -- with ``waited``, plus those of
+    its children it has already waited for; (0, 0) if it is gone."""
     try:
         with open(f"/proc/{pid}/statm", "rb") as fh:
             rss = int(fh.read().split()[1]) * page
         with open(f"/proc/{pid}/stat", "rb") as fh:
             fields = fh.read().rsplit(b")", 1)[1].split()
-        return rss, (int(fields[11]) + int(fields[12])) / tick
+        ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if waited else 0)
+        return rss, ticks / tick
     except (OSError, IndexError, ValueError):
         return 0, 0.0
 
 
 class RssSampler(threading.Thread):
-    """Samples the resident set size and CPU time of this process *and its child processes* (the
-    Great Expectations worker) every ``interval`` seconds: [(time.time(), rss bytes, CPU seconds)].
-    CPU is user+system of all threads, plus that of live children, plus that of children already
-    waited for; RSS is this process's plus its live children's."""
+    """Samples the resident set size and CPU time of the process ``pid`` *and its child processes*
+    (the Great Expectations worker, PDF renderers) every ``interval`` seconds: [(time.time(), rss
+    bytes, CPU seconds)]. It runs in the benchmark's parent process, so that measuring takes no
+    time from the measured process (a sampling thread inside it held its interpreter lock ~10 % of
+    the run). CPU is user+system of all threads of ``pid``, plus that of its live descendants, plus
+    that of children it already waited for; RSS is the process's plus its live descendants'."""
 
-    def __init__(self, interval: float = SAMPLE_S) -> None:
+    def __init__(self, pid: int, interval: float = SAMPLE_S) -> None:
         super().__init__(daemon=True, name="rss-sampler")
+        self.pid = pid
         self.interval = interval
         self.samples: list[tuple[float, int, float]] = []
         self._stop_event = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._tick = float(os.sysconf("SC_CLK_TCK"))
-        self._child_cpu: dict[int, float] = {}  # last CPU seen per live child
 
-    def sample(self) -> tuple[float, int, float]:
-        with open("/proc/self/statm", "rb") as fh:
-            rss = int(fh.read().split()[1]) * self._page
-        t = os.times()
-        cpu = t.user + t.system + t.children_user + t.children_system
-        live = {}
-        for pid in _children():
-            child_rss, child_cpu = _proc_rss_cpu(pid, self._page, self._tick)
-            rss += child_rss
-            live[pid] = child_cpu
-        self._child_cpu = live
-        cpu += sum(live.values())
-        return time.time(), rss, cpu
+    def sample(self) -> tuple[float, int, float] | None:
+        when = time.time()
+        rss, cpu = _proc_rss_cpu(self.pid, self._page, self._tick, waited=True)
+        if not rss:
+            return None  # the process has exited
+        for kid in _children(self.pid):
+            kid_rss, kid_cpu = _proc_rss_cpu(kid, self._page, self._tick)
+            rss += kid_rss
+            cpu += kid_cpu
+        return when, rss, cpu
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            self.samples.append(self.sample())
+            sample = self.sample()
+            if sample is not None:
+                self.samples.append(sample)
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
-        self.samples.append(self.sample())
 
     def peak_between(self, start: float, end: float) -> int:
         inside = [b for t, b, _ in self.samples if start <= t <= end]
@@ -246,16 +251,15 @@ def stage_of_steps(defs) -> dict[str, str]:
         if not assets_def.keys or not assets_def.is_executable:
             continue  # external sources (the export files) and check-only definitions
         groups = {by_group.get(g or "", g or "other") for g in assets_def.group_names_by_key.values()}
-        out[assets_def.node_def.name] = sorted(groups)[0] if len(groups) == 1 else "/".join(sorted(groups))
+        out[assets_def.node_def.name] = next(iter(groups)) if len(groups) == 1 else "/".join(sorted(groups))
     return out
 
 
 def _child(args: argparse.Namespace) -> int:
-    """Run the pipeline once in this process, as ``python -m pipelines run`` does, and write the
-    timings (called in a fresh process)."""
+    """Run the pipeline once in this process, as ``python -m pipelines run`` does, and write its
+    timings: the run's start and end and each step's, from the run's event log (called in a fresh
+    process; the parent samples its memory and CPU)."""
     t0 = time.perf_counter()
-    sampler = RssSampler()
-    sampler.start()
     if args.instance == "sqlite":
         # A Dagster home of its own with the project's instance settings: SQLite run and event
         # storage, as `make run` (DAGSTER_HOME=.dagster_home) and the nightly schedule use.
@@ -267,9 +271,19 @@ def _child(args: argparse.Namespace) -> int:
         os.environ.pop("DAGSTER_HOME", None)
     import dagster as dg
 
+    from clinical.expectation_runner import start_worker
     from pipelines import run as run_module
+
+    # As `python -m pipelines run` does: the Great Expectations worker starts (and imports GX in its
+    # own process) before the code location loads; run_export finds it running.
+    start_worker()
     from pipelines.definitions import defs
 
+    if args.instance == "sqlite":
+        # The Dagster home of a nightly run exists: its run, schedule and event-index databases are
+        # created here, before the clock (a first-ever run pays ~0.5 s more; docs/performance.md).
+        with dg.DagsterInstance.get() as instance:
+            instance.get_runs(limit=1)
     steps_stage = stage_of_steps(defs)
     startup_s = time.perf_counter() - t0
     instances: list = []
@@ -293,7 +307,6 @@ def _child(args: argparse.Namespace) -> int:
     records = instance.get_runs(limit=1)
     run_id = records[0].run_id if records else None
     logs = instance.all_logs(run_id) if run_id else []
-    sampler.stop()
     steps = []
     starts: dict[str, float] = {}
     for entry in logs:
@@ -311,24 +324,6 @@ def _child(args: argparse.Namespace) -> int:
                 "ok": ev.event_type_value == "STEP_SUCCESS",
             })
     steps.sort(key=lambda s: s["start"])
-    stages = {name: {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0, "steps": 0} for name in STAGES}
-    previous_end = run_start
-    for s in steps:
-        st = stages.setdefault(s["stage"], {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0, "steps": 0})
-        st["wall_s"] += s["end"] - previous_end  # the gap before a step is charged to that step
-        st["cpu_s"] += sampler.cpu_at(s["end"]) - sampler.cpu_at(previous_end)
-        st["steps"] += 1
-        peak = sampler.peak_between(previous_end, s["end"]) / 2**20
-        st["peak_rss_mb"] = max(st["peak_rss_mb"], peak)
-        s["wall_s"] = round(s["end"] - s["start"], 4)
-        s["cpu_s"] = round(sampler.cpu_at(s["end"]) - sampler.cpu_at(s["start"]), 3)
-        s["gap_s"] = round(s["start"] - previous_end, 4)
-        s["peak_rss_mb"] = round(sampler.peak_between(s["start"], s["end"]) / 2**20, 1)
-        previous_end = s["end"]
-    for st in stages.values():
-        st["wall_s"] = round(st["wall_s"], 3)
-        st["cpu_s"] = round(st["cpu_s"], 2)
-        st["peak_rss_mb"] = round(st["peak_rss_mb"], 1)
     doc = {
         "success": code == 0,
         "exit_code": code,
@@ -336,18 +331,53 @@ def _child(args: argparse.Namespace) -> int:
         "dagster_events": sum(1 for e in logs if e.dagster_event is not None),
         "startup_s": round(startup_s, 3),
         "total_s": round(total_s, 3),
-        "total_cpu_s": round(sampler.cpu_at(run_end + 1) - sampler.cpu_at(run_start), 2),
-        "orchestration_s": round(total_s - sum(st["wall_s"] for st in stages.values()), 3),
-        # The kernel's high-water mark of this process, or the sampled peak of this process and its
-        # children together (the Great Expectations worker), whichever is higher.
-        "peak_rss_mb": round(max(vm_hwm_bytes(), sampler.peak_between(0, run_end + 1)) / 2**20, 1),
-        "run_peak_rss_mb": round(sampler.peak_between(run_start, run_end) / 2**20, 1),
-        "stages": stages,
-        "steps": [{k: v for k, v in s.items() if k not in ("start", "end")} for s in steps],
-        "failed_steps": [s["step"] for s in steps if not s["ok"]],
+        "run_start": run_start,
+        "run_end": run_end,
+        "vm_hwm_bytes": vm_hwm_bytes(),
+        "steps": steps,
     }
     Path(args.result).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return code
+
+
+def stage_figures(child: dict, sampler: RssSampler) -> dict:
+    """Per stage and per step: wall time from the child's step timings; CPU and peak memory from
+    the parent's samples of the child's process tree. The gap before a step (Dagster's bookkeeping
+    between steps, and before the first one the run start) is charged to that step, so the stages
+    add up to the run."""
+    stages = {name: {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0, "steps": 0} for name in STAGES}
+    steps = []
+    previous_end = child["run_start"]
+    for s in child["steps"]:
+        st = stages.setdefault(s["stage"], {"wall_s": 0.0, "cpu_s": 0.0, "peak_rss_mb": 0.0, "steps": 0})
+        st["wall_s"] += s["end"] - previous_end
+        st["cpu_s"] += sampler.cpu_at(s["end"]) - sampler.cpu_at(previous_end)
+        st["steps"] += 1
+        st["peak_rss_mb"] = max(st["peak_rss_mb"], sampler.peak_between(previous_end, s["end"]) / 2**20)
+        steps.append({
+            "step": s["step"], "stage": s["stage"], "ok": s["ok"],
+            "wall_s": round(s["end"] - s["start"], 4),
+            "cpu_s": round(sampler.cpu_at(s["end"]) - sampler.cpu_at(s["start"]), 3),
+            "gap_s": round(s["start"] - previous_end, 4),
+            "peak_rss_mb": round(sampler.peak_between(s["start"], s["end"]) / 2**20, 1),
+        })
+        previous_end = s["end"]
+    for st in stages.values():
+        st["wall_s"] = round(st["wall_s"], 3)
+        st["cpu_s"] = round(st["cpu_s"], 2)
+        st["peak_rss_mb"] = round(st["peak_rss_mb"], 1)
+    run_start, run_end = child["run_start"], child["run_end"]
+    return {
+        "total_cpu_s": round(sampler.cpu_at(run_end + 1) - sampler.cpu_at(run_start), 2),
+        "orchestration_s": round(child["total_s"] - sum(st["wall_s"] for st in stages.values()), 3),
+        # The kernel's high-water mark of the pipeline process, or the sampled peak of the process
+        # and its children together (the Great Expectations worker), whichever is higher.
+        "peak_rss_mb": round(max(child["vm_hwm_bytes"], sampler.peak_between(0, run_end + 1)) / 2**20, 1),
+        "run_peak_rss_mb": round(sampler.peak_between(run_start, run_end) / 2**20, 1),
+        "stages": stages,
+        "steps": steps,
+        "failed_steps": [s["step"] for s in steps if not s["ok"]],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,17 +425,25 @@ def run_bench(participants: int | None, work: Path, seed: int = SEED, data_cut: 
     log(f"bench: floor {floor_s:.2f} s; running the pipeline")
     result_file = work / "pipeline.json"
     t = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.bench", "--child", "--study", str(study), "--export", str(export),
-         "--output", str(work / "output"), "--data-cut", data_cut, "--result", str(result_file),
-         "--instance", instance],
-        check=False, cwd=REPO_ROOT, capture_output=True, text=True,
-    )
-    process_s = time.perf_counter() - t
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.bench", "--child", "--study", str(study), "--export", str(export),
+             "--output", str(work / "output"), "--data-cut", data_cut, "--result", str(result_file),
+             "--instance", instance],
+            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=errors,
+        )
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        proc.wait()
+        process_s = time.perf_counter() - t
+        sampler.stop()
+        errors.seek(0)
+        stderr = errors.read().decode("utf-8", "replace")
     load_after = os.getloadavg()
     if not result_file.is_file():
-        raise RuntimeError(f"pipeline process failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"pipeline process failed (exit {proc.returncode}):\n{stderr[-4000:]}")
     child = json.loads(result_file.read_text(encoding="utf-8"))
+    figures = stage_figures(child, sampler)
     doc = {
         "participants": screened,
         "mode": "demo (3+3)" if demo else "benchmark",
@@ -428,17 +466,17 @@ def run_bench(participants: int | None, work: Path, seed: int = SEED, data_cut: 
         # Other processes on the machine: 1-minute load average before the floor and after the run.
         "load_average": [round(load_before[0], 2), round(load_after[0], 2)],
         "total_s": child["total_s"],
-        "total_cpu_s": child["total_cpu_s"],
+        "total_cpu_s": figures["total_cpu_s"],
         "startup_s": child["startup_s"],
         "process_s": round(process_s, 3),
-        "orchestration_s": child["orchestration_s"],
-        "peak_rss_mb": child["peak_rss_mb"],
-        "stages": child["stages"],
-        "steps": child["steps"],
+        "orchestration_s": figures["orchestration_s"],
+        "peak_rss_mb": figures["peak_rss_mb"],
+        "stages": figures["stages"],
+        "steps": figures["steps"],
     }
     if not child["success"]:
-        doc["failed_steps"] = child["failed_steps"]
-        doc["stderr_tail"] = proc.stderr[-4000:]
+        doc["failed_steps"] = figures["failed_steps"]
+        doc["stderr_tail"] = stderr[-4000:]
     doc["targets"] = _targets(doc, demo)
     return doc
 
