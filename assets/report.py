@@ -25,7 +25,6 @@ from deliverables import changes, dsmb, figures, registry, workbooks
 from deliverables.tables import load_report_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
-COMMON = dict(group_name="report", owners=OWNERS, pool="trial_db")
 TABLE_ASSETS = [
     participant_flow, dose_escalation, safety_tables, adlb, crs_icans, pharmacokinetics, exposure, dlt_review,
     eligibility, data_queries, response,
@@ -63,58 +62,62 @@ def _file_meta(path: Path) -> dict[str, dg.MetadataValue]:
     return {"path": dg.MetadataValue.path(str(path)), "sha256": dg.MetadataValue.text(sha256_file(path))}
 
 
-@dg.asset(
+dsmb_report = dg.AssetSpec(
     key=["report", "dsmb_report"],
     deps=TABLE_ASSETS,
     kinds={"html", "pdf"},
     description="DSMB report (HTML and PDF), closed session by dose level with the participant-level listings "
     "and figures, and open session with pooled safety data; changes since the previous published data cut.",
-    **COMMON,
+    group_name="report",
+    owners=OWNERS,
 )
-def dsmb_report(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
-        svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
-        change_tables, previous_cut = _changes_since_previous_cut(trial, con, tables)
-    meta: dict[str, dg.MetadataValue] = {"previous_cut": str(previous_cut or "none (first report)")}
+sponsor_workbook = dg.AssetSpec(
+    key=["report", "sponsor_workbook"],
+    deps=TABLE_ASSETS,
+    kinds={"excel"},
+    description="Sponsor workbook (xlsx): cover sheet and one sheet per table and listing; values only.",
+    group_name="report",
+    owners=OWNERS,
+)
+registry_results = dg.AssetSpec(
+    key=["report", "registry_results"],
+    deps=TABLE_ASSETS,
+    kinds={"json", "xml"},
+    description="ClinicalTrials.gov results draft: API v2 resultsSection JSON, PRS upload XML (validated against "
+    "RRSUploadSchema.xsd) and a human-readable draft with the pre-check findings.",
+    group_name="report",
+    owners=OWNERS,
+)
+queries_workbook = dg.AssetSpec(
+    key=["report", "queries_workbook"],
+    deps=[data_queries],
+    kinds={"excel"},
+    description="Data-queries workbook for data managers: quarantined rows and failing rule records, by status.",
+    group_name="report",
+    owners=OWNERS,
+)
+
+
+def _start_dsmb(trial: TrialResource, tables, svgs, change_tables, previous_cut) -> dsmb.PdfRendering:
+    """Write both sessions' HTML and start their PDFs, each in a child process."""
     jobs = []
     for session, html_role, pdf_role in (("Open", "dsmb_open_html", "dsmb_open_pdf"), ("Closed", "dsmb_html", "dsmb_pdf")):
         html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs,
                                      changes=change_tables, previous_cut=previous_cut)
         _path(trial, html_role).write_text(html, encoding="utf-8")
         jobs.append((html, _path(trial, pdf_role)))
-    # Both sessions at once: the open one in a child process, the closed one here.
-    dsmb.write_pdfs(jobs, trial.cut)
+    return dsmb.start_pdfs(jobs, trial.cut)
+
+
+def _dsmb_result(trial: TrialResource, previous_cut) -> dg.MaterializeResult:
+    meta: dict[str, dg.MetadataValue] = {"previous_cut": dg.MetadataValue.text(str(previous_cut or "none (first report)"))}
     for session, pdf_role in (("closed", "dsmb_pdf"), ("open", "dsmb_open_pdf")):
         meta[f"{session}_pdf"] = dg.MetadataValue.path(str(_path(trial, pdf_role)))
         meta[f"{session}_pdf_sha256"] = dg.MetadataValue.text(sha256_file(_path(trial, pdf_role)))
-    return dg.MaterializeResult(metadata=meta)
+    return dg.MaterializeResult(asset_key=dsmb_report.key, metadata=meta)
 
 
-@dg.asset(
-    key=["report", "sponsor_workbook"],
-    deps=TABLE_ASSETS,
-    kinds={"excel"},
-    description="Sponsor workbook (xlsx): cover sheet and one sheet per table and listing; values only.",
-    **COMMON,
-)
-def sponsor_workbook(trial: TrialResource) -> dg.MaterializeResult:
-    with trial.connect() as con:
-        tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
-        change_tables, _ = _changes_since_previous_cut(trial, con, tables)
-    workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"), first=change_tables or [])
-    return dg.MaterializeResult(metadata=_file_meta(_path(trial, "sponsor_xlsx")))
-
-
-@dg.asset(
-    key=["report", "registry_results"],
-    deps=TABLE_ASSETS,
-    kinds={"json", "xml"},
-    description="ClinicalTrials.gov results draft: API v2 resultsSection JSON, PRS upload XML (validated against "
-    "RRSUploadSchema.xsd) and a human-readable draft with the pre-check findings.",
-    **COMMON,
-)
-def registry_results(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
+def _registry_results(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
         section = registry.build_results_section(con, trial.cfg, trial.cut)
         enrolled = con.execute("SELECT count(*) FROM analysis.adsl WHERE ENRLFL = 'Y'").fetchall()[0][0]
@@ -136,26 +139,56 @@ def registry_results(context: dg.AssetExecutionContext, trial: TrialResource) ->
     )
     errors = [f for f in findings if f.severity == "ERROR"]
     return dg.MaterializeResult(
+        asset_key=registry_results.key,
         metadata={
             **_file_meta(_path(trial, "registry_xml")),
             "xsd_validated": RRS_XSD.is_file(),
             "precheck_errors": len(errors),
             "precheck_warnings": len(findings) - len(errors),
-        }
+        },
     )
 
 
-@dg.asset(
-    key=["report", "queries_workbook"],
-    deps=[data_queries],
-    kinds={"excel"},
-    description="Data-queries workbook for data managers: quarantined rows and failing rule records, by status.",
-    **COMMON,
+@dg.multi_asset(
+    name="reports",
+    specs=[dsmb_report, sponsor_workbook, registry_results, queries_workbook],
+    can_subset=True,
+    pool="trial_db",
+    description="Every deliverable in one step: the DSMB PDFs render in child processes while the workbooks and "
+    "the registry draft are written here (docs/performance.md).",
 )
-def queries_workbook(trial: TrialResource) -> dg.MaterializeResult:
+def reports(context: dg.AssetExecutionContext, trial: TrialResource):
+    """One step for the four deliverables, so that they are written at once: WeasyPrint and openpyxl
+    are single-threaded Python, and the in-process executor runs one step at a time. The report
+    tables and the changes since the previous cut are read once for the DSMB report and the
+    sponsor workbook."""
+    selected = context.selected_asset_keys
     with trial.connect() as con:
-        workbooks.write_queries_workbook(con, trial.cfg, trial.cut, _path(trial, "queries_xlsx"))
-    return dg.MaterializeResult(metadata=_file_meta(_path(trial, "queries_xlsx")))
+        tables = change_tables = previous_cut = svgs = None
+        if selected & {dsmb_report.key, sponsor_workbook.key}:
+            tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
+            change_tables, previous_cut = _changes_since_previous_cut(trial, con, tables)
+        if dsmb_report.key in selected:
+            svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
+    rendering = _start_dsmb(trial, tables, svgs, change_tables, previous_cut) if dsmb_report.key in selected else None
+    try:
+        if sponsor_workbook.key in selected:
+            workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"),
+                                             first=change_tables or [])
+            yield dg.MaterializeResult(asset_key=sponsor_workbook.key, metadata=_file_meta(_path(trial, "sponsor_xlsx")))
+        if registry_results.key in selected:
+            yield _registry_results(context, trial)
+        if queries_workbook.key in selected:
+            with trial.connect() as con:
+                workbooks.write_queries_workbook(con, trial.cfg, trial.cut, _path(trial, "queries_xlsx"))
+            yield dg.MaterializeResult(asset_key=queries_workbook.key, metadata=_file_meta(_path(trial, "queries_xlsx")))
+    except BaseException:
+        if rendering is not None:
+            rendering.kill()
+        raise
+    if rendering is not None:
+        rendering.wait()
+        yield _dsmb_result(trial, previous_cut)
 
 
-reports = [dsmb_report, sponsor_workbook, registry_results, queries_workbook]
+report_assets = [reports]

@@ -314,40 +314,71 @@ _CHILD = (
 )
 
 
-def write_pdfs(jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> list[Path]:
-    """Render several HTML documents to PDF at once: every job but the last in a child process of
-    its own (WeasyPrint is single-threaded Python, so a second core needs a second process), the last
-    here. The same function renders either way, so the bytes are what :func:`html_to_pdf` gives.
-    Raises RuntimeError with the child's error output when a child fails."""
-    import subprocess
-    import sys
-    import tempfile
+class PdfRendering:
+    """HTML documents being rendered to PDF, each in a child process of its own (WeasyPrint is
+    single-threaded Python, so other cores need other processes): started by :func:`start_pdfs`,
+    so that the caller can do other work meanwhile. The child runs :func:`html_to_pdf`, so the bytes
+    are what it gives here. :meth:`wait` raises RuntimeError with a failed child's error output;
+    :meth:`kill` stops them all (the caller failed)."""
 
-    cut = as_date(data_cut).isoformat()
-    outs = [Path(out) for _, out in jobs]
-    for out in outs:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dsmb-") as tmp:
-        children = []
-        for i, (html, out) in enumerate(jobs[:-1]):
-            src = Path(tmp) / f"job{i}.html"
-            src.write_text(html, encoding="utf-8")
-            children.append((out, subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(src), str(out), cut],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(TEMPLATE_DIR.parent),
-            )))
+    def __init__(self, jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        cut = as_date(data_cut).isoformat()
+        self._tmp = tempfile.TemporaryDirectory(prefix="dsmb-")
+        self.children = []
         try:
-            if jobs:
-                html_to_pdf(jobs[-1][0], outs[-1], cut)
-        finally:
+            for i, (html, out) in enumerate(jobs):
+                out = Path(out)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                src = Path(self._tmp.name) / f"job{i}.html"
+                src.write_text(html, encoding="utf-8")
+                self.children.append((out, subprocess.Popen(
+                    [sys.executable, "-c", _CHILD, str(src), str(out), cut],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(TEMPLATE_DIR.parent),
+                )))
+        except BaseException:
+            self.kill()
+            raise
+
+    def wait(self) -> list[Path]:
+        try:
             failures = []
-            for out, child in children:
+            for out, child in self.children:
                 _, err = child.communicate()
                 if child.returncode != 0:
                     failures.append(f"{out.name}: {err.decode('utf-8', 'replace').strip()[-2000:]}")
+        finally:
+            self._tmp.cleanup()
         if failures:
             raise RuntimeError("PDF rendering failed in a child process: " + "; ".join(failures))
-    return outs
+        return [out for out, _ in self.children]
+
+    def kill(self) -> None:
+        for _, child in self.children:
+            child.kill()
+            child.communicate()
+        self._tmp.cleanup()
+
+
+def start_pdfs(jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> PdfRendering:
+    """Start rendering every (HTML, PDF path) job in a child process; ``.wait()`` for the files."""
+    return PdfRendering(jobs, data_cut)
+
+
+def write_pdfs(jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> list[Path]:
+    """Render several HTML documents to PDF at once: every job but the last in a child process,
+    the last here (see :class:`PdfRendering`)."""
+    rendering = start_pdfs(jobs[:-1], data_cut)
+    try:
+        if jobs:
+            html_to_pdf(jobs[-1][0], jobs[-1][1], data_cut)
+    except BaseException:
+        rendering.kill()
+        raise
+    return [*rendering.wait(), *([Path(jobs[-1][1])] if jobs else [])]
 
 
 def write_dsmb_pdf(

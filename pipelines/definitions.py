@@ -6,7 +6,7 @@ import dagster as dg
 from assets.derive import derived
 from assets.ingest import export_files, ingest_assets
 from assets.publish import publish
-from assets.report import reports
+from assets.report import report_assets
 from assets.validate import checks
 from pipelines.alerts import alert_on_run_failure
 from pipelines.audit import audit_log_on_success
@@ -15,7 +15,7 @@ from pipelines.schedules import nightly_schedule, trial_job
 from pipelines.sensors import landing_sensor
 
 defs = dg.Definitions(
-    assets=[*export_files, *ingest_assets, *derived, *reports, *publish],
+    assets=[*export_files, *ingest_assets, *derived, *report_assets, *publish],
     asset_checks=checks,
     jobs=[trial_job],
     schedules=[nightly_schedule],

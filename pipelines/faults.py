@@ -1,7 +1,7 @@
 """Fault injection for the crash-safety tests: hold a run at a chosen point so a test can kill it.
 
 Inert unless ``TRIAL_TEST_PAUSE`` is set. Its value is either a step key (the run pauses right after
-that step succeeded, e.g. ``report__dsmb_report`` in the middle of writing the reports), ``raw__<form>``
+that step succeeded, e.g. ``reports`` when the deliverables are written and the manifest is not), ``raw__<form>``
 (the ``ingest`` step pauses right after loading that form, e.g. ``raw__ae`` in the middle of ingest) or
 ``publish`` (the manifest asset pauses just before it swaps the
 finished work folder into place). On reaching the point the run writes ``TRIAL_TEST_PAUSE_MARKER``

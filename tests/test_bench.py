@@ -42,7 +42,7 @@ def test_every_asset_step_has_a_stage():
     # analysis table but ADSL in "derive".
     assert stages["ingest"] == "ingest"
     assert stages["analysis__adsl"] == "derive" and stages["derive"] == "derive"
-    assert stages["report__dsmb_report"] == "report"
+    assert stages["reports"] == "report"
     # Every asset that is computed (not the export files) is written by a step that has a stage.
     graph = defs.resolve_asset_graph()
     computed = {k for ad in graph.assets_defs if ad.is_executable for k in ad.keys}

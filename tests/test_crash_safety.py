@@ -81,7 +81,7 @@ def test_killed_in_the_middle_of_ingest(setting):
 @pytest.mark.slow
 def test_killed_in_the_middle_of_writing_reports(setting):
     base, final, export, before = setting
-    in_flight = _kill_at("report__dsmb_report", base, export)
+    in_flight = _kill_at("reports", base, export)
     assert "dsmb_report.pdf" in in_flight and "manifest.json" not in in_flight
     _assert_untouched(final, before)
 
