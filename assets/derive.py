@@ -50,6 +50,7 @@ from clinical.response import build_response
 from clinical.rules import RULES
 from clinical.safety_tables import build_ae_by_grade, build_safety_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
+from pipelines.taskgraph import Task, run_in_order
 
 SPEC = dict(group_name="derive", kinds={"duckdb"}, owners=OWNERS)
 POOL = "trial_db"
@@ -274,6 +275,23 @@ def _check_order(derivations: list[Derivation]) -> None:
 _check_order(DERIVATIONS)
 
 
+# Tables built at once in the derive step: while one table's Python runs (NCA), another's DuckDB query can.
+DERIVE_THREADS = 2
+
+
+class _DeferredLog:
+    """A builder's log lines, kept until its table is handed to Dagster (in list order, from the step's thread)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+
+    def info(self, message: str) -> None:
+        self.messages.append(("info", message))
+
+    def warning(self, message: str) -> None:
+        self.messages.append(("warning", message))
+
+
 def _derive_step(derivations: list[Derivation]) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name="derive",
@@ -284,12 +302,24 @@ def _derive_step(derivations: list[Derivation]) -> dg.AssetsDefinition:
     )
     def _derive(context: dg.AssetExecutionContext, trial: TrialResource):
         selected = context.selected_asset_keys
-        for d in derivations:
-            if d.spec.key not in selected:
-                continue
-            with trial.connect() as con:
-                metadata = d.build(trial, con, context.log)
-            yield dg.MaterializeResult(asset_key=d.spec.key, metadata=metadata)
+
+        def task(d: Derivation) -> Task:
+            def run() -> tuple[dict, list[tuple[str, str]]]:
+                log = _DeferredLog()
+                with trial.connect() as con:
+                    return d.build(trial, con, log), log.messages
+
+            return Task(d.spec.key, frozenset(dep.asset_key for dep in d.spec.deps), run)
+
+        with trial.connect():
+            pass  # the run's database is opened here, before the threads take cursors of it
+        chosen = [task(d) for d in derivations if d.spec.key in selected]
+        # Two tables at a time where neither reads the other (pipelines.taskgraph); results and
+        # log lines in list order.
+        for t, (metadata, messages) in run_in_order(chosen, workers=DERIVE_THREADS):
+            for level, message in messages:
+                getattr(context.log, level)(message)
+            yield dg.MaterializeResult(asset_key=t.key, metadata=metadata)
         # The last write of the run: what follows (rule checks, reports) only reads. When the run goes
         # on to the manifest, the database is made read-only and its canonical copy starts now, on
         # the other core while the reports are written (pipelines.resources, seal_database).
