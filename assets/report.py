@@ -171,24 +171,44 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
         if dsmb_report.key in selected:
             svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
     rendering = _start_dsmb(trial, tables, svgs, change_tables, previous_cut) if dsmb_report.key in selected else None
+
+    def sponsor() -> dg.MaterializeResult:
+        workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"),
+                                         first=change_tables or [])
+        return dg.MaterializeResult(asset_key=sponsor_workbook.key, metadata=_file_meta(_path(trial, "sponsor_xlsx")))
+
+    def queries() -> dg.MaterializeResult:
+        with trial.connect() as con:
+            workbooks.write_queries_workbook(con, trial.cfg, trial.cut, _path(trial, "queries_xlsx"))
+        return dg.MaterializeResult(asset_key=queries_workbook.key, metadata=_file_meta(_path(trial, "queries_xlsx")))
+
+    def dsmb_pdfs() -> dg.MaterializeResult:
+        rendering.wait()
+        return _dsmb_result(trial, previous_cut)
+
+    # Each deliverable fails on its own, as when each had a step: the others are still written and
+    # reported, and the step then fails naming every failure (the manifest does not run).
+    failures: list[tuple[str, Exception]] = []
     try:
-        if sponsor_workbook.key in selected:
-            workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"),
-                                             first=change_tables or [])
-            yield dg.MaterializeResult(asset_key=sponsor_workbook.key, metadata=_file_meta(_path(trial, "sponsor_xlsx")))
-        if registry_results.key in selected:
-            yield _registry_results(context, trial)
-        if queries_workbook.key in selected:
-            with trial.connect() as con:
-                workbooks.write_queries_workbook(con, trial.cfg, trial.cut, _path(trial, "queries_xlsx"))
-            yield dg.MaterializeResult(asset_key=queries_workbook.key, metadata=_file_meta(_path(trial, "queries_xlsx")))
-    except BaseException:
+        for spec, write in ((sponsor_workbook, sponsor), (registry_results, lambda: _registry_results(context, trial)),
+                            (queries_workbook, queries), (dsmb_report, dsmb_pdfs)):
+            if spec.key not in selected:
+                continue
+            try:
+                result = write()
+            except Exception as exc:  # noqa: BLE001 - reported below with the others
+                context.log.error(f"{spec.key.to_user_string()}: {exc}")
+                failures.append((spec.key.to_user_string(), exc))
+                continue
+            yield result
+    except BaseException:  # interrupted: stop the renderers too
         if rendering is not None:
             rendering.kill()
         raise
-    if rendering is not None:
-        rendering.wait()
-        yield _dsmb_result(trial, previous_cut)
+    if len(failures) == 1:
+        raise failures[0][1]
+    if failures:
+        raise dg.Failure(description="\n".join(f"{name}: {exc}" for name, exc in failures), allow_retries=False)
 
 
 report_assets = [reports]

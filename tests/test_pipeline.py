@@ -168,3 +168,27 @@ def test_dlt_rules_and_astct_grades_agree_with_truth(demo_run, db):
             ).fetchall()
         )
         assert {s: got.get(s, 0) for s in truth} == {s: p[key] for s, p in truth.items()}, cat
+
+
+def test_a_failing_deliverable_does_not_stop_the_others_and_nothing_is_published(demo_run, tmp_path, capsys, monkeypatch):
+    """The four deliverables share the `reports` step; each still fails on its own: the others are
+    written, the step fails naming the one that failed, and no manifest publishes the cut."""
+    import assets.report
+    from pipelines.run import run_export
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+    def broken(context, trial):
+        raise RuntimeError("registry draft broken on purpose")
+
+    monkeypatch.setattr(assets.report, "_registry_results", broken)
+    out = tmp_path / "out"
+    rc = run_export(str(STUDY), str(demo_run.export), str(out), DEMO_CUT)
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "step reports failed" in err and "registry draft broken on purpose" in err
+    work = out / demo_run.cfg.study.id / ".work" / DEMO_CUT
+    written = {p.name for p in work.iterdir()}
+    assert {"dsmb_report.pdf", "dsmb_report_open.pdf", "sponsor_workbook.xlsx", "data_queries.xlsx"} <= written
+    assert "registry_results.json" not in written
+    assert not (out / demo_run.cfg.study.id / DEMO_CUT).exists()
