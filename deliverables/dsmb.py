@@ -307,7 +307,7 @@ def _source_date_epoch(cut: dt.date) -> Iterator[None]:
             os.environ["SOURCE_DATE_EPOCH"] = old
 
 
-# Run by a child process: render one HTML file to a PDF (see write_pdfs).
+# Run by a child process: render one HTML file to a PDF (see PdfRendering).
 _CHILD = (
     "import sys; from deliverables.dsmb import html_to_pdf; "
     "html_to_pdf(open(sys.argv[1], encoding='utf-8').read(), sys.argv[2], sys.argv[3])"
@@ -366,19 +366,6 @@ class PdfRendering:
 def start_pdfs(jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> PdfRendering:
     """Start rendering every (HTML, PDF path) job in a child process; ``.wait()`` for the files."""
     return PdfRendering(jobs, data_cut)
-
-
-def write_pdfs(jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> list[Path]:
-    """Render several HTML documents to PDF at once: every job but the last in a child process,
-    the last here (see :class:`PdfRendering`)."""
-    rendering = start_pdfs(jobs[:-1], data_cut)
-    try:
-        if jobs:
-            html_to_pdf(jobs[-1][0], jobs[-1][1], data_cut)
-    except BaseException:
-        rendering.kill()
-        raise
-    return [*rendering.wait(), *([Path(jobs[-1][1])] if jobs else [])]
 
 
 def write_dsmb_pdf(

@@ -559,16 +559,22 @@ def test_data_quality_summary_counts_queries_by_status_age_form_and_site(tables)
 
 
 def test_pdfs_rendered_in_parallel_are_the_bytes_of_a_single_rendering(tables, cfg, tmp_path, monkeypatch):
-    """write_pdfs renders in a child process and here; each PDF is byte-identical to html_to_pdf's."""
-    from deliverables.dsmb import write_pdfs
+    """start_pdfs renders each document in a child process; each PDF is byte-identical to html_to_pdf's."""
+    import deliverables.dsmb as dsmb_module
+    from deliverables.dsmb import start_pdfs
 
     jobs = [(render_dsmb_html(tables, cfg, DATA_CUT, session=s), tmp_path / f"{s}.pdf") for s in ("Open", "Closed")]
-    write_pdfs(jobs, DATA_CUT)
+    assert start_pdfs(jobs, DATA_CUT).wait() == [out for _, out in jobs]
     for html, out in jobs:
         alone = html_to_pdf(html, tmp_path / f"alone-{out.name}", DATA_CUT)
         assert out.read_bytes() == alone.read_bytes(), out.name
-    import deliverables.dsmb as dsmb_module
 
     monkeypatch.setattr(dsmb_module, "_CHILD", "raise SystemExit('renderer crashed')")
     with pytest.raises(RuntimeError, match="Open.pdf: renderer crashed"):
-        write_pdfs(jobs, DATA_CUT)
+        start_pdfs(jobs, DATA_CUT).wait()
+
+    # A caller that fails stops the renderers: no process is left behind.
+    monkeypatch.setattr(dsmb_module, "_CHILD", "import time; time.sleep(60)")
+    rendering = start_pdfs(jobs, DATA_CUT)
+    rendering.kill()
+    assert all(child.poll() is not None for _, child in rendering.children)
