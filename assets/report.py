@@ -62,39 +62,29 @@ def _file_meta(path: Path) -> dict[str, dg.MetadataValue]:
     return {"path": dg.MetadataValue.path(str(path)), "sha256": dg.MetadataValue.text(sha256_file(path))}
 
 
-dsmb_report = dg.AssetSpec(
-    key=["report", "dsmb_report"],
-    deps=TABLE_ASSETS,
-    kinds={"html", "pdf"},
-    description="DSMB report (HTML and PDF), closed session by dose level with the participant-level listings "
-    "and figures, and open session with pooled safety data; changes since the previous published data cut.",
-    group_name="report",
-    owners=OWNERS,
+def _report_spec(name: str, kinds: set[str], description: str, deps=TABLE_ASSETS) -> dg.AssetSpec:
+    return dg.AssetSpec(key=["report", name], deps=deps, kinds=kinds, description=description,
+                        group_name="report", owners=OWNERS)
+
+
+dsmb_report = _report_spec(
+    "dsmb_report", {"html", "pdf"},
+    "DSMB report (HTML and PDF), closed session by dose level with the participant-level listings and figures, "
+    "and open session with pooled safety data; changes since the previous published data cut.",
 )
-sponsor_workbook = dg.AssetSpec(
-    key=["report", "sponsor_workbook"],
-    deps=TABLE_ASSETS,
-    kinds={"excel"},
-    description="Sponsor workbook (xlsx): cover sheet and one sheet per table and listing; values only.",
-    group_name="report",
-    owners=OWNERS,
+sponsor_workbook = _report_spec(
+    "sponsor_workbook", {"excel"},
+    "Sponsor workbook (xlsx): cover sheet and one sheet per table and listing; values only.",
 )
-registry_results = dg.AssetSpec(
-    key=["report", "registry_results"],
-    deps=TABLE_ASSETS,
-    kinds={"json", "xml"},
-    description="ClinicalTrials.gov results draft: API v2 resultsSection JSON, PRS upload XML (validated against "
+registry_results = _report_spec(
+    "registry_results", {"json", "xml"},
+    "ClinicalTrials.gov results draft: API v2 resultsSection JSON, PRS upload XML (validated against "
     "RRSUploadSchema.xsd) and a human-readable draft with the pre-check findings.",
-    group_name="report",
-    owners=OWNERS,
 )
-queries_workbook = dg.AssetSpec(
-    key=["report", "queries_workbook"],
+queries_workbook = _report_spec(
+    "queries_workbook", {"excel"},
+    "Data-queries workbook for data managers: quarantined rows and failing rule records, by status.",
     deps=[data_queries],
-    kinds={"excel"},
-    description="Data-queries workbook for data managers: quarantined rows and failing rule records, by status.",
-    group_name="report",
-    owners=OWNERS,
 )
 
 
