@@ -16,8 +16,6 @@ Nothing in the manifest comes from the clock or from where the export or the out
 
 import hashlib
 import json
-import os
-import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -33,11 +31,12 @@ from assets.report import (
 )
 from clinical.crf import FORMS
 from clinical.ingest import sha256_file
-from pipelines.audit import export_fingerprint
+from clinical.landing import export_fingerprint
+from pipelines.archive import ArchiveError, archive_files, config_archive, export_archive
 from pipelines.faults import pause_point
-from pipelines.freeze import frozen_record
+from pipelines.freeze import frozen_message, frozen_record
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
-from pipelines.storage import canonical_database, finish_canonical, fsync_tree, publish_dir
+from pipelines.storage import canonical_database, finish_canonical, publish_dir
 
 COMMON = {"group_name": "report", "owners": OWNERS, "pool": "trial_db"}
 CODE_DIRS = ("pipelines", "assets", "clinical", "deliverables", "report_templates", "expectations")
@@ -55,8 +54,6 @@ def code_version() -> str:
             return (REPO_ROOT / ".git" / ref[5:]).read_text().strip()
         return ref
     except OSError:
-        from importlib.metadata import version
-
         return version("im83-pipeline")
 
 
@@ -81,49 +78,11 @@ def environment() -> dict[str, str]:
     return out
 
 
-def archive_dir(study_root: Path, export_sha256: str, export_id: str) -> Path:
-    return study_root / "archive" / "exports" / export_sha256[:16] / export_id
-
-
-def config_archive(study_root: Path, config_sha256: str, config_path: str) -> Path:
-    return study_root / "archive" / "configs" / config_sha256[:16] / Path(config_path).name
-
-
-def _link_or_copy(src: Path, target: Path) -> None:
-    """A hard link to ``src`` when both lie on one file system and the source is already read-only
-    (then neither name can change the shared bytes), else a copy."""
-    if not src.stat().st_mode & 0o222:
-        try:
-            os.link(src, target)
-            return
-        except OSError:  # another file system, or links not allowed: copy
-            pass
-    shutil.copyfile(src, target)
-
-
-def _archive_copy(files: list[tuple[Path, str]], dest: Path) -> None:
-    """Copy files (source, expected sha256) into ``dest`` atomically and read-only; idempotent.
-
-    A source that is already read-only (an export archived on arrival in the landing area) is hard
-    linked instead of copied when it is on the same file system; the SHA-256 check below is the same."""
-    if dest.is_dir():
-        return
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for src, sha in files:
-        target = tmp / src.name
-        _link_or_copy(src, target)
-        if sha256_file(target) != sha:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise dg.Failure(
-                description=f"{src} changed while the run was using it (sha256 differs from the one ingested); "
-                "the outputs were not published",
-                allow_retries=False,
-            )
-        target.chmod(0o444)
-    fsync_tree(tmp)
-    tmp.rename(dest)
+def _archive(src_root: Path, files: list[tuple[str, str]], dest: Path) -> None:
+    try:
+        archive_files(src_root, files, dest)
+    except ArchiveError as exc:
+        raise dg.Failure(description=f"{exc}: the run used it; the outputs were not published", allow_retries=False) from None
 
 
 @dg.asset(
@@ -139,12 +98,8 @@ def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.Mate
     work, final = trial.work_dir, trial.final_dir
     study_root = final.parent
     frozen = frozen_record(final)
-    if frozen:
-        raise dg.Failure(
-            description=f"data cut {trial.cut} of {trial.cfg.study.id} is frozen ({frozen.get('reason', 'DSMB')}, "
-            f"since {frozen.get('frozen_at')}): its outputs are read-only and were not overwritten",
-            allow_retries=False,
-        )
+    if frozen:  # frozen while this run was going (the resource refuses a frozen cut at the start)
+        raise dg.Failure(description=frozen_message(trial.cfg.study.id, trial.cut.isoformat(), frozen), allow_retries=False)
     with trial.connect() as con:
         rows = dict(
             con.execute(
@@ -163,12 +118,10 @@ def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.Mate
     )
     if not reproducible:
         context.log.warning(f"{DATABASE_NAME}: unknown DuckDB header layout; the file is not byte-reproducible")
-    export_dir = Path(trial.export_dir).resolve()
-    _archive_copy([(export_dir / name, sha) for name, sha, _ in files], archive_dir(study_root, export_sha, trial.export_id))
-    _archive_copy(
-        [(Path(trial.cfg.config_path), trial.cfg.config_sha256)],
-        config_archive(study_root, trial.cfg.config_sha256, trial.cfg.config_path).parent,
-    )
+    _archive(Path(trial.export_dir).resolve(), [(name, sha) for name, sha, _ in files],
+             export_archive(study_root, export_sha, trial.export_id))
+    config = Path(trial.cfg.config_path)
+    _archive(config.parent, [(config.name, trial.cfg.config_sha256)], config_archive(study_root, trial.cfg.config_sha256))
     outputs = [{"role": role, "path": name, "sha256": sha256_file(work / name)} for role, name in OUTPUT_FILES.items()]
     doc = {
         "study": trial.cfg.study.id,

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from clinical.ingest import sha256_file
+from pipelines.archive import ArchiveError, archive_files, config_archive, export_archive
 
 FROZEN = "FROZEN.json"
 MANIFEST = "manifest.json"
@@ -53,14 +55,6 @@ def frozen_message(study: str, cut: str, record: dict[str, Any]) -> str:
     )
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _paths(out_root: str, study_config: str, cut: str) -> tuple[Any, Path, Path]:
     from clinical.study import load_study
 
@@ -75,38 +69,36 @@ def _check_against_manifest(final: Path, manifest: dict) -> list[str]:
         path = final / out["path"]
         if not path.is_file():
             problems.append(f"{out['path']}: missing")
-        elif _sha(path) != out["sha256"]:
+        elif sha256_file(path) != out["sha256"]:
             problems.append(f"{out['path']}: sha256 differs from the manifest")
     return problems
 
 
 def _archived_export(study_root: Path, manifest: dict, export: str | None) -> tuple[Path | None, list[str]]:
     """The archived export folder of this manifest (archiving ``export`` first if given)."""
-    from assets.publish import _archive_copy, archive_dir
-
-    dest = archive_dir(study_root, manifest["export_sha256"], manifest["export_id"])
+    dest = export_archive(study_root, manifest["export_sha256"], manifest["export_id"])
     if not dest.is_dir() and export:
-        src = Path(export)
-        _archive_copy([(src / i["path"], i["sha256"]) for i in manifest["inputs"]], dest)
+        try:
+            archive_files(Path(export), [(i["path"], i["sha256"]) for i in manifest["inputs"]], dest)
+        except (ArchiveError, OSError) as exc:
+            return None, [f"the export could not be archived: {exc}"]
     if not dest.is_dir():
         return None, [f"no archived export under {dest.parent}; pass --export with the export folder"]
     problems = [
         f"archived export {i['path']}: sha256 differs from the manifest"
         for i in manifest["inputs"]
-        if not (dest / i["path"]).is_file() or _sha(dest / i["path"]) != i["sha256"]
+        if not (dest / i["path"]).is_file() or sha256_file(dest / i["path"]) != i["sha256"]
     ]
     return dest, problems
 
 
 def _config_for(study_root: Path, manifest: dict) -> tuple[Path | None, str]:
-    from assets.publish import config_archive
-
     cfg = manifest["config"]
     current = Path(cfg["path"])
-    if current.is_file() and _sha(current) == cfg["sha256"]:
+    if current.is_file() and sha256_file(current) == cfg["sha256"]:
         return current, ""
-    archived = config_archive(study_root, cfg["sha256"], cfg["path"])
-    if archived.is_file() and _sha(archived) == cfg["sha256"]:
+    archived = config_archive(study_root, cfg["sha256"]) / current.name
+    if archived.is_file() and sha256_file(archived) == cfg["sha256"]:
         return archived, f"note: {cfg['path']} changed since this cut was made; regenerated with the archived copy {archived}"
     return None, f"the study configuration of this cut (sha256 {cfg['sha256'][:16]}) is neither at {cfg['path']} nor archived"
 
@@ -137,7 +129,7 @@ def freeze(out_root: str, study_config: str, cut: str, reason: str = "", export:
                 "reason": reason or "DSMB meeting",
                 "frozen_at": audit.now_iso(),
                 "frozen_by": os.environ.get("USER") or str(os.getuid()),
-                "manifest_sha256": _sha(manifest_path),
+                "manifest_sha256": sha256_file(manifest_path),
                 "export_id": manifest["export_id"],
                 "export_sha256": manifest["export_sha256"],
                 "export_archive": str(archived),

@@ -26,17 +26,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from clinical.landing import (
-    SETTLE_SECONDS,
-    ArchiveError,
-    archive_delivery,
-    archive_path,
-    completeness,
-    find_archived,
-    read_delivery,
-)
+from clinical.landing import SETTLE_SECONDS, completeness, read_delivery
 from clinical.records import ExportFileError
 from clinical.study import load_study
+from pipelines.archive import ArchiveError, archive_delivery, export_archive, find_archived
 from pipelines.resources import (
     DEFAULT_OUTPUT,
     DEFAULT_STUDY,
@@ -116,7 +109,7 @@ def scan_landing(
                 continue
             archived = find_archived(study_root, delivery.fingerprint)
             if archived is None:
-                archived = archive_path(study_root, delivery.fingerprint, delivery.export_id)
+                archived = export_archive(study_root, delivery.fingerprint, delivery.export_id)
                 archive_delivery(delivery, archived)
                 intake.log.append(f"{folder.name}: archived as {archived} ({why})")
             elif archived.name != delivery.export_id or folder.name != delivery.export_id:

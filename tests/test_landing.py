@@ -11,18 +11,17 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from clinical.landing import (
-    ArchiveError,
-    archive_delivery,
-    archive_path,
-    completeness,
-    export_fingerprint,
-    find_archived,
-    read_delivery,
-    verify_archive,
-)
+from clinical.landing import completeness, export_fingerprint, read_delivery
 from clinical.sources import COMPLETE_MARKER
 from pipelines import sensors
+from pipelines.archive import (
+    ArchiveError,
+    archive_delivery,
+    archive_files,
+    export_archive,
+    find_archived,
+    verify_archive,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = str(ROOT / "studies" / "im83.yaml")
@@ -71,7 +70,7 @@ def test_archive_is_byte_identical_read_only_with_a_sha256_per_file(tmp_path):
     landing = _export(tmp_path / "landing" / "E1")
     before = _state(landing)
     delivery = read_delivery(landing)
-    dest = archive_path(tmp_path / "out" / "IM83", delivery.fingerprint, delivery.export_id)
+    dest = export_archive(tmp_path / "out" / "IM83", delivery.fingerprint, delivery.export_id)
     assert archive_delivery(delivery, dest) is True
     assert _state(landing) == before  # the landing folder is never modified
     for src in landing.rglob("*"):
@@ -89,12 +88,18 @@ def test_archive_is_byte_identical_read_only_with_a_sha256_per_file(tmp_path):
     assert find_archived(tmp_path / "out" / "IM83", delivery.fingerprint) == dest
 
 
-def test_fingerprint_is_the_manifest_fingerprint(tmp_path):
-    from pipelines.audit import export_fingerprint as manifest_fingerprint
+def test_export_fingerprint_is_sha256sum_of_the_files():
+    import hashlib
 
+    files = [("b.csv", "2" * 64), ("sub/a.csv", "1" * 64)]
+    text = f"{'2' * 64}  b.csv\n{'1' * 64}  sub/a.csv\n"
+    assert export_fingerprint(files) == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_fingerprint_ignores_the_completion_marker(tmp_path):
     delivery = read_delivery(_export(tmp_path / "E1"))
     pairs = [(name, sha) for name, sha, _ in delivery.files]
-    assert delivery.fingerprint == export_fingerprint(pairs) == manifest_fingerprint(pairs)
+    assert delivery.fingerprint == export_fingerprint(pairs)
     # The sender's completion marker is not content: the same files without it are the same export.
     twin = _export(tmp_path / "twin", marker=False)
     (twin / "export.json").write_text((tmp_path / "E1" / "export.json").read_text())
@@ -104,7 +109,7 @@ def test_fingerprint_is_the_manifest_fingerprint(tmp_path):
 def test_an_export_changing_while_archived_is_not_archived(tmp_path):
     delivery = read_delivery(_export(tmp_path / "E1"))
     (tmp_path / "E1" / "inf.csv").write_bytes(b"SUBJID,EXSTDAT,DOSELVL,EXDOSE\n")  # the sender is still writing
-    dest = archive_path(tmp_path / "out", delivery.fingerprint, "E1")
+    dest = export_archive(tmp_path / "out", delivery.fingerprint, "E1")
     with pytest.raises(ArchiveError, match="changed while it was being archived"):
         archive_delivery(delivery, dest)
     assert not dest.exists() and not dest.with_name("E1.partial").exists()
@@ -117,7 +122,7 @@ def test_scan_archives_and_requests_each_export_once(tmp_path):
     assert [(r.export_id, r.data_cut) for r in first.requests] == [("E1", "2025-12-31")]
     req = first.requests[0]
     assert req.run_key == f"IM83:{req.fingerprint}"
-    assert Path(req.export_dir) == archive_path(out / "IM83", req.fingerprint, "E1") and Path(req.export_dir).is_dir()
+    assert Path(req.export_dir) == export_archive(out / "IM83", req.fingerprint, "E1") and Path(req.export_dir).is_dir()
     # The next look: nothing new. An identical re-delivery under another folder name: recognised, not loaded.
     again = sensors.scan_landing(STUDY, str(landing), str(out), cursor=first.cursor)
     assert again.requests == []
@@ -223,3 +228,16 @@ def test_the_nightly_fallback_runs_exports_the_sensor_did_not(tmp_path, monkeypa
     from pipelines.definitions import defs  # the schedule evaluates through it
 
     assert defs.resolve_schedule_def("nightly_schedule").cron_schedule == "0 4 * * *"
+
+
+def test_an_export_archived_at_publishing_keeps_its_sub_folders(tmp_path):
+    """`python -m pipelines run` on a folder outside the landing area archives what it read when it
+    publishes; files in sub-folders keep their paths, and the archive has its SHA-256 list."""
+    src = _export(tmp_path / "E1")
+    files = [(name, sha) for name, sha, _ in read_delivery(src).files]
+    dest = export_archive(tmp_path / "out", read_delivery(src).fingerprint, "E1")
+    assert archive_files(src, files, dest) is True
+    assert (dest / "sub" / "notes.txt").read_bytes() == (src / "sub" / "notes.txt").read_bytes()
+    assert not (dest / "notes.txt").exists()
+    assert verify_archive(dest) == []
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o555
