@@ -31,6 +31,7 @@ from typing import Any
 
 import duckdb
 
+from clinical.landing import read_delivery
 from clinical.study import StudyConfigError
 
 # What reading a run's study configuration or export identity can raise (a refused or broken run).
@@ -74,12 +75,6 @@ def ts_iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
-
-
-def export_fingerprint(files: list[tuple[str, str]]) -> str:
-    """SHA-256 over ``sha256  name`` lines (sha256sum format), sorted by name: one hash per export."""
-    text = "".join(f"{sha}  {name}\n" for name, sha in sorted(files))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _canonical(row: dict[str, Any]) -> str:
@@ -243,6 +238,16 @@ def validation_outcome(instance: Any, run_id: str) -> dict[str, Any]:
     }
 
 
+def step_error_text(error) -> str:
+    """A failed step's error; after the retry policy gave up, the error of the last attempt."""
+    if error is None:
+        return ""
+    text = error.message.strip()
+    if error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
+        text = f"{error.cause.message.strip()} ({text.lower()})"
+    return text
+
+
 def failed_steps(instance: Any, run_id: str) -> list[dict[str, str]]:
     from dagster._core.events import DagsterEventType
 
@@ -250,8 +255,7 @@ def failed_steps(instance: Any, run_id: str) -> list[dict[str, str]]:
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE, limit=1000)
     for rec in records.records:
         ev = rec.event_log_entry.dagster_event
-        err = ev.event_specific_data.error
-        out.append({"step": ev.step_key, "error": (err.message if err else "").strip()[:2000]})
+        out.append({"step": ev.step_key, "error": step_error_text(ev.event_specific_data.error)[:2000]})
     return out
 
 
@@ -281,10 +285,8 @@ def export_entry(trial: Any, detail: dict[str, Any], published: bool) -> dict[st
     from assets.publish import code_sha256, code_version
     from clinical.ingest import sha256_file
 
-    out: dict[str, Any] = {
-        "export_dir": str(Path(trial.export_dir).resolve()),
-        "code_version": f"{code_version()} src:{code_sha256()[:16]}",
-    }
+    out: dict[str, Any] = {"export_dir": str(Path(trial.export_dir).resolve())}
+    running_code = lambda: f"{code_version()} src:{code_sha256()[:16]}"  # noqa: E731 - only when no manifest says it
     try:
         out["study"] = trial.cfg.study.id
         out["config_path"] = trial.cfg.config_path
@@ -292,25 +294,22 @@ def export_entry(trial: Any, detail: dict[str, Any], published: bool) -> dict[st
         out["export_id"], out["data_cut"] = trial.export_id, trial.cut.isoformat()
     except SETUP_ERRORS as exc:  # a run refused for a bad configuration or export is logged too
         detail["setup_error"] = str(exc)
+        out["code_version"] = running_code()
         return out
     manifest_path = trial.final_dir / "manifest.json"
     if published and manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("code_sha256"):
-            out["code_version"] = f"{manifest['code_version']} src:{manifest['code_sha256'][:16]}"
-        out["export_sha256"] = manifest.get("export_sha256") or export_fingerprint(
-            [(Path(i["path"]).name, i["sha256"]) for i in manifest["inputs"]]
-        )
+        out["code_version"] = f"{manifest['code_version']} src:{manifest['code_sha256'][:16]}"
+        out["export_sha256"] = manifest["export_sha256"]
         out["outputs"] = [
             {"role": o["role"], "path": str(trial.final_dir / o["path"]), "sha256": o["sha256"]}
             for o in manifest["outputs"]
         ] + [{"role": "manifest", "path": str(manifest_path), "sha256": sha256_file(manifest_path)}]
     else:
+        out["code_version"] = running_code()
         export = Path(trial.export_dir)
-        if export.is_dir():
-            out["export_sha256"] = export_fingerprint(
-                [(p.name, sha256_file(p)) for p in export.iterdir() if p.is_file()]
-            )
+        if export.is_dir():  # the fingerprint the landing area, the archive and a manifest give the export
+            out["export_sha256"] = read_delivery(export).fingerprint
     return out
 
 

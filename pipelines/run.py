@@ -43,14 +43,6 @@ def failed_checks(result: dg.ExecuteInJobResult) -> list[str]:
     return lines
 
 
-def _error_text(error) -> str:
-    """The step's error; after the retry policy gave up, the error of the last attempt."""
-    text = error.message.strip()
-    if error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
-        text = f"{error.cause.message.strip()} ({text.lower()})"
-    return text
-
-
 def _refusal(study_root: Path, status: str, message: str, trial_config: dict, cfg) -> None:
     from pipelines import audit
 
@@ -143,7 +135,7 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
         print(f"run {result.run_id} for export {export_id} (data cut {cut}) FAILED", file=sys.stderr)
         for ev in result.all_events:
             if ev.is_step_failure:
-                print(f"step {ev.step_key} failed: {_error_text(ev.event_specific_data.error)}", file=sys.stderr)
+                print(f"step {ev.step_key} failed: {audit.step_error_text(ev.event_specific_data.error)}", file=sys.stderr)
         for line in problems:
             print(line, file=sys.stderr)
         print(f"previous outputs (if any) in {final} are unchanged", file=sys.stderr)

@@ -88,12 +88,28 @@ def test_a_run_is_logged_once(log):
     assert audit.verify_log(log) == []
 
 
-def test_export_fingerprint_is_sha256sum_of_the_files():
-    import hashlib
+def test_a_failed_run_logs_the_fingerprint_the_archive_and_manifest_use(tmp_path):
+    """Without a manifest the export is fingerprinted from its folder: sub-folders included, the
+    sender's completion marker and hidden files left out, as the landing area and the manifest do."""
+    import datetime as dt
+    from types import SimpleNamespace
 
-    files = [("b.csv", "2" * 64), ("a.csv", "1" * 64)]
-    text = f"{'1' * 64}  a.csv\n{'2' * 64}  b.csv\n"
-    assert audit.export_fingerprint(files) == hashlib.sha256(text.encode()).hexdigest()
+    from clinical.landing import read_delivery
+
+    export = tmp_path / "E1"
+    (export / "sub").mkdir(parents=True)
+    (export / "ae.csv").write_text("SUBJID\n01-001\n")
+    (export / "sub" / "notes.txt").write_text("x")
+    (export / "_COMPLETE").write_text("")
+    (export / ".DS_Store").write_text("")
+    cfg = SimpleNamespace(study=SimpleNamespace(id="IM83"), config_path="im83.yaml", config_sha256="0" * 64)
+    trial = SimpleNamespace(export_dir=str(export), cfg=cfg, export_id="E1", cut=dt.date(2025, 12, 31),
+                            final_dir=tmp_path / "never-published")
+    entry = audit.export_entry(trial, {}, published=False)
+    assert entry["export_sha256"] == read_delivery(export).fingerprint
+    (export / "_COMPLETE").unlink()
+    (export / ".DS_Store").unlink()
+    assert audit.export_entry(trial, {}, published=False)["export_sha256"] == entry["export_sha256"]
 
 
 def test_the_demo_run_is_in_its_study_log(demo_run):
