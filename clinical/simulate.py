@@ -1159,7 +1159,7 @@ class _Sim:
                 self._cm(s, st, min(ae.end, st + rng.randint(3, 14)), a.med[0], a.med[1], ae)
         neut = cyto.get("NEUT", {}).get("ae")
         if neut is not None and neut[3] >= 3 and rng.random() < 0.25:
-            sday, tn, e = neut[0], neut[1], neut[2]
+            sday, e = neut[0], neut[2]
             lo, hi = max(sday + 1, 1), min(e - 1, 14)
             if lo <= hi:
                 st = d0 + rng.randint(lo, hi)
@@ -1169,7 +1169,6 @@ class _Sim:
                 self._cm(s, st, ae.end, "Cefoperazone/sulbactam", "ANTI-INFECTIVE", ae)
 
     def _response(self, s: _Subj, rng: random.Random, f: float) -> tuple[list[tuple[str, int, str]], int | None]:
-        d0 = s.d0
         t_pd = rng.expovariate(math.log(2) / (70 + 40 * f))
         best = _pick(rng, (("SD", 0.80 - 0.1 * f), ("PR", 0.16 + 0.08 * f), ("CR", 0.04 + 0.02 * f)))
         rows = []
