@@ -1,6 +1,7 @@
 """Report: the deliverables, each written into the run's work folder (published by ``assets.publish``)."""
 
 
+import functools
 import os
 from pathlib import Path
 
@@ -153,16 +154,28 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
     tables and the changes since the previous cut are read once for the DSMB report and the
     sponsor workbook."""
     selected = context.selected_asset_keys
-    with trial.connect() as con:
-        tables = change_tables = previous_cut = svgs = None
-        if selected & {dsmb_report.key, sponsor_workbook.key}:
+    failures: list[tuple[str, Exception]] = []
+
+    def failed(spec: dg.AssetSpec, exc: Exception) -> None:
+        context.log.error(f"{spec.key.to_user_string()}: {exc}")
+        failures.append((spec.key.to_user_string(), exc))
+
+    @functools.cache
+    def inputs() -> tuple:
+        """The report tables and the changes since the previous cut (the DSMB report's and the sponsor
+        workbook's; read once, or read again to raise the same error for the second)."""
+        with trial.connect() as con:
             tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
-            change_tables, previous_cut = _changes_since_previous_cut(trial, con, tables)
-        if dsmb_report.key in selected:
+            return (tables, *_changes_since_previous_cut(trial, con, tables))
+
+    def start_dsmb() -> dsmb.PdfRendering:
+        tables, change_tables, previous_cut = inputs()
+        with trial.connect() as con:
             svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
-    rendering = _start_dsmb(trial, tables, svgs, change_tables, previous_cut) if dsmb_report.key in selected else None
+        return _start_dsmb(trial, tables, svgs, change_tables, previous_cut)
 
     def sponsor() -> dg.MaterializeResult:
+        tables, change_tables, _ = inputs()
         workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"),
                                          first=change_tables or [])
         return dg.MaterializeResult(asset_key=sponsor_workbook.key, metadata=_file_meta(_path(trial, "sponsor_xlsx")))
@@ -174,21 +187,26 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
 
     def dsmb_pdfs() -> dg.MaterializeResult:
         rendering.wait()
-        return _dsmb_result(trial, previous_cut)
+        return _dsmb_result(trial, inputs()[2])
 
-    # Each deliverable fails on its own, as when each had a step: the others are still written and
+    # The PDFs start first, in their child processes; the rest is written here meanwhile. Each
+    # deliverable fails on its own, as when each had a step: the others are still written and
     # reported, and the step then fails naming every failure (the manifest does not run).
-    failures: list[tuple[str, Exception]] = []
+    rendering = None
+    if dsmb_report.key in selected:
+        try:
+            rendering = start_dsmb()
+        except Exception as exc:  # noqa: BLE001 - reported below with the others
+            failed(dsmb_report, exc)
     try:
         for spec, write in ((sponsor_workbook, sponsor), (registry_results, lambda: _registry_results(context, trial)),
                             (queries_workbook, queries), (dsmb_report, dsmb_pdfs)):
-            if spec.key not in selected:
+            if spec.key not in selected or (spec is dsmb_report and rendering is None):
                 continue
             try:
                 result = write()
             except Exception as exc:  # noqa: BLE001 - reported below with the others
-                context.log.error(f"{spec.key.to_user_string()}: {exc}")
-                failures.append((spec.key.to_user_string(), exc))
+                failed(spec, exc)
                 continue
             yield result
     except BaseException:  # interrupted: stop the renderers too

@@ -192,3 +192,24 @@ def test_a_failing_deliverable_does_not_stop_the_others_and_nothing_is_published
     assert {"dsmb_report.pdf", "dsmb_report_open.pdf", "sponsor_workbook.xlsx", "data_queries.xlsx"} <= written
     assert "registry_results.json" not in written
     assert not (out / demo_run.cfg.study.id / DEMO_CUT).exists()
+
+
+def test_report_tables_that_cannot_be_read_stop_only_the_deliverables_that_need_them(demo_run, tmp_path, capsys, monkeypatch):
+    import assets.report
+    from pipelines.run import run_export
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+    def unreadable(con, **kwargs):
+        raise RuntimeError("report tables unreadable on purpose")
+
+    monkeypatch.setattr(assets.report, "load_report_tables", unreadable)
+    out = tmp_path / "out"
+    rc = run_export(str(STUDY), str(demo_run.export), str(out), DEMO_CUT)
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "report/dsmb_report: report tables unreadable on purpose" in err
+    assert "report/sponsor_workbook: report tables unreadable on purpose" in err
+    written = {p.name for p in (out / demo_run.cfg.study.id / ".work" / DEMO_CUT).iterdir()}
+    assert {"registry_results.json", "registry_results.xml", "data_queries.xlsx"} <= written
+    assert not written & {"dsmb_report.pdf", "sponsor_workbook.xlsx"}
