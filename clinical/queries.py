@@ -56,9 +56,16 @@ from clinical.study import StudyConfig
 OPEN, CLOSED, REOPENED = "Open", "Closed", "Re-opened"
 STATUSES = (OPEN, CLOSED, REOPENED)
 
-# Stable id: the first 10 hex digits of SHA-256 over the parts that say what is wrong.
-QUERY_ID_MACRO = """
-CREATE OR REPLACE TEMP MACRO query_id(parts) AS 'Q-' || upper(left(sha256(array_to_string(parts, chr(31))), 10));
+
+def query_id_sql(parts: str) -> str:
+    """The stable id as a SQL expression over ``parts`` (SQL for a VARCHAR list: RULE_ID, SUBJID or
+    '', RECORD_KEY): the first 10 hex digits of SHA-256 over the parts that say what is wrong."""
+    return f"'Q-' || upper(left(sha256(array_to_string({parts}, chr(31))), 10))"
+
+
+# The same id as a macro, query_id(parts).
+QUERY_ID_MACRO = f"""
+CREATE OR REPLACE TEMP MACRO query_id(parts) AS {query_id_sql("parts")};
 """
 
 COLUMNS = (
@@ -136,6 +143,8 @@ def _raw_key_expr(f: Form) -> str:
 
 
 def _quarantine_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """Failing records (RULE_ID, SEVERITY, FORM, SUBJID, RECORD_KEY, DETAIL, SOURCE) of the rows of
+    raw.quarantine of export $export_id."""
     keyed = [f for f in FORMS if _table_exists(con, "raw", f.id)]
     keys = " UNION ALL ".join(f"SELECT '{f.id}' AS form, _line, {_raw_key_expr(f)} AS rk FROM raw.{f.id}" for f in keyed)
     keys = keys or "SELECT NULL::VARCHAR AS form, NULL::BIGINT AS _line, NULL::VARCHAR AS rk WHERE false"
@@ -219,23 +228,37 @@ def _insert_current(con, cfg: StudyConfig, export_id: str, suites: dict[str, dic
                 f"INSERT INTO q_now SELECT $rule_id, 'WARN', $form, SUBJID, RECORD_KEY, DETAIL, 'expectation' FROM ({sql})",
                 params | {"rule_id": exp["meta"]["rule_id"], "form": form_id},
             )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE q_cur AS {_current_sql(con, 'SELECT * FROM q_now')}",
+                {"pattern": SUBJID_PATTERN[1:-1]})
+
+
+def _current_sql(con: duckdb.DuckDBPyConnection, failing: str) -> str:
+    """One row per query (QUERY_ID, RULE_ID, SEVERITY, FORM, SITEID, SUBJID, RECORD_KEY, DETAIL,
+    SOURCE) over the failing records that the query ``failing`` lists (RULE_ID, SEVERITY, FORM,
+    SUBJID, RECORD_KEY, DETAIL, SOURCE). Parameter $pattern: the participant id pattern."""
     site = (
         "(SELECT SUBJID, any_value(SITEID) AS SITEID FROM raw.dm GROUP BY SUBJID)"
         if _table_exists(con, "raw", "dm")
         else "(SELECT NULL::VARCHAR AS SUBJID, NULL::VARCHAR AS SITEID WHERE false)"
     )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE q_cur AS
-            SELECT query_id([q.RULE_ID, coalesce(q.SUBJID, ''), q.RECORD_KEY]) AS QUERY_ID, q.RULE_ID,
-                   any_value(q.SEVERITY) AS SEVERITY, any_value(q.FORM) AS FORM,
-                   coalesce(any_value(d.SITEID),
-                            CASE WHEN regexp_full_match(q.SUBJID, $pattern) THEN split_part(q.SUBJID, '-', 1) END) AS SITEID,
-                   q.SUBJID, q.RECORD_KEY,
-                   string_agg(DISTINCT q.DETAIL, '; ' ORDER BY q.DETAIL) AS DETAIL, any_value(q.SOURCE) AS SOURCE
-            FROM q_now q LEFT JOIN {site} d ON d.SUBJID = q.SUBJID
-            GROUP BY q.RULE_ID, q.SUBJID, q.RECORD_KEY""",
-        {"pattern": SUBJID_PATTERN[1:-1]},
-    )
+    return f"""
+      SELECT {query_id_sql("[q.RULE_ID, coalesce(q.SUBJID, ''), q.RECORD_KEY]")} AS QUERY_ID, q.RULE_ID,
+             any_value(q.SEVERITY) AS SEVERITY, any_value(q.FORM) AS FORM,
+             coalesce(any_value(d.SITEID),
+                      CASE WHEN regexp_full_match(q.SUBJID, $pattern) THEN split_part(q.SUBJID, '-', 1) END) AS SITEID,
+             q.SUBJID, q.RECORD_KEY,
+             string_agg(DISTINCT q.DETAIL, '; ' ORDER BY q.DETAIL) AS DETAIL, any_value(q.SOURCE) AS SOURCE
+      FROM ({failing}) q LEFT JOIN {site} d ON d.SUBJID = q.SUBJID
+      GROUP BY q.RULE_ID, q.SUBJID, q.RECORD_KEY"""
+
+
+def quarantine_queries_sql(con: duckdb.DuckDBPyConnection, export_id: str) -> tuple[str, dict[str, object]]:
+    """SQL and parameters listing the queries of export ``export_id``'s rows of raw.quarantine as
+    :func:`build_queries` finds them (before the history): one row per QUERY_ID with QUERY_ID,
+    RULE_ID, SEVERITY, FORM, SITEID, SUBJID, RECORD_KEY, DETAIL and SOURCE, the ids those rows have
+    in analysis.data_queries. Needs raw.quarantine, no macro and no write (a read-only connection
+    will do: the data-queries workbook of a database without analysis.data_queries)."""
+    return _current_sql(con, _quarantine_sql(con)), {"export_id": export_id, "pattern": SUBJID_PATTERN[1:-1]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,7 +366,6 @@ def build_queries(
     whose WARN expectations are listed as queries. Returns counts by status."""
     cut = data_cut
     con.execute("CREATE SCHEMA IF NOT EXISTS analysis")
-    con.execute(QUERY_ID_MACRO)
     _insert_current(con, cfg, export_id, suites)
     n_prev = _load_previous(con, previous_db, previous_cut)
     con.execute(

@@ -36,6 +36,7 @@ from openpyxl.worksheet.hyperlink import Hyperlink
 from openpyxl.worksheet.worksheet import Worksheet
 from openpyxl.writer.excel import ExcelWriter
 
+from clinical.queries import quarantine_queries_sql
 from clinical.study import StudyConfig
 from deliverables.dsmb import as_date
 from deliverables.tables import DisplayTable, ReportTables, display_tables
@@ -507,21 +508,6 @@ TRACKING_COLUMNS = ("SITEID", "RECORD_KEY", "FIRST_SEEN_CUT", "LAST_SEEN_CUT", "
 STATUS_SHEETS = (("open", "Open"), ("closed", "Closed"), ("reopened", "Re-opened"))
 QUARANTINE_COLUMNS = ["Export", "Form", "File", "Line", "Participant", "Column", "Rule", "Value", "Message"]
 
-# The same stable id as clinical.queries (QUERY_ID_MACRO), so a quarantined row already listed in
-# analysis.data_queries is not listed twice.
-QUARANTINE_AS_QUERIES = """
-SELECT 'Q-' || upper(left(sha256(array_to_string(
-          ['INGEST-' || rule, form, subjid, "column", coalesce(value, '')], chr(31))), 10)) AS QUERY_ID,
-       'INGEST-' || rule AS RULE_ID, 'WARN' AS SEVERITY, form AS FORM, subjid AS SUBJID,
-       file || ' line ' || line || ', column ' || "column" || ': ' || message
-         || ' (value: ' || coalesce('"' || value || '"', 'blank') || ')' AS DETAIL,
-       'Open' AS STATUS, 'quarantine' AS SOURCE, export_id AS EXPORT_ID,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM raw.quarantine
-ORDER BY form, subjid NULLS FIRST, rule, line, "column"
-"""
-
-
 def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     return bool(
         con.execute(
@@ -547,8 +533,8 @@ def _status_key(status: Any) -> str:
 def load_queries(con: duckdb.DuckDBPyConnection) -> tuple[list[list[Any]], list[list[Any]]]:
     """(query rows in QUERY_COLUMNS order, quarantine rows in QUARANTINE_COLUMNS order)."""
     queries: list[list[Any]] = []
-    seen: set[str] = set()
-    if _table_exists(con, "analysis", "data_queries"):
+    has_queries = _table_exists(con, "analysis", "data_queries")
+    if has_queries:
         have = _columns(con, "analysis", "data_queries")
         export = "EXPORT_ID" if "EXPORT_ID" in have else "NULL"
         source = "SOURCE" if "SOURCE" in have else "CASE WHEN RULE_ID LIKE 'INGEST-%' THEN 'quarantine' ELSE 'rule' END"
@@ -560,14 +546,24 @@ def load_queries(con: duckdb.DuckDBPyConnection) -> tuple[list[list[Any]], list[
                 ORDER BY {days}FORM, SUBJID NULLS FIRST, RULE_ID, DETAIL, QUERY_ID"""
         ).fetchall():
             queries.append(list(r))
-            seen.add(r[0])
     quarantine: list[list[Any]] = []
     if _table_exists(con, "raw", "quarantine"):
         # analysis.data_queries already holds every quarantined row under its stable id; only a
-        # database without it (a failed derive) lists the quarantine as open queries here.
-        if not seen and not _table_exists(con, "analysis", "data_queries"):
-            for r in con.execute(QUARANTINE_AS_QUERIES).fetchall():
-                queries.append(list(r))
+        # database without it (a failed derive) lists the quarantine as open queries here, with
+        # the ids, keys and details clinical.queries gives them in that table.
+        if not has_queries:
+            exports = con.execute("SELECT DISTINCT export_id FROM raw.quarantine ORDER BY export_id").fetchall()
+            for (export_id,) in exports:
+                sql, params = quarantine_queries_sql(con, export_id)
+                queries += [
+                    list(r)
+                    for r in con.execute(
+                        f"""SELECT QUERY_ID, RULE_ID, SEVERITY, FORM, SUBJID, DETAIL, 'Open', SOURCE, $export_id,
+                                   SITEID, RECORD_KEY, NULL, NULL, NULL, NULL, NULL
+                            FROM ({sql}) ORDER BY FORM, SUBJID NULLS FIRST, RULE_ID, DETAIL, QUERY_ID""",
+                        params,
+                    ).fetchall()
+                ]
         quarantine = [
             list(r)
             for r in con.execute(

@@ -239,6 +239,50 @@ def test_duplicate_key_rows_are_one_query_naming_both_lines(clean_db, tmp_path, 
     assert detail.count("ae.csv line") == 2
 
 
+def test_workbook_without_the_table_lists_the_quarantine_under_the_tables_ids(clean_db, tmp_path, cfg):
+    """A database without analysis.data_queries (a failed derive): the queries workbook lists the
+    quarantined rows as queries with the ids, keys and details they have in analysis.data_queries."""
+    from deliverables.workbooks import QUERY_COLUMNS, load_queries
+
+    path = tmp_path / "w.duckdb"
+    con = _cut_db(
+        clean_db, path, cfg,
+        QUARANTINE_ROW.format(n=1, value="1,5"),
+        # two rows sharing a key: one query naming both lines
+        """INSERT INTO raw.quarantine
+           SELECT 'EXP-1', 'ae', 'ae.csv', _line, SUBJID, 'SUBJID+AESPID', 'DUPLICATE-KEY', '01-001|2', 'key twice'
+           FROM raw.ae WHERE SUBJID = '01-001' AND AESPID IN ('2', '3')""",
+        "UPDATE raw.ae SET AESPID = '2' WHERE SUBJID = '01-001' AND AESPID = '3'",
+        # no participant id
+        """INSERT INTO raw.quarantine
+           SELECT 'EXP-1', 'dm', 'dm.csv', _line, NULL, 'SUBJID', 'REQUIRED', NULL, 'required value missing'
+           FROM raw.dm WHERE SUBJID = '01-002'""",
+    )
+    build_queries(con, cfg, "EXP-1", CUT1)
+    names = ("QUERY_ID", "RULE_ID", "SEVERITY", "FORM", "SUBJID", "DETAIL", "STATUS", "SOURCE", "EXPORT_ID",
+             "SITEID", "RECORD_KEY")
+    table = {
+        r[0]: r
+        for r in con.execute(
+            f"SELECT {', '.join(names)} FROM analysis.data_queries WHERE SOURCE = 'quarantine'"
+        ).fetchall()
+    }
+    con.execute("DROP TABLE analysis.data_queries")
+    con.close()
+    assert len(table) == 3
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        queries, quarantine = load_queries(con)
+    finally:
+        con.close()
+    assert len(quarantine) == 4
+    assert all(len(q) == len(QUERY_COLUMNS) for q in queries)
+    fallback = {q[0]: tuple(q[: len(names)]) for q in queries}
+    assert len(fallback) == len(queries)  # one row per id
+    assert fallback == table
+
+
 # --------------------------------------------------------------------------------------------------
 # WARN expectations of the GX suites become queries, with the suite's own bounds
 

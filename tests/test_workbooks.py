@@ -16,6 +16,7 @@ for p in (ROOT, TESTS):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from clinical.queries import quarantine_queries_sql
 from clinical.study import load_study  # noqa: E402
 from deliverables.dsmb import cell_text, html_to_pdf, render_dsmb_html  # noqa: E402
 from deliverables.tables import display_tables, load_report_tables  # noqa: E402
@@ -228,10 +229,8 @@ def test_queries_workbook_by_status(db, cfg, tmp_path):
         ],
     )
     # The lb quarantine row is already a query in analysis.data_queries (same stable id).
-    qid = con.execute(
-        """SELECT 'Q-' || upper(left(sha256(array_to_string(['INGEST-' || rule, form, subjid, "column",
-           coalesce(value, '')], chr(31))), 10)) FROM raw.quarantine WHERE form = 'lb'"""
-    ).fetchone()[0]
+    sql, params = quarantine_queries_sql(con, "EXP-2025-12-31")
+    qid = con.execute(f"SELECT QUERY_ID FROM ({sql}) WHERE FORM = 'lb'", params).fetchone()[0]
     con.execute(
         "INSERT INTO analysis.data_queries VALUES (?, 'INGEST-TYPE', 'WARN', 'lb', '004', 'lb.csv line 12', 'Open', 'X')",
         [qid],
