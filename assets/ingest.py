@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 
 from clinical.crf import FORMS, Form
-from clinical.ingest import ExportFileError, IngestSettings, ingest_settings
+from clinical.ingest import ExportFileError, ingest_settings
+from clinical.mapping import MappingError
 from clinical.sources import ExportSource, ingest_form
 from pipelines.faults import pause_point
 from pipelines.resources import DATABASE_NAME, TrialResource
@@ -27,20 +28,7 @@ export_files = [
 ]
 
 
-# One parse of an ODM or SDTM export per run (the job runs in one process), shared by the form assets.
-_SOURCES: dict[tuple[str, str], tuple[ExportSource, IngestSettings]] = {}
-
-
-def export_source(trial: TrialResource) -> tuple[ExportSource, IngestSettings]:
-    key = (str(Path(trial.export_dir).resolve()), trial.cfg.config_sha256)
-    if key not in _SOURCES:
-        settings = ingest_settings(trial.cfg)
-        _SOURCES.clear()
-        _SOURCES[key] = (ExportSource(Path(trial.export_dir), settings), settings)
-    return _SOURCES[key]
-
-
-def _fail(exc: ExportFileError) -> dg.Failure:
+def _fail(exc: ExportFileError | MappingError) -> dg.Failure:
     # A blocking file problem: fail the step with the message a data manager can act on.
     return dg.Failure(description=str(exc), metadata={"rule": str(exc)}, allow_retries=False)
 
@@ -80,19 +68,18 @@ def _raw_spec(form: Form) -> dg.AssetSpec:
 raw_forms = [_raw_spec(form) for form in FORMS]
 
 
-def _snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
+def _snapshot(context: dg.AssetExecutionContext, trial: TrialResource, source: ExportSource) -> dg.MaterializeResult:
     work = trial.work_dir
     # A run always rebuilds from the export: clear what a failed earlier run may have left.
     trial.reset_database()
     shutil.rmtree(work)
     work.mkdir(parents=True)
-    _SOURCES.clear()  # a new run reads the export afresh
-    source, _settings = export_source(trial)
     try:
         source.check_study()
         files = source.describe()
         fmt = source.format
-    except ExportFileError as exc:
+        source.open()
+    except (ExportFileError, MappingError) as exc:
         raise _fail(exc) from None
     rows = [(trial.export_id, f.path, f.sha256, f.bytes, f.format, f.encoding, f.delimiter) for f in files]
     with trial.connect() as con:
@@ -118,9 +105,9 @@ def _snapshot(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.Mat
     )
 
 
-def _load_form(context: dg.AssetExecutionContext, trial: TrialResource, form: Form, con) -> dg.MaterializeResult:
-    source, settings = export_source(trial)
-    result = ingest_form(con, form, source, trial.export_id, settings)
+def _load_form(context: dg.AssetExecutionContext, trial: TrialResource, source: ExportSource, form: Form,
+               con) -> dg.MaterializeResult:
+    result = ingest_form(con, form, source, trial.export_id)
     if result.rows_quarantined:
         context.log.warning(f"{result.file}: {result.rows_quarantined} row(s) of {form.id} quarantined, see raw.quarantine")
     if result.dropped_identifier_columns:
@@ -159,12 +146,14 @@ def ingest(context: dg.AssetExecutionContext, trial: TrialResource):
     from assets.validate import clear_submitted, submit_form_suite  # (assets.validate imports this module)
 
     clear_submitted()
-    yield _snapshot(context, trial)
+    # One reader of the export for the step: an ODM or SDTM export is parsed once for every form.
+    source = ExportSource(Path(trial.export_dir), ingest_settings(trial.cfg))
+    yield _snapshot(context, trial, source)
     problems: list[str] = []
     for form in FORMS:
         try:
             with trial.connect() as con:
-                result = _load_form(context, trial, form, con)
+                result = _load_form(context, trial, source, form, con)
                 # Great Expectations validates this form in the suite worker while the next ones load.
                 submit_form_suite(context.run_id, form, trial, con)
         except ExportFileError as exc:

@@ -449,4 +449,4 @@ def load_form(
     )
     if path.name != form.file:
         raise ValueError(f"{path}: the {form.id} form's file is {form.file}")
-    return ingest_form(con, form, ExportSource(path.parent, settings), export_id, settings)
+    return ingest_form(con, form, ExportSource(path.parent, settings), export_id)

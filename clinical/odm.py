@@ -87,17 +87,28 @@ def load_odm_mapping(path: Path) -> OdmMapping:
         where = f"{path}: forms.{form_id}"
         if not isinstance(spec, dict) or "form_oids" not in spec or "fields" not in spec:
             raise MappingError(f"{where}: needs form_oids and fields")
+        fields = parse_fields(form_id, spec["fields"], f"{where}.fields")
+        for f in fields:
+            _check_attribute(f, f"{where}.fields.{f.name}")
         forms[form_id] = OdmFormMap(
             form_id,
             _oids(spec["form_oids"], f"{where}.form_oids"),
             _oids(spec.get("item_group_oids"), f"{where}.item_group_oids"),
             _oids(spec.get("event_oids"), f"{where}.event_oids"),
-            parse_fields(form_id, spec["fields"], f"{where}.fields"),
+            fields,
         )
     study_oids = _oids(data.get("study_oids"), f"{path}: study_oids")
     if not study_oids:
         raise MappingError(f"{path}: study_oids: the ClinicalData StudyOIDs of this study")
-    return OdmMapping(Path(path), study_oids, parse_field("SUBJID", data.get("subject", "@SubjectKey"), f"{path}: subject"), forms)
+    subject = parse_field("SUBJID", data.get("subject", "@SubjectKey"), f"{path}: subject")
+    _check_attribute(subject, f"{path}: subject")
+    return OdmMapping(Path(path), study_oids, subject, forms)
+
+
+def _check_attribute(f: FieldSpec, where: str) -> None:
+    """An ``@attribute`` source must be one the parser keeps (checked when the mapping loads)."""
+    if f.source and f.source.startswith("@") and f.source[1:] not in ATTRIBUTES:
+        raise MappingError(f"{where}: unknown attribute {f.source} (one of {', '.join('@' + a for a in ATTRIBUTES)})")
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,7 @@ class OdmSource:
 
     @property
     def parsed(self) -> ParsedOdm:
+        """The parsed file; parsed once (``ExportSource.open`` does it before any form is read)."""
         if self._parsed is None:
             self._parsed = parse_odm(self.path)
         return self._parsed
@@ -256,8 +268,6 @@ class OdmSource:
                 exprs.append(field_expr(f))
                 continue
             col = f.source.removeprefix("@")
-            if f.source.startswith("@") and col not in ATTRIBUTES:
-                raise MappingError(f"{self.mapping.path}: forms.{form.id}.fields.{f.name}: unknown attribute {f.source}")
             if col not in frame.columns:
                 frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(col))
             exprs.append(field_expr(f, col))

@@ -147,6 +147,15 @@ class ExportSource:
             raise file_error(EXPORT_META, "FILE-OTHER-STUDY", f"the export is of study {declared!r}, not "
                              f"{self.settings.study_id}", column="study")
 
+    def open(self) -> None:
+        """Problems of the whole export, raised once before any form is read: the study's ODM or
+        SDTM mapping (``MappingError``) and, for ODM, the one file every form comes from
+        (``ExportFileError``), which is parsed here."""
+        if self.format == "odm":
+            self._odm.parsed  # noqa: B018 - parses the file
+        elif self.format == "sdtm":
+            self._sdtm  # noqa: B018 - loads the mapping
+
     def declared_encoding(self, file: str) -> str | None:
         enc = self.meta.get("encoding")
         if isinstance(enc, dict):
@@ -236,12 +245,11 @@ def _xml_encoding(path: Path) -> str:
     return m.group(1).decode("ascii").lower() if m else "utf-8"
 
 
-def ingest_form(
-    con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource, export_id: str, settings: IngestSettings
-):
+def ingest_form(con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource, export_id: str):
     """Read and load one form of an export (empty tables when the study does not collect it)."""
     from clinical.ingest import load_records, not_collected
 
+    settings = source.settings
     if form.id not in settings.forms:
         return load_records(con, form, not_collected(form, settings), export_id, settings)
     recs = source.read_form(form, export_id)

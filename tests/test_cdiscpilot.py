@@ -41,7 +41,7 @@ def pilot(cfg):
     settings = ingest_settings(cfg)
     source = ExportSource(SDTM, settings)
     con = duckdb.connect()
-    results = {f.id: ingest_form(con, f, source, "sdtm", settings) for f in FORMS}
+    results = {f.id: ingest_form(con, f, source, "sdtm") for f in FORMS}
     yield con, results, source
     con.close()
 

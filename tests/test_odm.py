@@ -156,6 +156,8 @@ def test_a_collected_form_missing_from_the_mapping_is_blocking(tmp_path):
         ("study_oids: [X]\nforms: {xx: {form_oids: [F], fields: {}}}\n", "forms: unknown form(s) ['xx']"),
         ("study_oids: [X]\nforms: {inf: {form_oids: [F], fields: {DOSE: I}}}\n", "forms.inf.fields: field(s) ['DOSE'] are not in the inf contract"),
         ("study_oids: [X]\nforms: {inf: {form_oids: [F], fields: {EXDOSE: {item: I}}}}\n", "forms.inf.fields.EXDOSE: unknown key(s) ['item']"),
+        ("study_oids: [X]\nforms: {inf: {form_oids: [F], fields: {EXDOSE: '@Visit'}}}\n", "forms.inf.fields.EXDOSE: unknown attribute @Visit"),
+        ("study_oids: [X]\nsubject: '@Patient'\nforms: {}\n", "subject: unknown attribute @Patient"),
     ],
 )
 def test_mapping_errors_name_the_file_and_key(tmp_path, text, message):
@@ -170,3 +172,21 @@ def test_an_odm_export_without_a_mapping_is_blocking(tmp_path):
     settings = IngestSettings(**{**IM83.__dict__, "odm_mapping": None})
     with pytest.raises(ExportFileError, match=r"the export is CDISC ODM but the study has no ODM mapping"):
         ExportSource(odm(tmp_path), settings).read_form(form("inf"))
+
+
+def test_an_unreadable_odm_file_is_one_problem_of_the_export(tmp_path, monkeypatch):
+    """ExportSource.open parses the one ODM file before any form is read: a broken file is reported
+    once for the export, not once per form."""
+    import clinical.odm
+
+    calls = []
+    real = clinical.odm.parse_odm
+    monkeypatch.setattr(clinical.odm, "parse_odm", lambda path: calls.append(path) or real(path))
+    source = ExportSource(odm(tmp_path), IM83)
+    source.open()
+    source.read_form(form("inf"))
+    assert len(calls) == 1
+    (tmp_path / "b").mkdir()
+    broken = odm(tmp_path / "b", body=INF.replace("</ItemGroupData>", "", 1))
+    with pytest.raises(ExportFileError, match=r"\(rule FILE-PARSE\)"):
+        ExportSource(broken, IM83).open()
