@@ -18,55 +18,8 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from clinical.escalation import (
-    MAX_PER_DOSE,
-    Decision,
-    EscalationError,
-    EscalationStatus,
-    ParticipantOutcome,
-    check_path,
-    decide_from_participants,
-    tally_participants,
-)
+from clinical.escalation import ParticipantOutcome, decide_from_participants
 from clinical.study import StudyConfig
-
-MAX_DEVIATIONS_SHOWN = 3
-
-
-def _undetermined(
-    records: list[ParticipantOutcome], cfg: StudyConfig, error: EscalationError
-) -> tuple[EscalationStatus, str]:
-    """The per-dose status without a 3+3 decision, for paths the engine refuses to decide on.
-
-    The counts follow :func:`clinical.escalation.decide_from_participants` (complete, pending,
-    excluded per dose; cohorts of complete participants in infusion order); the decision is left
-    open and the reason names the first departures from a 3+3 path. Linear in the participants.
-    """
-    n_doses = len(cfg.dose_levels)
-    doses, cohort_list, current, closes = tally_participants(records, n_doses, cfg.escalation.cohort_size)
-    cohorts = tuple(cohort_list)
-    over = [f"dose {s.dose} has {s.treated} participants" for s in doses if s.treated > MAX_PER_DOSE]
-    deviations = tuple(over) if over else tuple(check_path(cohorts, n_doses, cfg.escalation.variant,
-                                                           cfg.escalation.require_six_at_mtd))
-    shown = "; ".join(deviations[:MAX_DEVIATIONS_SHOWN]) or str(error)
-    more = f" (and {len(deviations) - MAX_DEVIATIONS_SHOWN} more)" if len(deviations) > MAX_DEVIATIONS_SHOWN else ""
-    reason = (
-        f"no 3+3 decision: the participants treated do not follow a 3+3 path ({shown}{more}; "
-        f"a 3+3 treats at most {MAX_PER_DOSE} per dose); the next step is for the DSMB to decide on the data"
-    )
-    pending = sum(s.pending for s in doses)
-    status = EscalationStatus(
-        decision=Decision(None, False, None, reason),
-        mature=pending == 0,
-        current_dose=current,
-        doses=tuple(doses),
-        cohorts=cohorts,
-        pending=pending,
-        window_closes_first=min(closes) if closes else None,
-        window_closes_last=max(closes) if closes else None,
-        deviations=deviations,
-    )
-    return status, reason
 
 
 def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[str, object]:
@@ -87,20 +40,16 @@ def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[s
         )
         for r in infused.iter_rows(named=True)
     ]
-    determined = True
-    try:
-        status = decide_from_participants(
-            records,
-            num_doses=len(cfg.dose_levels),
-            variant=cfg.escalation.variant,
-            require_six_at_mtd=cfg.escalation.require_six_at_mtd,
-            cohort_size=cfg.escalation.cohort_size,
-        )
-    except EscalationError as exc:
-        if "participants; the 3+3 rules stop at" not in str(exc):
-            raise  # bad input (dose out of range, unsupported cohort size) stays an error
-        status, _ = _undetermined(records, cfg, exc)
-        determined = False
+    # Bad input (dose out of range, unsupported cohort size) raises EscalationError; a path beyond the
+    # 3+3 rules (> 6 at a dose) comes back with status.determined False.
+    status = decide_from_participants(
+        records,
+        num_doses=len(cfg.dose_levels),
+        variant=cfg.escalation.variant,
+        require_six_at_mtd=cfg.escalation.require_six_at_mtd,
+        cohort_size=cfg.escalation.cohort_size,
+    )
+    determined = status.determined
     ids = cfg.dose_ids
     engine = pl.DataFrame(
         {

@@ -24,7 +24,8 @@ n in {3, 6}, x >= 2     stop; recommend d-1 even if d-1 has only   if d-1 has <6
                         3 (none if d = 1)                          else stop with MTD = highest dose with
                                                                    >=6 treated and <=1 DLT (none if no such
                                                                    dose, or if d = 1)
-n > 6                   error (3+3 never treats more than 6)       same
+n > 6                   no decision (3+3 never treats more than    same
+                        6): :class:`BeyondThreePlusThree`
 ======================  ========================================  ========================================
 
 ``require_six_at_mtd`` (domain 1.2 V3, the open protocol question): whenever the rules above would
@@ -37,6 +38,11 @@ Not separate variants here: V4 (NCT06871644 "modified 3+3" [S8]) mixes the two (
 >=3/6: one dose down and 3 more, as V2), so the protocol must pick V1 or V2 (with
 ``require_six_at_mtd``); V6 (sentinel/staggered dosing [S9][S10]) is about timing, which
 :func:`decide_from_participants` covers through pending participants and ``mature``.
+
+More than 6 evaluable participants at the last dose (e.g. a benchmark export with thousands per
+dose) is beyond what the rules decide: :func:`recommend` raises :class:`BeyondThreePlusThree` (an
+:class:`EscalationError`, also with ``strict=False``), and :func:`decide_from_participants` returns
+its status with ``determined=False`` and a decision that names the first departures from a 3+3 path.
 
 ``mtd`` is the recommended dose when the trial stops (None when no dose is safe) and None while the
 trial continues.
@@ -77,12 +83,20 @@ from typing import Any
 VARIANTS = ("escalation-only", "korn")
 COHORT_SIZE = 3  # the rules below are the 3+3 rules; other cohort sizes are not supported
 MAX_PER_DOSE = 6
+MAX_DEVIATIONS_SHOWN = 3  # in the reason of an undetermined decision
 
 _COHORT_RE = re.compile(r"^(\d+)([NT]+)$")
 
 
 class EscalationError(ValueError):
     """Malformed outcomes, invalid arguments, or a path that a 3+3 trial cannot produce."""
+
+
+class BeyondThreePlusThree(EscalationError):
+    """The last dose treated has more than 6 evaluable participants: the 3+3 rules give no decision.
+
+    :func:`decide_from_participants` turns it into an undetermined status instead of raising.
+    """
 
 
 @dataclass(frozen=True)
@@ -346,7 +360,7 @@ def _three_plus_three(path: list[Cohort], status: list[DoseStatus], num_doses: i
         return stop(None, f"{head} and no dose has >=6 treated with <=1 DLT: stop, no dose recommended")
 
     if n > MAX_PER_DOSE:
-        raise EscalationError(f"dose {d} has {n} participants; the 3+3 rules stop at {MAX_PER_DOSE} per dose")
+        raise BeyondThreePlusThree(f"dose {d} has {n} participants; the 3+3 rules stop at {MAX_PER_DOSE} per dose")
     if n < COHORT_SIZE or COHORT_SIZE < n < MAX_PER_DOSE:
         note = " (>=2 DLT already: the dose will exceed the MTD whatever the rest show)" if x >= 2 else ""
         return stay(f"cohort in progress: continue at dose {d}{note}")
@@ -393,6 +407,8 @@ class EscalationStatus:
     window_closes_first: dt.date | None  # among pending participants
     window_closes_last: dt.date | None
     deviations: tuple[str, ...] = field(default=())  # check_path problems (decision made non-strict)
+    # False: beyond the 3+3 rules (> 6 at the last dose); the decision is then (None, False, None, why)
+    determined: bool = True
 
     @property
     def outcomes(self) -> str:
@@ -409,6 +425,7 @@ class EscalationStatus:
             "window_closes_last": _iso(self.window_closes_last),
             "doses": [d.to_json_dict() for d in self.doses],
             "deviations": list(self.deviations),
+            "determined": self.determined,
         }
 
 
@@ -467,7 +484,9 @@ def decide_from_participants(
     per dose, in infusion order, into cohorts of ``cohort_size`` (a trailing partial cohort is in
     progress) and the cohorts are ordered by their first infusion, so :func:`recommend` sees the
     trial's path. Departures from a valid 3+3 path are reported in ``deviations`` rather than raised,
-    so that a DSMB report can still be produced; the decision is then computed non-strictly.
+    so that a DSMB report can still be produced; the decision is then computed non-strictly. When the
+    rules give no decision at all (:class:`BeyondThreePlusThree`), the status has ``determined=False``
+    and a decision without next dose or MTD whose reason names the first deviations.
     """
     _check_args(num_doses, variant)
     if cohort_size != COHORT_SIZE:
@@ -478,10 +497,15 @@ def decide_from_participants(
 
     doses, cohorts, current_dose, closes = tally_participants(records, num_doses, cohort_size)
     deviations = tuple(check_path(cohorts, num_doses, variant, require_six_at_mtd))
-    decision = recommend(cohorts, num_doses, variant, require_six_at_mtd, strict=False)
     pending = sum(s.pending for s in doses)
     mature = pending == 0
-    if not mature:
+    determined = True
+    try:
+        decision = recommend(cohorts, num_doses, variant, require_six_at_mtd, strict=False)
+    except BeyondThreePlusThree as exc:
+        determined = False
+        decision = Decision(None, False, None, _undetermined_reason(deviations, exc))
+    if determined and not mature:
         where = ", ".join(f"{s.pending} at dose {s.dose}" for s in doses if s.pending)
         when = ""
         if closes:
@@ -504,6 +528,17 @@ def decide_from_participants(
         window_closes_first=min(closes) if closes else None,
         window_closes_last=max(closes) if closes else None,
         deviations=deviations,
+        determined=determined,
+    )
+
+
+def _undetermined_reason(deviations: Sequence[str], error: BeyondThreePlusThree) -> str:
+    # check_path lists the doses with more than 6 first, so they lead the reason.
+    shown = "; ".join(deviations[:MAX_DEVIATIONS_SHOWN]) or str(error)
+    more = len(deviations) - MAX_DEVIATIONS_SHOWN
+    return (
+        f"no 3+3 decision: the participants treated do not follow a 3+3 path ({shown}"
+        f"{f'; and {more} more' if more > 0 else ''}); the next step is for the DSMB to decide on the data"
     )
 
 

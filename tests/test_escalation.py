@@ -12,6 +12,7 @@ import json
 import pytest
 
 from clinical.escalation import (
+    BeyondThreePlusThree,
     Cohort,
     Decision,
     EscalationError,
@@ -319,8 +320,9 @@ def test_strict_mode_other_violations():
         recommend("1NN 2NNN", 5)
     with pytest.raises(EscalationError, match="de-escalates from dose 3 to 1, skipping dose 2"):
         recommend("1NNN 2NNN 3NTT 1N", 5, "korn")
-    with pytest.raises(EscalationError, match=r"dose 4 has 10 participants; the 3\+3 rules stop at 6"):
+    with pytest.raises(BeyondThreePlusThree, match=r"dose 4 has 10 participants"):
         recommend("1NNN 2NNN 3NNN 4NNN 5NNT 5TTT 4NNNNNNN", 5, "korn", strict=False)
+    assert issubclass(BeyondThreePlusThree, EscalationError)  # the CLI reports it as an error (exit 2)
 
 
 def test_korn_de_escalation_is_valid_in_korn():
@@ -512,6 +514,32 @@ def test_decide_reports_deviations_instead_of_raising():
     s = decide_from_participants(records, 3, "escalation-only", False)
     assert len(s.deviations) == 1 and "incomplete cohort" in s.deviations[0]
     assert (s.decision.next_dose, s.decision.continue_trial) == (3, True)
+
+
+def test_decide_beyond_three_plus_three_is_undetermined_not_raised():
+    # 7 complete participants at dose 1 (as in a benchmark export): no 3+3 decision, but a status
+    records = [rec(i, 1, dlt=i == 2) for i in range(1, 8)] + [rec(8, 1, window_open=True, closes=D(2025, 6, 1))]
+    s = decide_from_participants(records, 3, "escalation-only", False)
+    assert s.determined is False
+    assert (s.decision.next_dose, s.decision.continue_trial, s.decision.mtd) == (None, False, None)
+    assert s.decision.reason.startswith("no 3+3 decision: the participants treated do not follow a 3+3 path (")
+    assert "dose 1 has 7 participants" in s.decision.reason and "DSMB" in s.decision.reason
+    assert s.deviations and s.deviations[0].startswith("dose 1 has 7 participants")
+    # the counts are the same as for a decided path
+    assert [(d.treated, d.dlt, d.pending) for d in s.doses] == [(7, 1, 1), (0, 0, 0), (0, 0, 0)]
+    assert (s.pending, s.mature, s.current_dose, s.outcomes) == (1, False, 1, "1NTN 1NNN 1N")
+    assert s.to_json_dict()["determined"] is False
+    # a 3+3 path is determined
+    assert decide_from_participants(records[:3], 3, "escalation-only", False).determined is True
+
+
+def test_decide_undetermined_reason_shows_the_first_deviations():
+    records = [rec(i, d) for i, d in enumerate([1] * 7 + [2] * 7 + [3] * 7 + [1] * 7, start=1)]
+    s = decide_from_participants(records, 3, "korn", False)
+    assert s.determined is False
+    shown = s.decision.reason.split("(", 1)[1]
+    assert shown.startswith("dose 1 has 14 participants (at most 6 in a 3+3); dose 2 has 7")
+    assert f"; and {len(s.deviations) - 3} more)" in s.decision.reason
 
 
 def test_decide_empty_and_invalid():
