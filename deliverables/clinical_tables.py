@@ -14,6 +14,7 @@ columns so the open-session report can show the Total (pooled) column alone.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from deliverables.registry import (
@@ -31,6 +32,7 @@ from deliverables.tables import (
     fmt_date,
     fmt_npct,
     pct_half_up,
+    round_sig,
     safety_headers,
 )
 
@@ -40,18 +42,13 @@ PK_SIGNIFICANT = 3
 
 
 def fmt_sig(x: float | None, sig: int = PK_SIGNIFICANT) -> str:
-    """3 significant figures with thousands separators: 18415.3 -> '18,400', 0.06094 -> '0.0609'."""
-    if x is None:
+    """3 significant figures (halves up, :func:`deliverables.tables.round_sig`, as the registry)
+    with thousands separators: 18415.3 -> '18,400', 0.06094 -> '0.0609', 45.25 -> '45.3';
+    'NE' (not estimable) for None or NaN."""
+    if x is None or math.isnan(x):
         return "NE"
-    if x == 0:
-        return "0"
-    from decimal import Decimal
-
-    d = Decimal(repr(float(x)))
-    shift = sig - d.adjusted() - 1
-    q = round(d, shift)
-    decimals = max(shift, 0)
-    return f"{q:,.{decimals}f}"
+    q = round_sig(x, sig)
+    return f"{q:,.{max(-q.as_tuple().exponent, 0)}f}"
 
 
 def fmt_num(x: float | None, decimals: int = 1) -> str:
@@ -454,7 +451,7 @@ def layout_pk(t: ReportTables) -> DisplayTable:
                 "" if d not in c or c[d]["GEOMEAN"] is None else fmt_sig(c[d]["GEOMEAN"]) for d, _ in heads])
             lines.add("Geometric CV%", [
                 "" if d not in c or c[d]["GEOMEAN"] is None else
-                ("NE" if c[d]["GEOCV"] is None else fmt_num(c[d]["GEOCV"])) for d, _ in heads])
+                fmt_sig(c[d]["GEOCV"]) for d, _ in heads])
         lines.add("Median", ["" if d not in c or c[d]["MEDIAN"] is None else fmt(c[d]["MEDIAN"]) for d, _ in heads])
         lines.add("Min, max", [
             "" if d not in c or c[d]["MIN"] is None else f"{fmt(c[d]['MIN'])}, {fmt(c[d]['MAX'])}" for d, _ in heads])
@@ -470,7 +467,8 @@ def layout_pk(t: ReportTables) -> DisplayTable:
             "PK-evaluable participants (ADSL PKEVLFL = 'Y'); n = participants with the parameter estimated. "
             "Non-compartmental analysis of transgene copies/ug gDNA by qPCR (day 0 = infusion); AUC0-28d by "
             "the configured trapezoidal method. Geometric CV% = sqrt(exp(s^2) - 1) x 100 of the log values. "
-            "Values to 3 significant figures; NE: not estimable. Source: analysis.pk_summary (per participant: "
+            "Values, geometric CV% included, to 3 significant figures with halves rounded up, as in the registry "
+            "draft; times in days to one decimal. NE: not estimable. Source: analysis.pk_summary (per participant: "
             "analysis.adpp)." + (" " + _missing_note(t, "pk_summary")).rstrip()
         ),
     )

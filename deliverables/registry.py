@@ -36,7 +36,6 @@ import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +46,7 @@ from lxml import etree
 
 from clinical.adsl import AGE_GROUPS
 from clinical.study import StudyConfig
+from deliverables.tables import round_sig
 
 RRS_NS = "http://clinicaltrials.gov/rrs"
 TOTAL = "TOTAL"
@@ -230,18 +230,12 @@ def _n(x: Any) -> str:
 
 
 def _num(x: float | None, sig: int = 3) -> str | None:
-    """A statistic rounded to ``sig`` significant digits (half up), as a plain decimal string without exponent
-    or trailing zeros: 12345.678 -> "12300", 45.25 -> "45.3" (sig=3), 7.0 -> "7"."""
+    """A statistic rounded to ``sig`` significant digits (half up, :func:`deliverables.tables.round_sig`, the
+    rounding of the DSMB report and workbook too), as a plain decimal string without exponent, thousands
+    separators or trailing zeros: 12345.678 -> "12300", 45.25 -> "45.3" (sig=3), 7.0 -> "7"."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return None
-    if x == 0:
-        return "0"
-    digits = sig - 1 - math.floor(math.log10(abs(x)))
-    # half-up rounding of the decimal value as printed (45.25 -> 45.3), not float banker's rounding
-    d = Decimal(repr(float(x))).quantize(
-        Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP
-    )
-    s = format(d, "f")
+    s = format(round_sig(x, sig), "f")
     if "." in s:
         s = s.rstrip("0").rstrip(".")
     return s

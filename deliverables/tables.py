@@ -405,6 +405,24 @@ def pct_half_up(n: int, denom: int | None) -> float | None:
     return float(q)
 
 
+def round_sig(x: float, sig: int = 3) -> Decimal:
+    """``x`` rounded to ``sig`` significant figures, halves up (away from zero), as a Decimal whose
+    exponent is the last significant place: 45.25 -> 45.3, 18450 -> 1.85E+4, 0.06125 -> 0.0613,
+    99.95 -> 100 (not 100.0). The decimal value as printed (``repr``) is rounded, not the binary
+    float, so 45.25 and 0.06125 round up as written. The one rounding of significant figures that
+    every deliverable uses (DSMB report and workbook: ``clinical_tables.fmt_sig``; registry:
+    ``registry._num``); each only formats the result. x must be finite."""
+    d = Decimal(repr(float(x)))
+    if not d.is_finite():
+        raise ValueError(f"round_sig: {x!r} is not a finite number")
+    if d == 0:
+        return Decimal(0)
+    q = d.quantize(Decimal(1).scaleb(d.adjusted() - sig + 1), rounding=ROUND_HALF_UP)
+    if q.adjusted() > d.adjusted():  # rounding carried into a new digit (99.95 -> 100.0): one place less
+        q = q.quantize(Decimal(1).scaleb(q.adjusted() - sig + 1), rounding=ROUND_HALF_UP)
+    return q
+
+
 def fmt_date(d: Any) -> str:
     if d is None:
         return ""

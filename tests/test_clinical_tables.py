@@ -137,6 +137,9 @@ def test_haematology_recovery_from_lab_toxicity():
 def test_pk_significant_figures_and_days():
     assert [ct.fmt_sig(x) for x in (18415.3, 0.060944, 8.5, 1525.3, 0, None)] == ["18,400", "0.0609", "8.50", "1,530",
                                                                                    "0", "NE"]
+    # Halves round up (as the registry), of the value as written; a carry does not add a digit.
+    assert [ct.fmt_sig(x) for x in (45.25, 18450, 0.06125, -45.25, 99.95, 999.5)] == [
+        "45.3", "18,500", "0.0613", "-45.3", "100", "1,000"]
     pk = [{"PARAMCD": c, "PARAMN": n, "PARAM": p, "DOSE": d, "DOSEN": 1, "N": 2, "GEOMEAN": g, "GEOCV": cv,
            "MEDIAN": m, "MIN": lo, "MAX": hi}
           for c, n, p, g, cv, m, lo, hi in (("CMAX", 1, "Cmax", 18415.3, 34.64, 18382.2, 13177.4, 26914.6),

@@ -853,6 +853,38 @@ def test_pk_outcomes_when_table_exists(db, with_paramcd):
     assert validate_xml(results_xml(rs, CFG), need(XSD)) == []
 
 
+def test_pk_half_values_read_the_same_in_the_registry_and_the_dsmb_report(db):
+    """A half value of analysis.pk_summary (45.25, 18450, 0.06125) rounds half up to 3 significant
+    figures in the registry draft and in the DSMB report / workbook table alike (one helper,
+    deliverables.tables.round_sig); the DSMB adds only thousands separators."""
+    from deliverables.clinical_tables import layout_pk
+    from deliverables.tables import OPTIONAL_QUERIES, QUERIES, ReportTables, _rows
+
+    con = duckdb.connect(str(db))
+    con.execute(
+        """CREATE TABLE analysis.pk_summary (PARAMCD VARCHAR, PARAMN INTEGER, PARAM VARCHAR, DOSE VARCHAR,
+           DOSEN INTEGER, N BIGINT, GEOMEAN DOUBLE, GEOCV DOUBLE, MEDIAN DOUBLE, MIN DOUBLE, MAX DOUBLE)"""
+    )
+    con.executemany(
+        "INSERT INTO analysis.pk_summary VALUES ('CMAX', 1, 'Cmax (copies/ug gDNA)', ?, ?, 3, ?, ?, 1.0, 0.5, 2.0)",
+        [("DL1", 1, 45.25, 45.25), ("DL2", 2, 18450.0, 12.35), ("DL3", 3, 0.06125, 104.5)],
+    )
+    # The DSMB's rows of the two tables, read with the report's own queries.
+    tables = ReportTables(
+        dose_levels=_rows(con, QUERIES["dose_levels"]), pk_summary=_rows(con, OPTIONAL_QUERIES["pk_summary"]),
+        flow_screening=[], participant_flow=[], flow_exits=[], safety_groups=[], teae_summary=[], ae_by_term=[],
+        dose_escalation=[], escalation_decision=None, dlt_listing=[], sae_listing=[], deaths=[],
+    )
+    con.close()
+    cmax = build(db)["outcomeMeasuresModule"]["outcomeMeasures"][3]
+    meas = cmax["classes"][0]["categories"][0]["measurements"]
+    registry = [(m["value"], m["spread"]) for m in meas]
+    assert registry == [("45.3", "45.3"), ("18500", "12.4"), ("0.0613", "105")]
+    dsmb = {row[0]: row[1:4] for row in layout_pk(tables).rows}  # DL1, DL2, DL3 (Total has no row here)
+    shown = list(zip(dsmb["Geometric mean"], dsmb["Geometric CV%"]))
+    assert [(g.replace(",", ""), cv) for g, cv in shown] == registry
+
+
 def test_adverse_events(db):
     ae = build(db)["adverseEventsModule"]
     assert ae["frequencyThreshold"] == "0"
