@@ -24,6 +24,8 @@ from deliverables.registry import (
     SEX_CATEGORIES,
 )
 from deliverables.tables import (
+    BASELINE_CATEGORICAL,
+    BASELINE_CONTINUOUS,
     TOTAL,
     Cell,
     DisplayTable,
@@ -93,16 +95,8 @@ def enrolled_headers(t: ReportTables) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------------
 # Baseline characteristics (enrolled participants by planned dose level, as the registry's baseline)
 
-BASELINE_CONTINUOUS = (("AGE", "Age (years)", 1), ("KPS", "Karnofsky performance status", 1))
-BASELINE_CATEGORICAL = (
-    ("AGEGR1", "Age group"),
-    ("SEX", "Sex"),
-    ("RACE", "Race"),
-    ("ETHNIC", "Ethnicity"),
-    ("COUNTRY", "Region of enrolment"),
-    ("GPC3", "GPC3 tumour status"),
-)
-
+# The variables and their labels: deliverables.tables.BASELINE_CATEGORICAL / BASELINE_CONTINUOUS,
+# which the baseline query (tables.baseline_sql) reads too.
 
 # Category labels and order as the registry shows them, so a category reads the same in both.
 BASELINE_CATEGORIES: dict[str, tuple[tuple[str, str], ...]] = {

@@ -171,16 +171,28 @@ OPTIONAL_QUERIES: dict[str, str] = {
 # Baseline characteristics of the enrolled participants by planned dose level and in total: one row
 # per categorical variable x category x column (KIND CAT) and per continuous variable x column (KIND
 # CONT). Age groups are ADSL AGEGR1, the registry's categories. Variables that analysis.adsl does
-# not have (e.g. KPS or GPC3 of another study) are left out.
-BASELINE_CATEGORICAL = ("AGEGR1", "SEX", "RACE", "ETHNIC", "COUNTRY", "GPC3")
-BASELINE_CONTINUOUS = ("AGE", "KPS")
+# not have (e.g. KPS or GPC3 of another study) are left out. The one definition of the variables,
+# their labels in the baseline table (deliverables.clinical_tables.layout_baseline) and, for the
+# continuous ones, the decimals of their mean and median.
+BASELINE_CONTINUOUS: tuple[tuple[str, str, int], ...] = (
+    ("AGE", "Age (years)", 1),
+    ("KPS", "Karnofsky performance status", 1),
+)
+BASELINE_CATEGORICAL: tuple[tuple[str, str], ...] = (
+    ("AGEGR1", "Age group"),
+    ("SEX", "Sex"),
+    ("RACE", "Race"),
+    ("ETHNIC", "Ethnicity"),
+    ("COUNTRY", "Region of enrolment"),
+    ("GPC3", "GPC3 tumour status"),
+)
 
 
 def baseline_sql(adsl_columns: set[str]) -> str:
-    """The baseline query for the ADSL columns present. Only names from the two fixed tuples above
-    are put into the SQL text (never data values)."""
-    cats = [c for c in BASELINE_CATEGORICAL if c in adsl_columns]
-    nums = [c for c in BASELINE_CONTINUOUS if c in adsl_columns]
+    """The baseline query for the ADSL columns present. Only variable names of the two fixed tuples
+    above are put into the SQL text (never data values)."""
+    cats = [c for c, _ in BASELINE_CATEGORICAL if c in adsl_columns]
+    nums = [c for c, _, _ in BASELINE_CONTINUOUS if c in adsl_columns]
     sel = ", ".join([f"coalesce(CAST({c} AS VARCHAR), 'Missing') AS {c}" for c in cats]
                     + [f"CAST({c} AS DOUBLE) AS {c}" for c in nums])
     parts = []
