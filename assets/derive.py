@@ -41,7 +41,7 @@ from clinical.crs_icans import build_crs_icans
 from clinical.dlt import build_dlt_review
 from clinical.dose_escalation import build_escalation
 from clinical.eligibility import build_eligibility
-from clinical.expectation_runner import load_suite, resolve_suite
+from clinical.expectation_runner import form_suite
 from clinical.exposure import build_exposure
 from clinical.flow import build_flow, funnel_violations
 from clinical.pk import build_pk
@@ -49,7 +49,7 @@ from clinical.queries import build_queries
 from clinical.response import build_response
 from clinical.rules import RULES
 from clinical.safety_tables import build_ae_by_grade, build_safety_tables
-from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
+from pipelines.resources import DATABASE_NAME, TrialResource
 from pipelines.taskgraph import Task, run_in_order
 
 SPEC = dict(group_name="derive", kinds={"duckdb"}, owners=OWNERS)
@@ -135,9 +135,7 @@ def _safety_tables(trial: TrialResource, con, log) -> dict:
 
 def _data_queries(trial: TrialResource, con, log) -> dict:
     previous = trial.previous_final_dir()
-    suites = {
-        f.id: resolve_suite(load_suite(REPO_ROOT / "expectations" / f"{f.id}.json"), trial.codelists) for f in FORMS
-    }
+    suites = {f.id: form_suite(f.id, trial.codelists) for f in FORMS}
     counts = build_queries(
         con, trial.cfg, trial.export_id, trial.cut,
         previous_db=previous / DATABASE_NAME if previous else None,

@@ -32,11 +32,10 @@ import polars as pl
 
 from assets.derive import derive
 from clinical.crf import FORMS, Form
-from clinical.expectation_runner import load_suite, outcomes_of, resolve_suite, submit_suite, worker_running
+from clinical.expectation_runner import form_suite, outcomes_of, submit_suite, worker_running
 from clinical.rules import RULE_COLUMNS, RULES, Rule, check_name, run_rule
-from pipelines.resources import REPO_ROOT, TrialResource
+from pipelines.resources import TrialResource
 
-SUITES_DIR = REPO_ROOT / "expectations"
 MAX_EXAMPLES = 10
 
 
@@ -73,7 +72,7 @@ def form_frame(form: Form, con) -> pl.DataFrame:
 
 
 def _suite(form: Form, trial: TrialResource) -> dict:
-    return resolve_suite(load_suite(SUITES_DIR / f"{form.id}.json"), trial.codelists)
+    return form_suite(form.id, trial.codelists)
 
 
 # Suites handed to the suite worker as soon as their form is loaded (``submit_form_suite``, called by
@@ -153,7 +152,7 @@ def _quarantine_results(trial: TrialResource, con) -> Iterator[dg.AssetCheckResu
 def _form_checks() -> dg.AssetChecksDefinition:
     """Every expectation of every form's suite and every quarantine check, in one step."""
     specs = [
-        *[spec for form in FORMS for spec in _gx_specs(form, load_suite(SUITES_DIR / f"{form.id}.json")["expectations"])],
+        *[spec for form in FORMS for spec in _gx_specs(form, form_suite(form.id)["expectations"])],
         *[_quarantine_spec(form) for form in FORMS],
     ]
 

@@ -55,10 +55,6 @@ the one GX gives on the whole frame: the same success, ``unexpected_count``, fir
 rows and examples; ``element_count`` is the whole frame's row count. ``gx_rows`` says how many
 rows GX validated.
 
-The GX import (~2-3 s, once per process) can be started early in a background thread with
-:func:`warm_up_in_background` (e.g. when a run starts ingesting), so that it overlaps with work that
-does not hold the GIL (DuckDB, Polars); :func:`run_suite` then waits for it.
-
 A worker process for the suites
 -------------------------------
 The import and GX's own per-expectation Python (~7 ms each, 190 expectations) hold the GIL, so a
@@ -96,7 +92,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from clinical.contract_docs import suite_path
 from clinical.crf import SUBJID_PATTERN, ResolvedCodelists
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # suites live in <repository>/expectations
 
 MAX_EXAMPLES = 20
 NUMERIC_INPUT = "numeric"
@@ -158,6 +157,13 @@ def load_suite(path: Path) -> dict:
     if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list) or not suite.get("name"):
         raise ValueError(f"{path}: not an expectation suite (needs 'name' and a list of 'expectations')")
     return suite
+
+
+def form_suite(form_id: str, codelists: ResolvedCodelists | None = None, root: Path | None = None) -> dict:
+    """A form's suite (``expectations/<form>.json`` under the repository or ``root``), resolved with
+    the study's codelists when they are given."""
+    suite = load_suite((root or REPO_ROOT) / suite_path(form_id))
+    return resolve_suite(suite, codelists) if codelists is not None else suite
 
 
 def _placeholders(suite: dict) -> list[str]:
@@ -224,29 +230,6 @@ def _gx() -> _Gx:
 def warm_up() -> None:
     """Import GX and build the cached context now (e.g. at the start of a run)."""
     _gx()
-
-
-_WARM_THREAD: threading.Thread | None = None
-
-
-def warm_up_in_background() -> None:
-    """Start importing GX in a daemon thread and return at once (idempotent).
-
-    Meant for the start of a run, before the ingest steps: the import is Python work on one core
-    while DuckDB and Polars parse the export on the others. :func:`run_suite` waits for it (the
-    context is built under a lock). An import error surfaces there, not here.
-    """
-    global _WARM_THREAD
-    with _GX_LOCK:
-        if _GX is not None or (_WARM_THREAD is not None and _WARM_THREAD.is_alive()):
-            return
-
-        def _run() -> None:
-            with contextlib.suppress(Exception):  # reported by the first run_suite, which imports again
-                _gx()
-
-        _WARM_THREAD = threading.Thread(target=_run, name="gx-warm-up", daemon=True)
-        _WARM_THREAD.start()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -785,9 +768,9 @@ __all__ = [
     "submit_suite",
     "worker_running",
     "ExpectationOutcome",
+    "form_suite",
     "load_suite",
     "resolve_suite",
     "run_suite",
     "warm_up",
-    "warm_up_in_background",
 ]

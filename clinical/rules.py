@@ -43,7 +43,6 @@ from clinical.study import StudyConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE_PATH = Path("docs") / "validation-rules.md"
-SUITES_DIR = Path("expectations")
 RULE_COLUMNS = ("SUBJID", "RECORD_KEY", "DETAIL")
 
 Severity = Literal["ERROR", "WARN"]
@@ -573,14 +572,9 @@ def check_name(rule_id: str) -> str:
 
 def gx_expectations(root: Path | None = None) -> list[tuple[str, dict]]:
     """(form id, expectation) of every suite in expectations/, in form and suite order."""
-    import json
+    from clinical.expectation_runner import form_suite
 
-    base = (root or ROOT) / SUITES_DIR
-    out = []
-    for f in FORMS:
-        suite = json.loads((base / f"{f.id}.json").read_text(encoding="utf-8"))
-        out.extend((f.id, e) for e in suite["expectations"])
-    return out
+    return [(f.id, e) for f in FORMS for e in form_suite(f.id, root=root)["expectations"]]
 
 
 def catalogue_ids(root: Path | None = None) -> set[str]:

@@ -80,7 +80,6 @@ TARGET_IVD_X_FLOOR = 4.0
 TARGET_TOTAL_X_FLOOR = 6.0
 TARGET_PEAK_RSS_MB = 3072
 TARGET_DEMO_S = 15.0
-TARGET_N = 10_000
 
 
 # ---------------------------------------------------------------------------------------------

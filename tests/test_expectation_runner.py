@@ -271,12 +271,6 @@ def test_reduced_frame_falls_back_when_the_prefilter_misses_a_row(codelists, mon
     assert (o.success, o.unexpected_count, o.row_indices) == (False, 1, [0])
 
 
-def test_warm_up_in_background_is_idempotent():
-    runner.warm_up_in_background()
-    runner.warm_up_in_background()
-    assert runner._gx() is runner._gx()
-
-
 def test_the_suite_worker_gives_the_same_outcomes_and_a_dead_worker_falls_back(codelists):
     """GX in the worker process: the outcomes equal those of run_suite here; if the worker dies,
     outcomes_of runs the suite in this process."""
