@@ -208,7 +208,8 @@ def _insert_current(con, cfg: StudyConfig, export_id: str, suites: dict[str, dic
              RECORD_KEY VARCHAR, DETAIL VARCHAR, SOURCE VARCHAR)"""
     )
     create_rule_macros(con)
-    for rule in RULES:
+    # WARN rules only: a failing ERROR rule has stopped the run before this table.
+    for rule in (r for r in RULES if r.severity == "WARN"):
         sql, params = rule_sql(rule, cfg)
         con.execute(
             f"INSERT INTO q_now SELECT $rule_id, $severity, $form, SUBJID, RECORD_KEY, DETAIL, 'rule' FROM ({sql})",

@@ -26,6 +26,7 @@ from clinical.queries import (
     next_status,
     status_case_sql,
 )
+from clinical.rules import RULES, run_rule
 from clinical.study import load_study
 
 TESTS = Path(__file__).resolve().parent
@@ -220,6 +221,21 @@ def test_previous_table_of_the_older_shape_is_read(clean_db, tmp_path, cfg):
     ).fetchall()
     con.close()
     assert counts["closed"] == 1 and row == [(CLOSED, "EXP-0", CUT1, CUT2, 31, "")]
+
+
+def test_error_rules_are_not_queries(clean_db, tmp_path, cfg):
+    """Only WARN rules become queries: a failing ERROR rule blocks the run before this table."""
+    con = _cut_db(
+        clean_db, tmp_path / "e.duckdb", cfg,
+        "UPDATE stage.enrol SET ENRLYN = 'N' WHERE SUBJID = '01-003'",  # XF-INF-NOT-ENROLLED (ERROR)
+        "UPDATE stage.ae SET AEBODSYS = NULL WHERE SUBJID = '01-001' AND AESPID = 4",  # XF-AE-NOT-CODED (WARN)
+    )
+    rule = next(r for r in RULES if r.id == "XF-INF-NOT-ENROLLED")
+    assert rule.severity == "ERROR" and run_rule(con, rule, cfg)  # it fails here
+    build_queries(con, cfg, "EXP", CUT1)
+    got = con.execute("SELECT RULE_ID, SEVERITY FROM analysis.data_queries ORDER BY ALL").fetchall()
+    con.close()
+    assert got == [("XF-AE-NOT-CODED", "WARN")]
 
 
 def test_duplicate_key_rows_are_one_query_naming_both_lines(clean_db, tmp_path, cfg):
