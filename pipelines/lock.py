@@ -122,6 +122,34 @@ def is_held_here(study_root: Path) -> bool:
         return os.path.realpath(lock_path(study_root)) in _held
 
 
+class StudyFrozenError(RuntimeError):
+    """The data cut is frozen for a DSMB meeting (the message says so and what to do instead)."""
+
+
+def open_for_run(study_root: Path, study: str, final_dir: Path, purpose: str = "", wait: float = 0.0) -> list[str]:
+    """Take the study lock for a run. The first holder in this process (the command line, or the
+    run's resource when the daemon or the UI launched it) also repairs a publish that was
+    interrupted (the lines it returns say what it did) and refuses a frozen data cut
+    (StudyFrozenError); a busy study raises StudyBusyError. The lock is released again when this
+    raises."""
+    from pipelines.freeze import frozen_message, frozen_record
+    from pipelines.storage import recover
+
+    first = not is_held_here(study_root)
+    acquire(study_root, study, purpose=purpose, wait=wait)
+    if not first:
+        return []
+    try:
+        done = recover(study_root)
+        frozen = frozen_record(final_dir)
+        if frozen:
+            raise StudyFrozenError(frozen_message(study, Path(final_dir).name, frozen))
+    except BaseException:
+        release(study_root)
+        raise
+    return done
+
+
 @contextlib.contextmanager
 def study_lock(study_root: Path, study: str, purpose: str = "", wait: float = 0.0) -> Iterator[None]:
     acquire(study_root, study, purpose, wait)

@@ -94,23 +94,15 @@ class TrialResource(dg.ConfigurableResource):
         """At run start: take the study lock (one writer per study), repair an interrupted publish, and
         refuse a data cut frozen for a DSMB meeting. See ``pipelines.lock`` and ``pipelines.freeze``."""
         from pipelines import lock
-        from pipelines.freeze import frozen_message, frozen_record
-        from pipelines.storage import recover
 
         run_id = context.run_id if context.dagster_run else "?"
         wait = float(os.environ.get("TRIAL_LOCK_WAIT_SECONDS", "0"))
-        lock.acquire(self.study_root, self.cfg.study.id, purpose=f"dagster run {run_id}", wait=wait)
         try:
-            for line in recover(self.study_root):
+            for line in lock.open_for_run(self.study_root, self.cfg.study.id, self.final_dir,
+                                          purpose=f"dagster run {run_id}", wait=wait):
                 context.log.warning(line)
-            frozen = frozen_record(self.final_dir)
-            if frozen:
-                raise dg.Failure(
-                    description=frozen_message(self.cfg.study.id, self.cut.isoformat(), frozen), allow_retries=False
-                )
-        except BaseException:
-            lock.release(self.study_root)
-            raise
+        except lock.StudyFrozenError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         self._run_scoped = True
         # Great Expectations in a process of its own, importing while the export loads
         # (clinical.expectation_runner, "A worker process for the suites"); not for a run that

@@ -78,8 +78,6 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from pipelines import audit, lock
-    from pipelines.freeze import frozen_message, frozen_record
-    from pipelines.storage import recover
 
     trial_config = {
         "study_config": str(Path(study).resolve()),
@@ -90,20 +88,16 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
     study_root = Path(out).resolve() / cfg.study.id
     final = Path(out) / cfg.study.id / cut.isoformat()
     try:
-        lock.acquire(study_root, cfg.study.id, purpose=f"run of export {export_id}, data cut {cut}", wait=wait)
-    except lock.StudyBusyError as exc:
+        recovered = lock.open_for_run(study_root, cfg.study.id, final,
+                                      purpose=f"run of export {export_id}, data cut {cut}", wait=wait)
+    except (lock.StudyBusyError, lock.StudyFrozenError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
-        _refusal(study_root, "REFUSED", str(exc), trial_config, cfg)
-        return EXIT_BUSY
+        busy = isinstance(exc, lock.StudyBusyError)
+        _refusal(study_root, "REFUSED" if busy else "FROZEN", str(exc), trial_config, cfg)
+        return EXIT_BUSY if busy else EXIT_FROZEN
     try:
-        for line in recover(study_root):
+        for line in recovered:
             print(f"recovered: {line}")
-        frozen = frozen_record(final)
-        if frozen:
-            message = frozen_message(cfg.study.id, cut.isoformat(), frozen)
-            print(f"refused: {message}", file=sys.stderr)
-            _refusal(study_root, "FROZEN", message, trial_config, cfg)
-            return EXIT_FROZEN
         from clinical.expectation_runner import start_worker
 
         # Great Expectations imports in its worker process while the code location loads, Dagster
