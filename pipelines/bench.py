@@ -285,24 +285,14 @@ def _child(args: argparse.Namespace) -> int:
             instance.get_runs(limit=1)
     steps_stage = stage_of_steps(defs)
     startup_s = time.perf_counter() - t0
-    instances: list = []
-    if args.instance == "ephemeral":
-        # run_export disposes of its instance when it returns: keep the ephemeral one to read its log.
-        kept = dg.DagsterInstance.ephemeral()
-        instances.append(kept)
-
-        @contextlib.contextmanager
-        def _kept(ephemeral: bool = False):
-            yield kept
-
-        run_module._instance = _kept
+    # The instance the run is recorded in, kept open to read the run's event log afterwards.
+    instance = dg.DagsterInstance.ephemeral() if args.instance == "ephemeral" else dg.DagsterInstance.get()
     run_start = time.time()
     t1 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        code = run_module.run_export(args.study, args.export, args.output, args.data_cut)
+        code = run_module.run_export(args.study, args.export, args.output, args.data_cut, instance=instance)
     total_s = time.perf_counter() - t1
     run_end = time.time()
-    instance = instances[0] if instances else dg.DagsterInstance.get()
     records = instance.get_runs(limit=1)
     run_id = records[0].run_id if records else None
     logs = instance.all_logs(run_id) if run_id else []

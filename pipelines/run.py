@@ -8,6 +8,7 @@ Every run, refused ones included, is appended to the study's audit log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -66,8 +67,10 @@ def _refusal(study_root: Path, status: str, message: str, trial_config: dict, cf
         print(f"warning: could not append to the audit log: {exc}", file=sys.stderr)
 
 
-def run_export(study: str, export: str, out: str, data_cut: str = "", wait: float = 0.0, ephemeral: bool = False) -> int:
-    """Run the job; see the module docstring for the exit status."""
+def run_export(study: str, export: str, out: str, data_cut: str = "", wait: float = 0.0, ephemeral: bool = False,
+               instance: dg.DagsterInstance | None = None) -> int:
+    """Run the job; see the module docstring for the exit status. ``instance``: the Dagster instance
+    to record the run in (the caller's, left open), else the one of DAGSTER_HOME or an ephemeral one."""
     try:
         cfg = load_study(study)
         export_dir = Path(export)
@@ -113,7 +116,7 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
         tags = {"trial/study": cfg.study.id, "trial/data_cut": cut.isoformat(), "trial/export_id": export_id,
                 "trial/launched_by": "cli"}
         job = defs.resolve_job_def("trial_job")
-        with _instance(ephemeral) as instance:
+        with contextlib.nullcontext(instance) if instance is not None else _instance(ephemeral) as instance:
             result = job.execute_in_process(run_config=run_config, instance=instance, tags=tags, raise_on_error=False)
             try:
                 audit.record_run(instance, result.run_id)
