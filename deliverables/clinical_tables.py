@@ -108,7 +108,9 @@ BASELINE_CATEGORIES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def _category_order(var: str, values: list[str]) -> list[tuple[str, str]]:
-    """(value, label) in the registry's order, then other values alphabetically, 'Missing' last."""
+    """(value, label) in the registry's order, then other values alphabetically, 'Missing' last. A null
+    race or ethnicity is already the registry's UNKNOWN ("Unknown or Not Reported"), see
+    :func:`deliverables.tables.baseline_sql`."""
     known = BASELINE_CATEGORIES.get(var, ())
     codes = [c for c, _ in known]
     ordered = [(c, lbl) for c, lbl in known if c in values]
@@ -156,7 +158,9 @@ def layout_baseline(t: ReportTables) -> DisplayTable:
         footnote=(
             "Enrolled participants (ADSL ENRLFL = 'Y') by planned dose level (DOSEP), as in the registry's "
             "baseline characteristics; N = enrolled. n (%) of the column N. Age at consent; age groups as "
-            "ClinicalTrials.gov categories. SD: sample standard deviation; NE: not estimable (n < 2). "
+            "ClinicalTrials.gov categories. Race or ethnicity not recorded: Unknown or Not Reported, as in the "
+            "registry; any other characteristic not recorded: Missing. SD: sample standard deviation; NE: not "
+            "estimable (n < 2). "
             "Source: analysis.adsl." + (" " + _missing_note(t, "adsl")).rstrip()
         ),
     )

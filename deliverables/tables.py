@@ -188,13 +188,27 @@ BASELINE_CATEGORICAL: tuple[tuple[str, str], ...] = (
 )
 
 
+# Categories as the registry draft counts them (registry._baseline_module): sex, race and ethnicity
+# are matched to ClinicalTrials.gov's categories case-insensitively, and a null or empty race or
+# ethnicity is its "Unknown or Not Reported" category (code UNKNOWN). Any other null is counted as
+# 'Missing' (the registry refuses an enrolled participant without sex or age).
+BASELINE_REGISTRY_CODED = ("SEX", "RACE", "ETHNIC")
+BASELINE_NOT_REPORTED = {"RACE": "UNKNOWN", "ETHNIC": "UNKNOWN"}
+
+
+def _baseline_category(c: str) -> str:
+    value = f"CAST({c} AS VARCHAR)"
+    if c in BASELINE_REGISTRY_CODED:
+        value = f"nullif(upper({value}), '')"
+    return f"coalesce({value}, '{BASELINE_NOT_REPORTED.get(c, 'Missing')}') AS {c}"
+
+
 def baseline_sql(adsl_columns: set[str]) -> str:
     """The baseline query for the ADSL columns present. Only variable names of the two fixed tuples
-    above are put into the SQL text (never data values)."""
+    above and the fixed codes for a null are put into the SQL text (never data values)."""
     cats = [c for c, _ in BASELINE_CATEGORICAL if c in adsl_columns]
     nums = [c for c, _, _ in BASELINE_CONTINUOUS if c in adsl_columns]
-    sel = ", ".join([f"coalesce(CAST({c} AS VARCHAR), 'Missing') AS {c}" for c in cats]
-                    + [f"CAST({c} AS DOUBLE) AS {c}" for c in nums])
+    sel = ", ".join([_baseline_category(c) for c in cats] + [f"CAST({c} AS DOUBLE) AS {c}" for c in nums])
     parts = []
     if cats:
         parts.append(f"""

@@ -97,6 +97,24 @@ def test_baseline_without_optional_columns(adsl_con):
     assert kinds == {("CAT", "SEX"), ("CONT", "AGE")}
 
 
+def test_baseline_null_race_and_ethnicity_are_the_registrys_unknown_category(adsl_con):
+    """A null (or empty) race or ethnicity is counted in the registry's "Unknown or Not Reported", with
+    the UNKNOWN code, not as a separate 'Missing' row; a null sex stays 'Missing' (the registry has no
+    such category and refuses it). Codes are matched case-insensitively, as the registry does."""
+    adsl_con.execute("UPDATE analysis.adsl SET RACE = NULL, ETHNIC = '' WHERE SUBJID = '01'")
+    adsl_con.execute("UPDATE analysis.adsl SET SEX = NULL, RACE = 'white' WHERE SUBJID = '04'")
+    cur = adsl_con.execute(baseline_sql({"DOSEP", "ENRLFL", "SEX", "RACE", "ETHNIC"}))
+    rows = [dict(zip([c[0] for c in cur.description], r)) for r in cur.fetchall()]
+    flow = [{"STAGE": "enrolled", "DOSE": d, "N": n} for d, n in (("DL1", 2), ("DL2", 3), (TOTAL, 5))]
+    d = ct.layout_baseline(_tables(baseline=rows, participant_flow=flow))
+    r = _rows_by_label(d)
+    assert r["Race/Unknown or Not Reported"] == ["1 (50.0%)", "0", "1 (20.0%)"]
+    assert r["Ethnicity/Unknown or Not Reported"] == ["1 (50.0%)", "1 (33.3%)", "2 (40.0%)"]  # '' and 'UNKNOWN'
+    assert r["Race/White"] == ["1 (50.0%)", "1 (33.3%)", "2 (40.0%)"]
+    assert r["Sex/Missing"] == ["0", "1 (33.3%)", "1 (20.0%)"]
+    assert not any(k.startswith(("Race/Missing", "Ethnicity/Missing")) for k in r)
+
+
 def test_crs_icans_grades_and_management():
     summ = [{"AECAT": "CRS", "AECATN": 1, "DOSE": d, "DOSEN": n, "DENOM": den, "N_ANY": a, "PCT_ANY": p,
              "N_GR1": g1, "N_GR2": 0, "N_GR3": g3, "N_GR4": 0, "N_GR5": 0, "ONSET_MEDIAN": 2.0, "ONSET_MIN": 1,

@@ -679,6 +679,47 @@ def test_baseline_counts(db):
     assert counts("Region of Enrollment") == {"China": ["4", "4", "0", "8"]}
 
 
+def test_baseline_categories_read_the_same_in_the_registry_and_the_dsmb_report(db):
+    """Sex, race and ethnicity counts by dose level agree between the registry draft and the DSMB
+    report / workbook baseline, a null or lower-case race or ethnicity included (both count a null as
+    ClinicalTrials.gov's "Unknown or Not Reported")."""
+    from deliverables.clinical_tables import layout_baseline
+    from deliverables.tables import QUERIES, ReportTables, _rows, baseline_sql
+
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE analysis.adsl SET RACE = NULL, ETHNIC = NULL WHERE SUBJID = '01-003'")
+    con.execute("UPDATE analysis.adsl SET RACE = 'white', ETHNIC = '' WHERE SUBJID = '01-008'")
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'analysis' AND table_name = 'adsl'"
+    ).fetchall()}
+    tables = ReportTables(
+        dose_levels=_rows(con, QUERIES["dose_levels"]), participant_flow=_rows(con, QUERIES["participant_flow"]),
+        baseline=_rows(con, baseline_sql(cols)),
+        flow_screening=[], flow_exits=[], safety_groups=[], teae_summary=[], ae_by_term=[],
+        dose_escalation=[], escalation_decision=None, dlt_listing=[], sae_listing=[], deaths=[],
+    )
+    con.close()
+    b = build(db)["baselineCharacteristicsModule"]
+    gids = [g["id"] for g in b["groups"]]  # DL1, DL2, DL3, Total
+    table = layout_baseline(tables)
+    shown: dict[tuple[str, str], list[str]] = {}
+    group = ""
+    for row, style in zip(table.rows, table.row_styles):
+        if style == "group":
+            group = row[0]
+        else:
+            shown[(group, row[0])] = [str(v).split(" ")[0] for v in row[1:]]
+    for title, group in (("Sex: Female, Male", "Sex"), ("Race (NIH/OMB)", "Race"), ("Ethnicity (NIH/OMB)", "Ethnicity")):
+        for cat in _measure({"baselineCharacteristicsModule": b}, title)["classes"][0]["categories"]:
+            registry = [next(m["value"] for m in cat["measurements"] if m["groupId"] == g) for g in gids]
+            assert shown.get((group, cat["title"]), ["0"] * len(gids)) == registry, (group, cat["title"])
+        assert not any(g == group and label not in {
+            c["title"] for c in _measure({"baselineCharacteristicsModule": b}, title)["classes"][0]["categories"]}
+            for g, label in shown), group  # no category of the DSMB's that the registry lacks ('Missing')
+    assert shown[("Race", "Unknown or Not Reported")] == ["2", "0", "0", "2"]
+    assert shown[("Ethnicity", "Unknown or Not Reported")] == ["2", "1", "0", "3"]
+
+
 def test_outcome_measures(db):
     oms = build(db)["outcomeMeasuresModule"]["outcomeMeasures"]
     assert [(m["type"], m["title"]) for m in oms] == [
