@@ -127,10 +127,10 @@ def alert_on_failure(context: dg.HookContext) -> None:
     minimum_interval_seconds=15,
 )
 def alert_on_run_failure(context: dg.RunFailureSensorContext) -> None:
-    from pipelines.audit import _trial_from_run_config
+    from pipelines.resources import trial_from_run_config
 
     run = context.dagster_run
-    trial = _trial_from_run_config(run.run_config)
+    trial = trial_from_run_config(run.run_config)
     root = study_root_of(trial)
     if not already_alerted(root, run.run_id):
         message = context.failure_event.message if context.failure_event else "run failed"

@@ -33,6 +33,7 @@ import duckdb
 
 from clinical.landing import read_delivery
 from clinical.study import StudyConfigError
+from pipelines.resources import trial_from_run_config
 
 # What reading a run's study configuration or export identity can raise (a refused or broken run).
 SETUP_ERRORS = (StudyConfigError, OSError, ValueError, KeyError)
@@ -210,13 +211,6 @@ def verify_log(study_root: Path) -> list[str]:
 # -- building a run's entry from the Dagster instance ------------------------------------------
 
 
-def _trial_from_run_config(run_config: dict) -> Any:
-    from pipelines.resources import TrialResource
-
-    cfg = ((run_config or {}).get("resources") or {}).get("trial", {}).get("config") or {}
-    return TrialResource(**cfg)
-
-
 def validation_outcome(instance: Any, run_id: str) -> dict[str, Any]:
     from dagster._core.events import DagsterEventType
 
@@ -275,7 +269,7 @@ def run_entry(instance: Any, run_id: str) -> dict[str, Any]:
     steps = failed_steps(instance, run_id)
     if steps:
         detail["failed_steps"] = steps
-    entry.update(export_entry(_trial_from_run_config(run.run_config), detail, published=run.status.value == "SUCCESS"))
+    entry.update(export_entry(trial_from_run_config(run.run_config), detail, published=run.status.value == "SUCCESS"))
     entry["detail"] = detail
     return entry
 
@@ -323,7 +317,7 @@ def study_root_of(trial: Any) -> Path:
 def record_run(instance: Any, run_id: str) -> dict[str, Any] | None:
     """Append the entry of a finished run to its study's log, once per run id."""
     record = instance.get_run_record_by_id(run_id)
-    trial = _trial_from_run_config(record.dagster_run.run_config)
+    trial = trial_from_run_config(record.dagster_run.run_config)
     return append(study_root_of(trial), run_entry(instance, run_id), unique_run=True)
 
 

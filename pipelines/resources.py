@@ -204,3 +204,23 @@ class TrialResource(dg.ConfigurableResource):
             copy.discard()
         self.close_database()
         self._sealed = False
+
+
+# Tags every run of trial_job carries, whoever launches it (schedule, sensor, UI, command line).
+STUDY_TAG = "trial/study"
+
+
+def trial_run_config(study_config: str | Path, export_dir: str | Path, output_root: str | Path, data_cut: str) -> dict:
+    """The run config of ``trial_job`` for one export: the trial resource's settings, paths absolute."""
+    return {"resources": {"trial": {"config": {
+        "study_config": str(Path(study_config).resolve()),
+        "export_dir": str(Path(export_dir).resolve()),
+        "output_root": str(Path(output_root).resolve()),
+        "data_cut": data_cut,
+    }}}}
+
+
+def trial_from_run_config(run_config: dict | None) -> TrialResource:
+    """The trial resource a run was configured with (for the audit log and alerts after the run)."""
+    cfg = ((run_config or {}).get("resources") or {}).get("trial", {}).get("config") or {}
+    return TrialResource(**cfg)

@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 
 from clinical.study import StudyConfigError, load_study
-from pipelines.resources import export_identity
+from pipelines.resources import STUDY_TAG, export_identity, trial_run_config
 
 EXIT_BUSY = 3
 EXIT_FROZEN = 4
@@ -82,12 +82,8 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
         return 2
     from pipelines import audit, lock
 
-    trial_config = {
-        "study_config": str(Path(study).resolve()),
-        "export_dir": str(export_dir.resolve()),
-        "output_root": str(Path(out).resolve()),
-        "data_cut": cut.isoformat(),
-    }
+    run_config = trial_run_config(study, export_dir, out, cut.isoformat())
+    trial_config = run_config["resources"]["trial"]["config"]
     study_root = Path(out).resolve() / cfg.study.id
     final = Path(out) / cfg.study.id / cut.isoformat()
     try:
@@ -108,12 +104,9 @@ def run_export(study: str, export: str, out: str, data_cut: str = "", wait: floa
         # stop_worker below in any case).
         start_worker()
         from pipelines.definitions import defs
-        run_config = {
-            # The console shows warnings and failures; the full event log is in the Dagster instance.
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            "resources": {"trial": {"config": trial_config}},
-        }
-        tags = {"trial/study": cfg.study.id, "trial/data_cut": cut.isoformat(), "trial/export_id": export_id,
+        # The console shows warnings and failures; the full event log is in the Dagster instance.
+        run_config["loggers"] = {"console": {"config": {"log_level": "WARNING"}}}
+        tags = {STUDY_TAG: cfg.study.id, "trial/data_cut": cut.isoformat(), "trial/export_id": export_id,
                 "trial/launched_by": "cli"}
         job = defs.resolve_job_def("trial_job")
         with contextlib.nullcontext(instance) if instance is not None else _instance(ephemeral) as instance:

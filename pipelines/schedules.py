@@ -19,9 +19,8 @@ import dagster as dg
 from clinical.study import load_study
 from pipelines.alerts import alert_on_failure
 from pipelines.faults import pause_after_step
-from pipelines.resources import DEFAULT_STUDY
+from pipelines.resources import DEFAULT_STUDY, STUDY_TAG
 
-STUDY_TAG = "trial/study"
 _study = load_study(DEFAULT_STUDY).study
 
 RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=1, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)

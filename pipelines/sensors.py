@@ -34,7 +34,9 @@ from pipelines.resources import (
     DEFAULT_OUTPUT,
     DEFAULT_STUDY,
     REPO_ROOT,
+    STUDY_TAG,
     export_identity,
+    trial_run_config,
 )
 
 
@@ -129,24 +131,9 @@ def scan_landing(
 
 
 def run_request(req: ExportRequest, study_config: str, output_root: str, launched_by: str) -> dg.RunRequest:
-    from pipelines.schedules import (
-        STUDY_TAG,  # here, not at import: schedules may use scheduled_intake
-    )
-
     return dg.RunRequest(
         run_key=req.run_key,
-        run_config={
-            "resources": {
-                "trial": {
-                    "config": {
-                        "study_config": str(Path(study_config).resolve()),
-                        "export_dir": req.export_dir,
-                        "output_root": str(Path(output_root).resolve()),
-                        "data_cut": req.data_cut,
-                    }
-                }
-            }
-        },
+        run_config=trial_run_config(study_config, req.export_dir, output_root, req.data_cut),
         tags={
             STUDY_TAG: load_study(study_config).study.id,
             "trial/export_id": req.export_id,

@@ -14,7 +14,8 @@ from pipelines import audit
 from pipelines.alerts import alert_on_failure
 from pipelines.definitions import defs
 from pipelines.resources import TrialResource
-from pipelines.schedules import RETRY_POLICY, STUDY_TAG
+from pipelines.resources import STUDY_TAG
+from pipelines.schedules import RETRY_POLICY
 
 
 class _SMTPHandler(socketserver.StreamRequestHandler):
