@@ -30,7 +30,10 @@ from deliverables.tables import (
     Cell,
     DisplayTable,
     ReportTables,
+    _group_order,
+    _listing_dose,
     _missing_note,
+    _yn,
     fmt_date,
     fmt_npct,
     pct_half_up,
@@ -267,7 +270,7 @@ def layout_exposure_listing(t: ReportTables) -> DisplayTable:
             "Cyclophosphamide days", "Cyclophosphamide mg/m2", "Infusion date", "Cells infused (x10^6)",
             "% of dose level", "Leukapheresis to infusion (days)"]
     rows: list[list[Cell]] = [
-        [r["DOSEA"] or f"Not infused ({r['DOSEP']})", r["SUBJID"], fmt_date(r["LDSTDT"]), r["FLUDAYS"],
+        [_listing_dose(r), r["SUBJID"], fmt_date(r["LDSTDT"]), r["FLUDAYS"],
          fmt_num(r["FLUCUM"]), r["CYDAYS"], fmt_num(r["CYCUM"]), fmt_date(r["TRTSDT"]),
          fmt_num(None if r["CELLS"] is None else r["CELLS"] / 1e6), fmt_num(r["CELLSPCT"]), r["V2VDAYS"]]
         for r in t.exposure
@@ -341,11 +344,10 @@ def layout_crs_icans(t: ReportTables) -> DisplayTable:
 def layout_crs_icans_listing(t: ReportTables) -> DisplayTable:
     cols = ["Dose level", "Participant", "AE no.", "Category", "Onset date", "Day", "Duration (days)",
             "Grade (CRF)", "Grade (ASTCT re-derived)", "Tocilizumab", "Corticosteroid", "Serious", "Outcome"]
-    yn = {"Y": "Yes", "N": "No"}
     rows: list[list[Cell]] = [
         [r["DOSEA"], r["SUBJID"], r["AESPID"], r["AECAT"], fmt_date(r["ASTDT"]), r["ADY"],
          r["DURATION"] if r["DURATION"] is not None else ("ongoing" if r["AENDT"] is None else ""),
-         r["ATOXGR"], r["ASTCTGR"], yn.get(r["TOCIFL"], ""), yn.get(r["STERFL"], ""), yn.get(r["AESER"], ""),
+         r["ATOXGR"], r["ASTCTGR"], _yn(r["TOCIFL"]), _yn(r["STERFL"]), _yn(r["AESER"]),
          r["AEOUT"]]
         for r in t.crs_icans
     ]
@@ -429,7 +431,7 @@ PK_DAYS = ("TMAX", "TLAST", "THALF")
 
 
 def layout_pk(t: ReportTables) -> DisplayTable:
-    heads = [(d["DOSE"], f"{d['DOSE']} {d['DOSELBL']}") for d in t.dose_levels] + [(TOTAL, "Total")]
+    heads = _group_order(t)
     cols, dose_cols = _columns(t, heads)
     by: dict[str, dict[str, dict[str, Any]]] = {}
     order: list[tuple[int, str, str]] = []

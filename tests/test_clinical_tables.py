@@ -130,6 +130,22 @@ def test_crs_icans_grades_and_management():
     assert r[key + "Duration, days: median (min, max)"] == ["4 (3, 6)"] * 3  # 4.5 rounds half to even in f-format
 
 
+def test_listings_dose_level_and_yes_no_as_the_other_listings():
+    """The exposure listing's dose level is tables._listing_dose (the DLT/SAE/deaths listings'): the
+    level received, else 'Not infused (<assigned>)', else 'Not enrolled' (never 'Not infused (None)');
+    the CRS/ICANS listing's flags read Yes/No as tables._yn does."""
+    exp = [{"DOSEA": a, "DOSEP": p, "SUBJID": s, "LDSTDT": None, "FLUDAYS": None, "FLUCUM": None, "CYDAYS": None,
+            "CYCUM": None, "TRTSDT": None, "CELLS": None, "CELLSPCT": None, "V2VDAYS": None}
+           for a, p, s in (("DL1", "DL1", "01"), (None, "DL2", "02"), (None, None, "03"))]
+    d = ct.layout_exposure_listing(_tables(exposure=exp))
+    assert [r[0] for r in d.rows] == ["DL1", "Not infused (DL2)", "Not enrolled"]
+    crs = [{"DOSEA": "DL1", "SUBJID": "01", "AESPID": 1, "AECAT": "CRS", "ASTDT": None, "ADY": 1, "DURATION": 3,
+            "AENDT": None, "ATOXGR": 2, "ASTCTGR": 2, "TOCIFL": "Y", "STERFL": "N", "AESER": None, "AEOUT": None}]
+    row = ct.layout_crs_icans_listing(_tables(crs_icans=crs)).rows[0]
+    assert row[9:12] == ["Yes", "No", ""]
+    assert ct.layout_pk(_tables()).columns == ["Parameter", "DL1 5x10^8 cells", "DL2 1x10^9 cells", "Total"]
+
+
 def test_haematology_recovery_from_lab_toxicity():
     con = duckdb.connect()
     con.execute("CREATE SCHEMA analysis")
