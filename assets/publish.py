@@ -96,7 +96,7 @@ def _archive(src_root: Path, files: list[tuple[str, str]], dest: Path) -> None:
 )
 def manifest(context: dg.AssetExecutionContext, trial: TrialResource) -> dg.MaterializeResult:
     work, final = trial.work_dir, trial.final_dir
-    study_root = final.parent
+    study_root = trial.study_root
     frozen = frozen_record(final)
     if frozen:  # frozen while this run was going (the resource refuses a frozen cut at the start)
         raise dg.Failure(description=frozen_message(trial.cfg.study.id, trial.cut.isoformat(), frozen), allow_retries=False)

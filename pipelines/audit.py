@@ -309,7 +309,7 @@ def export_entry(trial: Any, detail: dict[str, Any], published: bool) -> dict[st
 
 def study_root_of(trial: Any) -> Path:
     try:
-        return Path(trial.output_root) / trial.cfg.study.id
+        return trial.study_root
     except SETUP_ERRORS:
         return Path(trial.output_root)
 

@@ -128,18 +128,18 @@ class TrialResource(dg.ConfigurableResource):
     @property
     def final_dir(self) -> Path:
         """Where the outputs of this study and data cut live once a run has succeeded."""
-        return Path(self.output_root) / self.cfg.study.id / self.cut.isoformat()
+        return self.study_root / self.cut.isoformat()
 
     @property
     def work_dir(self) -> Path:
         """Where this run writes; moved to ``final_dir`` by the manifest asset."""
-        path = Path(self.output_root) / self.cfg.study.id / ".work" / self.cut.isoformat()
+        path = self.study_root / ".work" / self.cut.isoformat()
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def previous_final_dir(self) -> Path | None:
         """The outputs of the latest earlier data cut of this study, if any (for changes since then)."""
-        root = Path(self.output_root) / self.cfg.study.id
+        root = self.study_root
         cuts = sorted(
             p for p in root.glob("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]")
             if p.is_dir() and p.name < self.cut.isoformat() and (p / DATABASE_NAME).is_file()
