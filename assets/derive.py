@@ -226,7 +226,7 @@ eligibility = dg.AssetSpec(
 )
 data_queries = dg.AssetSpec(
     key=["analysis", "data_queries"],
-    # Every asset a rule guards (the rules run again here), and every raw form (quarantine, WARN expectations).
+    # Every asset a rule guards (its WARN rules run again here), and every raw form (quarantine, WARN expectations).
     deps=[*[dg.AssetKey(list(p)) for p in dict.fromkeys(r.asset_path for r in RULES)], *[a.key for a in raw_forms]],
     description="Data queries tracked across exports: every failing record of a WARN rule (cross-form rules, "
     "quarantined rows, WARN expectations) with a stable id, status Open / Closed / Re-opened against the "
