@@ -173,7 +173,11 @@ def _first_diff(a: bytes, b: bytes) -> int:
     return min(len(a), len(b))
 
 
-def describe_difference(name: str, expected: bytes, actual: bytes) -> list[str]:
+def describe_difference(published: Path, regenerated: Path) -> list[str]:
+    """How two versions of an output file differ: where, how many bytes, and what for text,
+    workbooks (zip members) and DuckDB files (tables, columns, rows)."""
+    name = published.name
+    expected, actual = published.read_bytes(), regenerated.read_bytes()
     offset = _first_diff(expected, actual)
     differing = sum(x != y for x, y in zip(expected, actual)) + abs(len(expected) - len(actual))
     lines = [
@@ -200,51 +204,47 @@ def describe_difference(name: str, expected: bytes, actual: bytes) -> list[str]:
                 if ma != mb:
                     lines.append(f"    member {m} differs")
     elif name.endswith(".duckdb"):
-        lines += [f"    {d}" for d in database_differences(expected, actual)]
+        lines += [f"    {d}" for d in database_differences(published, regenerated)]
     return lines
 
 
-def database_differences(expected: bytes, actual: bytes) -> list[str]:
+def database_differences(published: Path, regenerated: Path) -> list[str]:
     """What differs between two DuckDB files, table by table (tables, columns, rows)."""
     import duckdb
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pa, pb = Path(tmp) / "published.duckdb", Path(tmp) / "regenerated.duckdb"
-        pa.write_bytes(expected)
-        pb.write_bytes(actual)
-        con = duckdb.connect(":memory:")
-        try:
-            con.execute(f"ATTACH '{pa}' AS a (READ_ONLY)")
-            con.execute(f"ATTACH '{pb}' AS b (READ_ONLY)")
-            cols = {
-                db: {
-                    (s, t): c
-                    for s, t, c in con.execute(
-                        "SELECT schema_name, table_name, list(column_name || ' ' || data_type ORDER BY column_index) "
-                        "FROM duckdb_columns() WHERE database_name = ? GROUP BY ALL",
-                        [db],
-                    ).fetchall()
-                }
-                for db in ("a", "b")
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("ATTACH ? AS a (READ_ONLY)", [str(published)])
+        con.execute("ATTACH ? AS b (READ_ONLY)", [str(regenerated)])
+        cols = {
+            db: {
+                (s, t): c
+                for s, t, c in con.execute(
+                    "SELECT schema_name, table_name, list(column_name || ' ' || data_type ORDER BY column_index) "
+                    "FROM duckdb_columns() WHERE database_name = ? GROUP BY ALL",
+                    [db],
+                ).fetchall()
             }
-            out = []
-            for key in sorted(set(cols["a"]) | set(cols["b"])):
-                name = ".".join(key)
-                if key not in cols["b"]:
-                    out.append(f"table {name}: not regenerated")
-                elif key not in cols["a"]:
-                    out.append(f"table {name}: new in the regenerated database")
-                elif cols["a"][key] != cols["b"][key]:
-                    out.append(f"table {name}: columns differ: {cols['a'][key]} -> {cols['b'][key]}")
-                else:
-                    q = f'"{key[0]}"."{key[1]}"'
-                    gone = con.execute(f"SELECT count(*) FROM (FROM a.{q} EXCEPT ALL FROM b.{q})").fetchone()[0]
-                    new = con.execute(f"SELECT count(*) FROM (FROM b.{q} EXCEPT ALL FROM a.{q})").fetchone()[0]
-                    if gone or new:
-                        out.append(f"table {name}: {gone} row(s) only in the published, {new} only in the regenerated")
-            return out or ["same tables, columns and rows: the difference is in the storage layout or header"]
-        finally:
-            con.close()
+            for db in ("a", "b")
+        }
+        out = []
+        for key in sorted(set(cols["a"]) | set(cols["b"])):
+            name = ".".join(key)
+            if key not in cols["b"]:
+                out.append(f"table {name}: not regenerated")
+            elif key not in cols["a"]:
+                out.append(f"table {name}: new in the regenerated database")
+            elif cols["a"][key] != cols["b"][key]:
+                out.append(f"table {name}: columns differ: {cols['a'][key]} -> {cols['b'][key]}")
+            else:
+                q = f'"{key[0]}"."{key[1]}"'
+                gone = con.execute(f"SELECT count(*) FROM (FROM a.{q} EXCEPT ALL FROM b.{q})").fetchone()[0]
+                new = con.execute(f"SELECT count(*) FROM (FROM b.{q} EXCEPT ALL FROM a.{q})").fetchone()[0]
+                if gone or new:
+                    out.append(f"table {name}: {gone} row(s) only in the published, {new} only in the regenerated")
+        return out or ["same tables, columns and rows: the difference is in the storage layout or header"]
+    finally:
+        con.close()
 
 
 def compare_dirs(published: Path, regenerated: Path, names: list[str]) -> tuple[list[str], list[str]]:
@@ -258,11 +258,10 @@ def compare_dirs(published: Path, regenerated: Path, names: list[str]) -> tuple[
         if not a.is_file():
             diffs.append(f"{name}: missing from the published folder")
             continue
-        ea, eb = a.read_bytes(), b.read_bytes()
-        if ea == eb:
+        if a.read_bytes() == b.read_bytes():
             same.append(name)
         else:
-            diffs.extend(describe_difference(name, ea, eb))
+            diffs.extend(describe_difference(a, b))
     return diffs, same
 
 
