@@ -14,9 +14,7 @@ Nothing in the manifest comes from the clock or from where the export or the out
 (input paths are relative to the export folder), so re-running an export gives identical bytes.
 """
 
-import hashlib
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import dagster as dg
@@ -35,49 +33,11 @@ from clinical.landing import export_fingerprint
 from pipelines.archive import ArchiveError, archive_files, config_archive, export_archive
 from pipelines.faults import pause_point
 from pipelines.freeze import frozen_message, frozen_record
-from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
+from pipelines.provenance import code_sha256, code_version, environment
+from pipelines.resources import DATABASE_NAME, TrialResource
 from pipelines.storage import canonical_database, finish_canonical, publish_dir
 
 COMMON = {"group_name": "report", "owners": OWNERS, "pool": "trial_db"}
-CODE_DIRS = ("pipelines", "assets", "clinical", "deliverables", "report_templates", "expectations")
-CODE_SUFFIXES = {".py", ".j2", ".css", ".json", ".yaml", ".yml", ".html", ".xsd"}
-# Libraries whose version can change output bytes (PDF layout, workbook XML, DuckDB storage).
-ENVIRONMENT_PACKAGES = ("duckdb", "polars", "weasyprint", "pydyf", "fonttools", "openpyxl", "lxml", "jinja2")
-
-
-def code_version() -> str:
-    """The commit the pipeline ran from, when it runs from a git checkout (else the package version)."""
-    head = REPO_ROOT / ".git" / "HEAD"
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            return (REPO_ROOT / ".git" / ref[5:]).read_text().strip()
-        return ref
-    except OSError:
-        return version("im83-pipeline")
-
-
-def code_sha256() -> str:
-    """SHA-256 over the pipeline's source files (path and content): tells apart uncommitted changes."""
-    digest = hashlib.sha256()
-    for folder in CODE_DIRS:
-        for path in sorted((REPO_ROOT / folder).rglob("*")):
-            if path.is_file() and path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts:
-                digest.update(f"{path.relative_to(REPO_ROOT).as_posix()}\n".encode())
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def environment() -> dict[str, str]:
-    out = {}
-    for name in ENVIRONMENT_PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "absent"
-    return out
-
-
 def _archive(src_root: Path, files: list[tuple[str, str]], dest: Path) -> None:
     try:
         archive_files(src_root, files, dest)

@@ -33,6 +33,7 @@ import duckdb
 
 from clinical.landing import read_delivery
 from clinical.study import StudyConfigError
+from pipelines.provenance import code_sha256, code_version
 from pipelines.resources import trial_from_run_config
 
 # What reading a run's study configuration or export identity can raise (a refused or broken run).
@@ -276,7 +277,6 @@ def run_entry(instance: Any, run_id: str) -> dict[str, Any]:
 
 def export_entry(trial: Any, detail: dict[str, Any], published: bool) -> dict[str, Any]:
     """Study, export, configuration, code and (if published) outputs of a run's ``trial`` resource."""
-    from assets.publish import code_sha256, code_version
     from clinical.ingest import sha256_file
 
     out: dict[str, Any] = {"export_dir": str(Path(trial.export_dir).resolve())}
