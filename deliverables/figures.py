@@ -31,7 +31,9 @@ Conventions:
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -319,12 +321,8 @@ def accrual_svg(rows: Sequence[Row], dose_levels: Sequence[Row], *, data_cut: dt
 
     # stacked enrolled areas, by dose level (first dose level at the bottom)
     events = sorted({d for d, _ in enrolled})
-    cum: dict[str, list[int]] = {dose: [] for dose in doses}
-    for dose in doses:
-        n = 0
-        for e in events:
-            n += sum(1 for d, ds in enrolled if d == e and ds == dose)
-            cum[dose].append(n)
+    on_date = Counter(enrolled)  # (date, dose) -> participants enrolled that day: one pass
+    cum: dict[str, list[int]] = {dose: list(itertools.accumulate(on_date[e, dose] for e in events)) for dose in doses}
     below = [0] * len(events)
     xe = x(x_end_data)
     for dose in doses:
