@@ -29,7 +29,8 @@ Read from ``stage.rs`` (investigator's overall response per assessment), ``analy
   RSPFL          'Y' when BOR is CR or PR (objective response).
   NASSESS        number of assessments counting towards the BOR (ANLFL = 'Y').
   LSTASDT        date of the last response assessment (any).
-  LSTCNDT        last contact: the latest of ADSL LSTCNDT, the last response assessment and death.
+  LSTCNDT        last contact: ADSL's LSTCNDT (the latest milestone, lab, PK or response assessment date,
+                 end of study or death).
   LSTCNDY        LSTCNDT - TRTSDT in days: the length of the participant's bar in the swimmer plot.
   DTHDT, DTHDY   date and day of death (NULL when alive at the data cut).
   EOSSTT, EOSDT  end-of-study status and date from the disposition form (NULL while on study).
@@ -115,7 +116,7 @@ j AS (
   SELECT s.SUBJID, s.DOSEA, s.DOSEAN, s.TRTSDT,
          coalesce(b.BOR, 'NE') AS BOR, b.BORDT, b.BORDY,
          coalesce(n.NASSESS, 0) AS NASSESS, n.LSTASDT,
-         greatest(s.LSTCNDT, n.LSTASDT, s.DTHDT, s.TRTSDT) AS LSTCNDT,
+         s.LSTCNDT,
          s.DTHDT, s.EOSSTT, s.EOSDT
   FROM s LEFT JOIN best b USING (SUBJID) LEFT JOIN n USING (SUBJID))
 SELECT SUBJID, DOSEA, DOSEAN, TRTSDT, BOR, {_RANK.format(x="BOR")} AS BORN, BORDT, BORDY,

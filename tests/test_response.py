@@ -147,14 +147,32 @@ def test_confirmation_optional():
     assert _bor(con) == {"01-001": ("PR", 28), "01-002": ("SD", 28), "01-003": ("CR", 90), "01-004": ("NE", 21)}
 
 
-def test_last_contact_includes_assessments_and_death():
+def test_last_contact_is_adsls():
+    # ADSL's LSTCNDT already counts the response assessments and death (clinical.adsl).
     con = _db(
-        [infused("01-001", lst=0), infused("01-002", eos="DEATH", eosdt=100, dth=100, lst=100)],
+        [infused("01-001", lst=90), infused("01-002", eos="DEATH", eosdt=100, dth=100, lst=100)],
         [("01-001", "M3", 90, "SD"), ("01-002", "D28", 28, "SD")],
     )
     build_response(con)
     rows = con.execute("SELECT SUBJID, LSTCNDT, LSTCNDY, LSTASDT, ONGOING FROM analysis.response ORDER BY SUBJID").fetchall()
     assert rows == [("01-001", day(90), 90, day(90), "Y"), ("01-002", day(100), 100, day(28), "N")]
+
+
+def test_adsl_last_contact_covers_assessments_death_and_infusion(demo_run):
+    """analysis.response takes LSTCNDT from ADSL: on the demo run it is never before the infusion,
+    death or any tumour assessment of the participant."""
+    con = duckdb.connect(str(demo_run.final / "trial.duckdb"), read_only=True)
+    try:
+        bad = con.execute(
+            """SELECT s.SUBJID FROM analysis.adsl s
+               LEFT JOIN (SELECT SUBJID, max(RSDAT) AS R FROM stage.rs GROUP BY SUBJID) r USING (SUBJID)
+               WHERE s.LSTCNDT IS NULL AND s.TRTSDT IS NOT NULL
+                  OR s.LSTCNDT < greatest(s.TRTSDT, s.DTHDT, r.R)"""
+        ).fetchall()
+        n = con.execute("SELECT count(*) FROM analysis.response").fetchone()[0]
+    finally:
+        con.close()
+    assert n > 0 and bad == []
 
 
 def test_summary_counts_percentages_and_orr():
