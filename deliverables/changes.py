@@ -55,7 +55,7 @@ from typing import Any
 
 import duckdb
 
-from deliverables.tables import Cell, DisplayTable
+from deliverables.tables import STEP_SHORT, Cell, DisplayTable, next_step_text
 
 FIRST_REPORT_NOTE = "First report: no previous data cut. Every participant and event is new; see the tables of this report."
 
@@ -99,14 +99,8 @@ class EscalationState:
     determined: bool | None = True
 
     def step(self, dose_label: Callable[[str | None], str] = lambda d: d or "") -> str:
-        """The next step in a few words: 'Continue at DL2 5x10^8 cells', 'Stop: MTD DL1 ...'."""
-        if self.determined is False:
-            return "No 3+3 decision (for the DSMB to decide)"
-        if self.continue_trial:
-            return f"Continue at {dose_label(self.next_dose)}" if self.next_dose else "Continue the trial"
-        if self.mtd:
-            return f"Stop escalation: MTD {dose_label(self.mtd)}"
-        return "Stop escalation: no dose level recommended"
+        """The next step in a few words: 'Continue at DL2 5x10^8 cells', 'Stop escalation: MTD DL1 ...'."""
+        return next_step_text(self.determined, self.continue_trial, self.next_dose, self.mtd, dose_label, STEP_SHORT)
 
     @property
     def decision(self) -> tuple[Any, ...]:

@@ -17,6 +17,7 @@ N with the percentage taken from the analysis table; a zero count is shown as "0
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -568,6 +569,55 @@ def dose_display(t: ReportTables, dose: str | None) -> str:
     return t.dose_label(dose)
 
 
+@dataclass(frozen=True)
+class StepWording:
+    """The words of each kind of next step; ``{dose}`` is replaced by the dose level's label."""
+
+    undetermined: str
+    continue_at: str
+    continue_trial: str
+    stop_mtd: str
+    stop: str
+
+
+# The report's sentence (decision_summary) and the short form of the changes tables
+# (deliverables.changes.EscalationState.step).
+STEP_SENTENCE = StepWording(
+    undetermined="No 3+3 decision: the participants treated do not follow a 3+3 path (see the reason); "
+    "the next step is for the DSMB to decide",
+    continue_at="Continue the trial with the next participants at {dose}",
+    continue_trial="Continue the trial",
+    stop_mtd="Stop dose escalation: MTD {dose}",
+    stop="Stop dose escalation: no dose level recommended",
+)
+STEP_SHORT = StepWording(
+    undetermined="No 3+3 decision (for the DSMB to decide)",
+    continue_at="Continue at {dose}",
+    continue_trial="Continue the trial",
+    stop_mtd="Stop escalation: MTD {dose}",
+    stop="Stop escalation: no dose level recommended",
+)
+
+
+def next_step_text(
+    determined: bool | None,
+    continue_trial: bool | None,
+    next_dose: str | None,
+    mtd: str | None,
+    dose_label: Callable[[str | None], str],
+    wording: StepWording = STEP_SENTENCE,
+) -> str:
+    """The next step of an escalation decision (the fields of analysis.escalation_decision) in words:
+    not determined, continue (at the next dose level), stop with an MTD, or stop without one."""
+    if determined is False:
+        return wording.undetermined
+    if continue_trial:
+        return wording.continue_at.format(dose=dose_label(next_dose)) if next_dose else wording.continue_trial
+    if mtd:
+        return wording.stop_mtd.format(dose=dose_label(mtd))
+    return wording.stop
+
+
 def decision_summary(t: ReportTables) -> dict[str, str]:
     """The escalation decision as short sentences for the report (from analysis.escalation_decision)."""
     d = t.escalation_decision
@@ -579,24 +629,15 @@ def decision_summary(t: ReportTables) -> dict[str, str]:
             "reason": "",
             "variant": "",
         }
+    next_step = next_step_text(d.get("DETERMINED"), d["CONTINUE_TRIAL"], d["NEXT_DOSE"], d["MTD"], t.dose_label)
     if d.get("DETERMINED") is False:
         return {
-            "next_step": "No 3+3 decision: the participants treated do not follow a 3+3 path (see the reason); "
-            "the next step is for the DSMB to decide",
+            "next_step": next_step,
             "mtd": "not determined",
             "maturity": "",
             "reason": d["REASON"] or "",
             "variant": d["VARIANT"] or "",
         }
-    if d["CONTINUE_TRIAL"]:
-        if d["NEXT_DOSE"]:
-            next_step = f"Continue the trial with the next participants at {t.dose_label(d['NEXT_DOSE'])}"
-        else:
-            next_step = "Continue the trial"
-    elif d["MTD"]:
-        next_step = f"Stop dose escalation: MTD {t.dose_label(d['MTD'])}"
-    else:
-        next_step = "Stop dose escalation: no dose level recommended"
     mtd = t.dose_label(d["MTD"]) if d["MTD"] else ("not determined (trial continuing)" if d["CONTINUE_TRIAL"] else "none")
     maturity = (
         "Final on the data at this cut: all DLT windows are closed."
