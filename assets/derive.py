@@ -246,9 +246,7 @@ DERIVATIONS: list[Derivation] = [
     Derivation(crs_icans, _counts(lambda trial, con: build_crs_icans(con, trial.cfg), "crs_icans")),
     Derivation(pharmacokinetics, _counts(lambda trial, con: build_pk(con, trial.cfg), "adpp")),
     Derivation(dlt_review, _counts(lambda trial, con: build_dlt_review(con, trial.cfg, trial.cut), "candidates")),
-    Derivation(response, _counts(lambda trial, con: build_response(
-        con, sd_min_days=trial.cfg.response.sd_min_days, confirm=trial.cfg.response.confirm,
-        confirm_days=trial.cfg.response.confirm_days), "response")),
+    Derivation(response, _counts(lambda trial, con: build_response(con, trial.cfg.response), "response")),
     Derivation(eligibility, _counts(lambda trial, con: build_eligibility(con, trial.cfg), "eligibility")),
     Derivation(data_queries, _data_queries),
 ]

@@ -21,9 +21,10 @@ Read from ``stage.rs`` (investigator's overall response per assessment), ``analy
                             infusion (RECIST 1.1 minimum duration of SD);
                    PD       when recorded PD;
                    NE       otherwise (NE recorded, or SD earlier than the minimum).
-                 A participant without any counting assessment is NE. Defaults (module constants, to be
-                 stated in the SAP): ``SD_MIN_DAYS`` = 28, no confirmation (``CONFIRM`` = False, the
-                 usual reading of a phase 1 escalation trial: unconfirmed responses), ``CONFIRM_DAYS`` = 28.
+                 A participant without any counting assessment is NE. Settings: the study
+                 configuration's ``response`` (clinical.study.Response, to be stated in the SAP); defaults
+                 ``sd_min_days`` = 28, no confirmation (``confirm`` = false, the usual reading of a phase 1
+                 escalation trial: unconfirmed responses), ``confirm_days`` = 28.
   BORDT, BORDY   date and day (from infusion) of the first assessment that gives the BOR; NULL for
                  NE without any assessment.
   RSPFL          'Y' when BOR is CR or PR (objective response).
@@ -46,16 +47,10 @@ from __future__ import annotations
 
 import duckdb
 
+from clinical.study import Response
+
 TOTAL = "TOTAL"
 TOTAL_DOSEN = 99
-
-# Minimum time from infusion for an SD assessment to count as SD (RECIST 1.1 leaves it to the protocol;
-# 4 weeks from the start of treatment is the common choice). An SD earlier than this counts as NE.
-SD_MIN_DAYS = 28
-# Confirmation of CR / PR by a repeat assessment: not required by default (phase 1 common practice:
-# unconfirmed responses); when required, the confirming assessment is at least CONFIRM_DAYS later.
-CONFIRM = False
-CONFIRM_DAYS = 28
 
 # (code, rank, label) in best-first order; ORR follows in the summary.
 CATEGORIES: tuple[tuple[str, int, str], ...] = (
@@ -153,25 +148,20 @@ ORDER BY w.ROWN, d.DOSEN, d.DOSE
 """
 
 TABLES = ("adrs", "response", "response_summary")
+# The settings of a study configuration without a ``response`` section (clinical.study.Response defaults).
+DEFAULT_RESPONSE = Response()
 
 
-def build_response(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    sd_min_days: int = SD_MIN_DAYS,
-    confirm: bool = CONFIRM,
-    confirm_days: int = CONFIRM_DAYS,
-) -> dict[str, int]:
-    """Write analysis.adrs, analysis.response and analysis.response_summary; return their row counts.
+def build_response(con: duckdb.DuckDBPyConnection, rc: Response = DEFAULT_RESPONSE) -> dict[str, int]:
+    """Write analysis.adrs, analysis.response and analysis.response_summary with the study's response
+    settings ``rc`` (``StudyConfig.response``); return their row counts.
 
     Needs ``stage.rs``, ``analysis.adsl`` and ``analysis.dose_levels``.
     """
-    if sd_min_days < 0 or confirm_days < 1:
-        raise ValueError("sd_min_days must be >= 0 and confirm_days >= 1")
     con.execute(ADRS_SQL)
     con.execute(
         RESPONSE_SQL,
-        {"sd_min_days": int(sd_min_days), "confirm": bool(confirm), "confirm_days": int(confirm_days)},
+        {"sd_min_days": rc.sd_min_days, "confirm": rc.confirm, "confirm_days": rc.confirm_days},
     )
     rows = [*CATEGORIES, ORR]
     con.execute(

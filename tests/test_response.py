@@ -7,7 +7,8 @@ import datetime as dt
 import duckdb
 import pytest
 
-from clinical.response import SD_MIN_DAYS, build_response
+from clinical.response import build_response
+from clinical.study import Response
 
 D0 = dt.date(2025, 1, 1)
 
@@ -59,7 +60,7 @@ def infused(subj: str, dose: str = "DL1", **kw) -> tuple:
 
 
 def test_default_sd_minimum_is_28_days():
-    assert SD_MIN_DAYS == 28
+    assert Response().sd_min_days == 28
 
 
 def test_bor_is_the_best_response_in_recist_order():
@@ -90,7 +91,7 @@ def test_sd_before_the_minimum_duration_is_ne_or_pd():
     build_response(con)
     assert _bor(con) == {"01-001": ("NE", 21), "01-002": ("PD", 90), "01-003": ("SD", 28), "01-004": ("SD", 60)}
     # The minimum is a parameter.
-    build_response(con, sd_min_days=21)
+    build_response(con, Response(sd_min_days=21))
     assert _bor(con) == {"01-001": ("SD", 21), "01-002": ("SD", 27), "01-003": ("SD", 28), "01-004": ("SD", 27)}
 
 
@@ -143,7 +144,7 @@ def test_confirmation_optional():
     )
     build_response(con)
     assert _bor(con) == {"01-001": ("PR", 28), "01-002": ("CR", 28), "01-003": ("CR", 90), "01-004": ("PR", 21)}
-    build_response(con, confirm=True)
+    build_response(con, Response(confirm=True))
     assert _bor(con) == {"01-001": ("PR", 28), "01-002": ("SD", 28), "01-003": ("CR", 90), "01-004": ("NE", 21)}
 
 
@@ -207,8 +208,10 @@ def test_rebuild_is_idempotent_and_rejects_bad_parameters():
     con = _db([infused("01-001")], [("01-001", "D28", 28, "SD")])
     first = build_response(con)
     assert build_response(con) == first
+    with pytest.raises(ValueError):  # the study configuration's validation
+        Response(sd_min_days=-1)
     with pytest.raises(ValueError):
-        build_response(con, sd_min_days=-1)
+        Response(confirm_days=0)
 
 
 def test_best_overall_response_matches_the_simulator_truth(demo_run):
