@@ -96,15 +96,15 @@ def _start_dsmb(trial: TrialResource, tables, svgs, change_tables, previous_cut)
         html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs,
                                      changes=change_tables, previous_cut=previous_cut)
         _path(trial, html_role).write_text(html, encoding="utf-8")
-        jobs.append((html, _path(trial, pdf_role)))
+        jobs.append((_path(trial, html_role), _path(trial, pdf_role)))
     return dsmb.start_pdfs(jobs, trial.cut)
 
 
 def _dsmb_result(trial: TrialResource, previous_cut) -> dg.MaterializeResult:
     meta: dict[str, dg.MetadataValue] = {"previous_cut": dg.MetadataValue.text(str(previous_cut or "none (first report)"))}
     for session, pdf_role in (("closed", "dsmb_pdf"), ("open", "dsmb_open_pdf")):
-        meta[f"{session}_pdf"] = dg.MetadataValue.path(str(_path(trial, pdf_role)))
-        meta[f"{session}_pdf_sha256"] = dg.MetadataValue.text(sha256_file(_path(trial, pdf_role)))
+        pdf = _file_meta(_path(trial, pdf_role))
+        meta[f"{session}_pdf"], meta[f"{session}_pdf_sha256"] = pdf["path"], pdf["sha256"]
     return dg.MaterializeResult(asset_key=dsmb_report.key, metadata=meta)
 
 

@@ -315,28 +315,25 @@ _CHILD = (
 
 
 class PdfRendering:
-    """HTML documents being rendered to PDF, each in a child process of its own (WeasyPrint is
+    """HTML files being rendered to PDF, each in a child process of its own (WeasyPrint is
     single-threaded Python, so other cores need other processes): started by :func:`start_pdfs`,
-    so that the caller can do other work meanwhile. The child runs :func:`html_to_pdf`, so the bytes
-    are what it gives here. :meth:`wait` raises RuntimeError with a failed child's error output;
-    :meth:`kill` stops them all (the caller failed)."""
+    so that the caller can do other work meanwhile. The child reads the HTML file given and runs
+    :func:`html_to_pdf`, so the bytes are what it gives here. :meth:`wait` raises RuntimeError with a
+    failed child's error output; :meth:`kill` stops them all (the caller failed)."""
 
-    def __init__(self, jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> None:
+    def __init__(self, jobs: list[tuple[Path | str, Path | str]], data_cut: dt.date | str) -> None:
         import subprocess
         import sys
-        import tempfile
 
         cut = as_date(data_cut).isoformat()
-        self._tmp = tempfile.TemporaryDirectory(prefix="dsmb-")
         self.children = []
         try:
-            for i, (html, out) in enumerate(jobs):
+            for html_path, out in jobs:
                 out = Path(out)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                src = Path(self._tmp.name) / f"job{i}.html"
-                src.write_text(html, encoding="utf-8")
+                # Absolute paths: the child runs in the repository folder (to import deliverables).
                 self.children.append((out, subprocess.Popen(
-                    [sys.executable, "-c", _CHILD, str(src), str(out), cut],
+                    [sys.executable, "-c", _CHILD, str(Path(html_path).absolute()), str(out.absolute()), cut],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(TEMPLATE_DIR.parent),
                 )))
         except BaseException:
@@ -344,14 +341,11 @@ class PdfRendering:
             raise
 
     def wait(self) -> list[Path]:
-        try:
-            failures = []
-            for out, child in self.children:
-                _, err = child.communicate()
-                if child.returncode != 0:
-                    failures.append(f"{out.name}: {err.decode('utf-8', 'replace').strip()[-2000:]}")
-        finally:
-            self._tmp.cleanup()
+        failures = []
+        for out, child in self.children:
+            _, err = child.communicate()
+            if child.returncode != 0:
+                failures.append(f"{out.name}: {err.decode('utf-8', 'replace').strip()[-2000:]}")
         if failures:
             raise RuntimeError("PDF rendering failed in a child process: " + "; ".join(failures))
         return [out for out, _ in self.children]
@@ -360,11 +354,10 @@ class PdfRendering:
         for _, child in self.children:
             child.kill()
             child.communicate()
-        self._tmp.cleanup()
 
 
-def start_pdfs(jobs: list[tuple[str, Path | str]], data_cut: dt.date | str) -> PdfRendering:
-    """Start rendering every (HTML, PDF path) job in a child process; ``.wait()`` for the files."""
+def start_pdfs(jobs: list[tuple[Path | str, Path | str]], data_cut: dt.date | str) -> PdfRendering:
+    """Start rendering every (HTML file, PDF path) job in a child process; ``.wait()`` for the files."""
     return PdfRendering(jobs, data_cut)
 
 

@@ -559,14 +559,18 @@ def test_data_quality_summary_counts_queries_by_status_age_form_and_site(tables)
 
 
 def test_pdfs_rendered_in_parallel_are_the_bytes_of_a_single_rendering(tables, cfg, tmp_path, monkeypatch):
-    """start_pdfs renders each document in a child process; each PDF is byte-identical to html_to_pdf's."""
+    """start_pdfs renders each HTML file in a child process; each PDF is byte-identical to html_to_pdf's."""
     import deliverables.dsmb as dsmb_module
     from deliverables.dsmb import start_pdfs
 
-    jobs = [(render_dsmb_html(tables, cfg, DATA_CUT, session=s), tmp_path / f"{s}.pdf") for s in ("Open", "Closed")]
+    jobs = []
+    for s in ("Open", "Closed"):
+        html = tmp_path / f"{s}.html"
+        html.write_text(render_dsmb_html(tables, cfg, DATA_CUT, session=s), encoding="utf-8")
+        jobs.append((html, tmp_path / f"{s}.pdf"))
     assert start_pdfs(jobs, DATA_CUT).wait() == [out for _, out in jobs]
     for html, out in jobs:
-        alone = html_to_pdf(html, tmp_path / f"alone-{out.name}", DATA_CUT)
+        alone = html_to_pdf(html.read_text(encoding="utf-8"), tmp_path / f"alone-{out.name}", DATA_CUT)
         assert out.read_bytes() == alone.read_bytes(), out.name
 
     monkeypatch.setattr(dsmb_module, "_CHILD", "raise SystemExit('renderer crashed')")
