@@ -32,7 +32,6 @@ _BOMS = (
 class Decoded:
     text: str
     encoding: str  # the codec that decoded it, normalised: "utf-8", "utf-8-sig", "gb18030", ...
-    how: str  # "bom", "declared", "utf-8" or "fallback": how the encoding was chosen
 
 
 def normalise(name: str) -> str:
@@ -74,14 +73,14 @@ def decode(
     if declared:
         return _strict(data, normalise(declared), file, "declared", delimiter, header)
     try:
-        return Decoded(data.decode("utf-8"), "utf-8", "utf-8")
+        return Decoded(data.decode("utf-8"), "utf-8")
     except UnicodeDecodeError as exc:
         first_error = exc
     for codec in accepted_names:
         if codec == "utf-8":
             continue
         try:
-            return Decoded(data.decode(codec), codec, "fallback")
+            return Decoded(data.decode(codec), codec)
         except UnicodeDecodeError:
             continue
     line, column = _position(data, first_error.start, delimiter.encode() if delimiter else None, header)
@@ -106,4 +105,4 @@ def _strict(data: bytes, codec: str, file: str, how: str, delimiter: str | None,
         ) from None
     if codec.startswith(("utf-16", "utf-32")):
         text = text.lstrip("\ufeff")
-    return Decoded(text, codec, how)
+    return Decoded(text, codec)

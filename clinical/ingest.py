@@ -186,9 +186,7 @@ def _remove_pii(frame: pl.DataFrame, text_fields: list[str]) -> tuple[pl.DataFra
         kind = pl.lit(None, dtype=pl.String)
         for label, pattern in reversed(PII_PATTERNS.items()):
             kind = pl.when(pl.col(name).str.contains(pattern)).then(pl.lit(label)).otherwise(kind)
-        found = frame.select(pl.col(LINE), pl.col("SUBJID") if "SUBJID" in frame.columns else pl.lit(None).alias("SUBJID"), kind.alias("kind")).filter(
-            pl.col("kind").is_not_null()
-        )
+        found = frame.select(pl.col(LINE), pl.col("SUBJID"), kind.alias("kind")).filter(pl.col("kind").is_not_null())
         if found.height:
             findings.append(found.with_columns(pl.lit(name).alias("column")))
             replace[name] = pl.when(kind.is_not_null()).then(pl.lit(REMOVED)).otherwise(pl.col(name)).alias(name)
@@ -209,7 +207,7 @@ def _remove_pii(frame: pl.DataFrame, text_fields: list[str]) -> tuple[pl.DataFra
 # In DuckDB: raw, quarantine, stage
 
 
-def _type_rule(f: Field, settings: IngestSettings) -> tuple[str, str] | None:
+def _type_rule(f: Field) -> tuple[str, str] | None:
     """SQL predicate over the text column that is TRUE when the value is invalid, and the rule id."""
     col = f'"{f.name}"'
     if f.type == "id":
@@ -255,7 +253,7 @@ def _checks(form: Form, settings: IngestSettings, has_study: bool) -> tuple[list
     params: dict[str, object] = {"subjid_pattern": settings.subjid_pattern.strip("^$")}
     checks: list[str] = []
 
-    def add(column: str, rule: str, where: str, message: str | tuple[str, str, str], value: str | None = None) -> None:
+    def add(column: str, rule: str, where: str, message: str | tuple[str, str, str]) -> None:
         n = len(checks)
         if isinstance(message, tuple):  # (condition, message if true, message if false)
             cond, yes, no = message
@@ -264,14 +262,14 @@ def _checks(form: Form, settings: IngestSettings, has_study: bool) -> tuple[list
         else:
             params[f"m{n}"] = message
             msg = f"$m{n}"
-        val = _preview(value or f'"{column}"')
+        val = _preview(f'"{column}"')
         checks.append(f"SELECT _line, \"SUBJID\", '{column}', '{rule}', {val}, {msg} FROM {table} WHERE {where}")
 
     for f in form.loaded_fields:
         col = f'"{f.name}"'
         if f.required:
             add(f.name, "REQUIRED", f"{col} IS NULL", f"{f.label} is required")
-        rule = _type_rule(f, settings)
+        rule = _type_rule(f)
         if rule is not None:
             predicate, rule_id = rule
             if f.type == "code":
@@ -287,9 +285,9 @@ def _checks(form: Form, settings: IngestSettings, has_study: bool) -> tuple[list
                     f"{f.label}: does not match the participant identifier pattern {settings.subjid_pattern}")
                 continue
             if f.type in ("int", "float"):
-                params[f"decorated{len(checks)}"] = DECORATED_NUMBER[1:-1]
+                params["decorated"] = DECORATED_NUMBER[1:-1]
                 message = (
-                    f"regexp_full_match({col}, $decorated{len(checks)})",
+                    f"regexp_full_match({col}, $decorated)",
                     f"{f.label}: a number with a unit, thousands separator or decimal comma (only digits and a decimal point)",
                     f"{f.label}: not a {'whole number' if f.type == 'int' else 'number'}",
                 )
@@ -348,7 +346,9 @@ def load_records(
     consent: pl.DataFrame | None = None,
     sha256: str = "",
 ) -> LoadResult:
-    """Load one form's records into raw.<form>, stage.<form> and raw.quarantine (replacing that form's rows)."""
+    """Load one form's records into raw.<form>, stage.<form> and raw.quarantine (replacing that form's rows).
+
+    ``consent``: the enrol form's records, given with demographics only (a blank AGE from BRTHDAT)."""
     _check_study(recs, settings)
     loaded = [f.name for f in form.loaded_fields]
     # The allow-list: contract fields that are not identifiers, plus provenance. Nothing else is selected.
@@ -364,7 +364,7 @@ def load_records(
         *([pl.col(STUDY)] if STUDY in recs.frame.columns else []),
     )
     birth = recs.frame.get_column("BRTHDAT") if "BRTHDAT" in recs.frame.columns else None
-    frame, ages = _age_from_birth_date(frame, birth, consent) if form.id == "dm" else (frame, 0)
+    frame, ages = _age_from_birth_date(frame, birth, consent)
     text_fields = [f.name for f in form.loaded_fields if f.type == "text"]
     frame, pii = _remove_pii(frame, text_fields)
     extra = pl.concat(
