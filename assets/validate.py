@@ -32,7 +32,13 @@ import polars as pl
 
 from assets.derive import derive
 from clinical.crf import FORMS, Form
-from clinical.expectation_runner import form_suite, outcomes_of, submit_suite, worker_running
+from clinical.expectation_runner import (
+    form_suite,
+    outcomes_of,
+    submit_suite,
+    validated_rows_sql,
+    worker_running,
+)
 from clinical.rules import RULE_COLUMNS, RULES, Rule, check_name, run_rule
 from pipelines.resources import TrialResource
 
@@ -66,8 +72,7 @@ def _quarantine_spec(form: Form) -> dg.AssetCheckSpec:
 def form_frame(form: Form, con) -> pl.DataFrame:
     """The rows of the form that passed ingest, as loaded text (what the form's suite validates)."""
     return con.sql(
-        f"SELECT * EXCLUDE (_export_id, _file, _line) FROM raw.{form.id} "
-        f"WHERE _line IN (SELECT _line FROM stage.{form.id}) ORDER BY _line"
+        f"SELECT * EXCLUDE (_export_id, _file, _line) FROM ({validated_rows_sql(form.id)}) ORDER BY _line"
     ).pl()
 
 

@@ -145,6 +145,12 @@ class ExpectationOutcome:
     gx_rows: int | None = None
 
 
+def validated_rows_sql(form_id: str) -> str:
+    """SQL selecting the rows of ``raw.<form>`` that a form's suite validates: the rows that passed
+    ingest (their line reached ``stage.<form>``), every column as loaded text."""
+    return f"SELECT * FROM raw.{form_id} WHERE _line IN (SELECT _line FROM stage.{form_id})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Suites as data
 
@@ -772,5 +778,6 @@ __all__ = [
     "load_suite",
     "resolve_suite",
     "run_suite",
+    "validated_rows_sql",
     "warm_up",
 ]

@@ -50,6 +50,7 @@ from pathlib import Path
 import duckdb
 
 from clinical.crf import FORMS, SUBJID_PATTERN, Form
+from clinical.expectation_runner import validated_rows_sql
 from clinical.rules import RULES, create_rule_macros, rule_sql
 from clinical.study import StudyConfig
 
@@ -195,8 +196,7 @@ def expectation_query_sql(form_id: str, expectation: dict) -> tuple[str, dict[st
     sql = f"""
       SELECT SUBJID, {_raw_key_expr(f)} || ', column {col}' AS RECORD_KEY,
              _file || ' line ' || _line || ': ' || $description || ' (value: "' || "{col}" || '")' AS DETAIL
-      FROM (SELECT r.*, {predicate} FROM raw.{form_id} r
-            WHERE r._line IN (SELECT _line FROM stage.{form_id}))
+      FROM (SELECT r.*, {predicate} FROM ({validated_rows_sql(form_id)}) r)
       WHERE {where}"""
     params["description"] = meta["description"]
     return sql, params
