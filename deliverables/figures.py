@@ -41,6 +41,8 @@ from typing import Any
 
 import duckdb
 
+from deliverables.tables import QUERIES, dose_level_label
+
 Row = dict[str, Any]
 
 WIDTH = 482.0  # pt = 170 mm
@@ -124,13 +126,6 @@ def dose_colours(dose_levels: Sequence[Row]) -> dict[str, str]:
 def _dose_order(dose_levels: Sequence[Row]) -> dict[str, int]:
     ordered = sorted(dose_levels, key=lambda d: (d.get("DOSEN") is None, d.get("DOSEN"), str(d.get("DOSE"))))
     return {str(d["DOSE"]): i for i, d in enumerate(ordered)}
-
-
-def _dose_label(dose_levels: Sequence[Row], dose: str) -> str:
-    for d in dose_levels:
-        if str(d["DOSE"]) == dose:
-            return f"{d['DOSE']} {d['DOSELBL']}" if d.get("DOSELBL") else str(d["DOSE"])
-    return dose
 
 
 def _open(height: float, label: str) -> list[str]:
@@ -269,7 +264,7 @@ def accrual_svg(rows: Sequence[Row], dose_levels: Sequence[Row], *, data_cut: dt
     items = [(_line_symbol("#555555"), f"Screened (informed consent), n={len(screened)}")]
     for dose in doses:
         n = sum(1 for _, d in enrolled if d == dose)
-        name = _dose_label(dose_levels, dose) if dose else "no dose level"
+        name = dose_level_label(dose_levels, dose) if dose else "no dose level"
         items.append((_box_symbol(colours.get(dose, OTHER_COLOUR)), f"Enrolled, {name}: n={n}"))
     items.append((_line_symbol("#000000", "4 2"), f"Infused, n={len(infused)}"))
 
@@ -507,7 +502,7 @@ def transgene_svg(rows: Sequence[Row], dose_levels: Sequence[Row], median_of: di
         n = median_of.get(dose, 0) if median_of else sum(1 for s in subjects if dose_of[s] == dose)
         c = colours.get(dose, OTHER_COLOUR)
         what = f"median of n={n}" if median_of else f"n={n}"
-        items.append((_line_symbol(c, marker=_marker("circle", 0, 0, c)), f"{_dose_label(dose_levels, dose) or 'no dose level'} ({what})"))
+        items.append((_line_symbol(c, marker=_marker("circle", 0, 0, c)), f"{dose_level_label(dose_levels, dose) or 'no dose level'} ({what})"))
     if any(blq for _, _, blq in all_pts):
         items.append((_marker("circle", 0, 0, "#555555", filled=False), "Below LLOQ, drawn at LLOQ/2"))
     if lloqs:
@@ -679,7 +674,7 @@ def swimmer_svg(
         d = str(r.get("DOSEA") or "")
         if d not in doses:
             doses.append(d)
-    items = [(_box_symbol(colours.get(d, OTHER_COLOUR)), _dose_label(dose_levels, d) or "no dose level") for d in doses]
+    items = [(_box_symbol(colours.get(d, OTHER_COLOUR)), dose_level_label(dose_levels, d) or "no dose level") for d in doses]
     codes_present = sorted({c for v in by_subj.values() for _, c in v}, key=RESPONSES.index)
     items += [(_response_marker(c, 0, 0), f"{RESPONSE_LABELS[c]} ({c})") for c in codes_present]
     if any(_float(r.get("DTHDY")) is not None for r in subjects):
@@ -760,7 +755,7 @@ class FigureData:
 
 
 FIGURE_QUERIES: dict[str, str] = {
-    "dose_levels": "SELECT DOSE, DOSEN, DOSELBL, CELLS FROM analysis.dose_levels ORDER BY DOSEN, DOSE",
+    "dose_levels": QUERIES["dose_levels"],  # the report tables' query
     "adsl": "SELECT SUBJID, RFICDT, ENRLDT, TRTSDT, DOSEP, DOSEA FROM analysis.adsl ORDER BY SUBJID",
     "adpc": """SELECT SUBJID, ADY, AVAL, BLQFL, LLOQ, DOSEA FROM analysis.adpc
                ORDER BY SUBJID, ADY NULLS LAST, PCDAT NULLS LAST, PCTPT""",

@@ -17,7 +17,7 @@ N with the percentage taken from the analysis table; a zero count is shown as "0
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -69,14 +69,21 @@ class ReportTables:
 
     def dose_label(self, dose: str | None) -> str:
         """'DL1 5x10^8 cells' for a dose id, 'Total' for TOTAL, '' for None."""
-        if dose is None:
-            return ""
-        if dose == TOTAL:
-            return "Total"
-        for d in self.dose_levels:
-            if d["DOSE"] == dose:
-                return f"{d['DOSE']} {d['DOSELBL']}"
-        return str(dose)
+        return dose_level_label(self.dose_levels, dose)
+
+
+def dose_level_label(dose_levels: Sequence[dict[str, Any]], dose: str | None) -> str:
+    """The label of a dose id among rows of analysis.dose_levels: 'DL1 5x10^8 cells' (the id alone
+    when the level has no label), 'Total' for TOTAL, '' for None, the id itself when not listed.
+    The report tables' (ReportTables.dose_label) and the figures' (deliverables.figures)."""
+    if dose is None:
+        return ""
+    if dose == TOTAL:
+        return "Total"
+    for d in dose_levels:
+        if d["DOSE"] == dose:
+            return f"{d['DOSE']} {d['DOSELBL']}" if d.get("DOSELBL") else str(d["DOSE"])
+    return str(dose)
 
 
 class MissingAnalysisTable(LookupError):
