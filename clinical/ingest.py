@@ -37,7 +37,6 @@ from clinical.crf import (
     SUBJID_PATTERN,
     Field,
     Form,
-    ResolvedCodelists,
     study_codelists,
 )
 from clinical.records import (
@@ -442,14 +441,11 @@ def load_form(
     form: Form,
     path: Path,
     export_id: str,
-    codelists: ResolvedCodelists | IngestSettings,
+    settings: IngestSettings,
 ) -> LoadResult:
     """Load one form's CSV file ``<folder>/<form>.csv``: :func:`clinical.sources.ingest_form` on its folder."""
     from clinical.sources import ExportSource, ingest_form
 
-    settings = codelists if isinstance(codelists, IngestSettings) else IngestSettings(
-        study_id=codelists.values.get("@study_id", [""])[0], codelists=codelists
-    )
     if path.name != form.file:
         raise ValueError(f"{path}: the {form.id} form's file is {form.file}")
     return ingest_form(con, form, ExportSource(path.parent, settings), export_id)

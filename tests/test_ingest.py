@@ -5,13 +5,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from clinical.crf import form, study_codelists
-from clinical.ingest import ExportFileError, load_form
+from clinical.crf import form
+from clinical.ingest import ExportFileError, ingest_settings, load_form
 from clinical.study import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = load_study(ROOT / "studies" / "im83.yaml")
-CODES = study_codelists(CFG)
+SETTINGS = ingest_settings(CFG)
 INF_HEADER = "SUBJID,EXSTDAT,DOSELVL,EXDOSE\n"
 
 
@@ -19,7 +19,7 @@ def _load(tmp_path: Path, form_id: str, text: str, name: str | None = None):
     path = tmp_path / (name or f"{form_id}.csv")
     path.write_bytes(text.encode("utf-8"))
     con = duckdb.connect()
-    return con, load_form(con, form(form_id), path, "EXP1", CODES)
+    return con, load_form(con, form(form_id), path, "EXP1", SETTINGS)
 
 
 def test_valid_rows_are_staged_typed_with_provenance(tmp_path):
@@ -92,7 +92,7 @@ def test_blocking_file_errors_name_file_line_column_rule(tmp_path, text, message
 
 def test_missing_file_is_blocking(tmp_path):
     with pytest.raises(ExportFileError, match=r"inf.csv: file missing from export EXP1 \(rule FILE-MISSING\)"):
-        load_form(duckdb.connect(), form("inf"), tmp_path / "inf.csv", "EXP1", CODES)
+        load_form(duckdb.connect(), form("inf"), tmp_path / "inf.csv", "EXP1", SETTINGS)
 
 
 def test_header_only_loads_zero_rows(tmp_path):

@@ -19,10 +19,10 @@ import pytest
 
 from clinical.adae import build_adae
 from clinical.adsl import build_adsl
-from clinical.crf import FORMS, study_codelists
+from clinical.crf import FORMS
 from clinical.crs_icans import build_crs_icans
 from clinical.eligibility import build_eligibility
-from clinical.ingest import load_form
+from clinical.ingest import ingest_settings, load_form
 from clinical.pk import build_pk
 from clinical.rules import RULES, RULES_BY_ID, rule_parameters, run_rule
 from clinical.simulate import simulate, write_export
@@ -45,8 +45,9 @@ def derive(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, cut: dt.date = CUT)
 
 
 def load_export(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, export: Path, export_id: str = EXPORT_ID) -> None:
+    settings = ingest_settings(cfg)
     for f in FORMS:
-        load_form(con, f, export / f.file, export_id, study_codelists(cfg))
+        load_form(con, f, export / f.file, export_id, settings)
 
 
 def build_fixture_db(path: Path, cfg: StudyConfig, seed: int = SEED, cut: dt.date = CUT) -> Path:
