@@ -295,8 +295,8 @@ def _load_previous(con: duckdb.DuckDBPyConnection, previous_db: Path | None, pre
         select["LAST_SEEN_EXPORT"] = f"coalesce({select['LAST_SEEN_EXPORT']}, {select['EXPORT_ID']})"
         select["FIRST_SEEN_CUT"] = f"coalesce({select['FIRST_SEEN_CUT']}, $prev_cut)"
         select["LAST_SEEN_CUT"] = f"coalesce({select['LAST_SEEN_CUT']}, $prev_cut)"
-        select["CLOSED_CUT"] = f"CASE WHEN p.STATUS = 'Closed' THEN coalesce({select['CLOSED_CUT']}, $prev_cut) END"
-        select["STATUS"] = "CASE WHEN p.STATUS IN ('Open', 'Closed', 'Re-opened') THEN p.STATUS ELSE 'Open' END"
+        select["CLOSED_CUT"] = f"CASE WHEN p.STATUS = $closed THEN coalesce({select['CLOSED_CUT']}, $prev_cut) END"
+        select["STATUS"] = "CASE WHEN p.STATUS IN ($open, $closed, $reopened) THEN p.STATUS ELSE $open END"
         select["RECORD_KEY"] = f"coalesce({select['RECORD_KEY']}, '')"
         names = [c for c, _ in COLUMNS]
         exprs = ", ".join(
@@ -304,7 +304,7 @@ def _load_previous(con: duckdb.DuckDBPyConnection, previous_db: Path | None, pre
         )
         con.execute(
             f"INSERT INTO q_prev SELECT {exprs} FROM q_previous.analysis.data_queries p",
-            {"prev_cut": previous_cut},
+            {"prev_cut": previous_cut, "open": OPEN, "closed": CLOSED, "reopened": REOPENED},
         )
         # One row per id (a table written before ids were unique may repeat one): the earliest seen.
         con.execute(
@@ -316,13 +316,17 @@ def _load_previous(con: duckdb.DuckDBPyConnection, previous_db: Path | None, pre
         con.execute("DETACH q_previous")
 
 
+# The table in one statement: this cut's failing records merged with the previous cut's queries
+# (the status from next_status, {status}), then DAYS_OPEN, the column types ({columns}) and the order.
+# Statuses are parameters $closed, $reopened (CLOSED, REOPENED).
 MERGE_SQL = """
 CREATE OR REPLACE TABLE analysis.data_queries AS
 WITH m AS (
   SELECT coalesce(c.QUERY_ID, p.P_QUERY_ID) AS QUERY_ID, c.QUERY_ID IS NOT NULL AS FAILING,
          c.* EXCLUDE (QUERY_ID), p.*
   FROM q_cur c FULL JOIN q_prev p ON p.P_QUERY_ID = c.QUERY_ID),
-s AS (SELECT m.*, {status} AS NEW_STATUS FROM m)
+s AS (SELECT m.*, {status} AS NEW_STATUS FROM m),
+q AS (
 SELECT
   s.QUERY_ID,
   coalesce(s.RULE_ID, s.P_RULE_ID) AS RULE_ID,
@@ -340,16 +344,18 @@ SELECT
   coalesce(s.P_FIRST_SEEN_CUT, $cut::DATE) AS FIRST_SEEN_CUT,
   CASE WHEN s.FAILING THEN $export_id ELSE s.P_LAST_SEEN_EXPORT END AS LAST_SEEN_EXPORT,
   CASE WHEN s.FAILING THEN $cut::DATE ELSE s.P_LAST_SEEN_CUT END AS LAST_SEEN_CUT,
-  CASE WHEN s.NEW_STATUS = 'Closed' THEN
-       CASE WHEN s.P_STATUS = 'Closed' THEN s.P_CLOSED_EXPORT ELSE $export_id END END AS CLOSED_EXPORT,
-  CASE WHEN s.NEW_STATUS = 'Closed' THEN
-       CASE WHEN s.P_STATUS = 'Closed' THEN coalesce(s.P_CLOSED_CUT, s.P_LAST_SEEN_CUT) ELSE $cut::DATE END END AS CLOSED_CUT,
-  CASE WHEN s.NEW_STATUS = 'Re-opened' THEN
-       CASE WHEN s.P_STATUS = 'Closed' THEN $export_id ELSE s.P_REOPENED_EXPORT END END AS REOPENED_EXPORT,
-  CASE WHEN s.NEW_STATUS = 'Re-opened' THEN
-       CASE WHEN s.P_STATUS = 'Closed' THEN $cut::DATE ELSE s.P_REOPENED_CUT END END AS REOPENED_CUT
+  CASE WHEN s.NEW_STATUS = $closed THEN
+       CASE WHEN s.P_STATUS = $closed THEN s.P_CLOSED_EXPORT ELSE $export_id END END AS CLOSED_EXPORT,
+  CASE WHEN s.NEW_STATUS = $closed THEN
+       CASE WHEN s.P_STATUS = $closed THEN coalesce(s.P_CLOSED_CUT, s.P_LAST_SEEN_CUT) ELSE $cut::DATE END END AS CLOSED_CUT,
+  CASE WHEN s.NEW_STATUS = $reopened THEN
+       CASE WHEN s.P_STATUS = $closed THEN $export_id ELSE s.P_REOPENED_EXPORT END END AS REOPENED_EXPORT,
+  CASE WHEN s.NEW_STATUS = $reopened THEN
+       CASE WHEN s.P_STATUS = $closed THEN $cut::DATE ELSE s.P_REOPENED_CUT END END AS REOPENED_CUT
 FROM s
-WHERE s.NEW_STATUS IS NOT NULL
+WHERE s.NEW_STATUS IS NOT NULL)
+SELECT {columns} FROM q
+ORDER BY FORM, SUBJID NULLS FIRST, RULE_ID, RECORD_KEY, QUERY_ID
 """
 
 
@@ -369,22 +375,18 @@ def build_queries(
     con.execute("CREATE SCHEMA IF NOT EXISTS analysis")
     _insert_current(con, cfg, export_id, suites)
     n_prev = _load_previous(con, previous_db, previous_cut)
-    con.execute(
-        MERGE_SQL.replace("{status}", status_case_sql("P_STATUS", "FAILING")),
-        {"export_id": export_id, "cut": cut},
-    )
-    select = ", ".join(
+    columns = ", ".join(
         f"(coalesce(CLOSED_CUT, DATA_CUT) - FIRST_SEEN_CUT)::INTEGER AS {c}" if c == "DAYS_OPEN" else f"{c}::{t} AS {c}"
         for c, t in COLUMNS
     )
     con.execute(
-        f"""CREATE OR REPLACE TABLE analysis.data_queries AS
-            SELECT {select} FROM analysis.data_queries
-            ORDER BY FORM, SUBJID NULLS FIRST, RULE_ID, RECORD_KEY, QUERY_ID"""
+        MERGE_SQL.replace("{status}", status_case_sql("P_STATUS", "FAILING")).replace("{columns}", columns),
+        {"export_id": export_id, "cut": cut, "closed": CLOSED, "reopened": REOPENED},
     )
     counts = dict(con.execute("SELECT STATUS, count(*) FROM analysis.data_queries GROUP BY STATUS").fetchall())
     new = con.execute(
-        "SELECT count(*) FROM analysis.data_queries WHERE FIRST_SEEN_CUT = DATA_CUT AND STATUS = 'Open'"
+        "SELECT count(*) FROM analysis.data_queries WHERE FIRST_SEEN_CUT = DATA_CUT AND STATUS = $open",
+        {"open": OPEN},
     ).fetchall()[0][0]
     con.execute("DROP TABLE IF EXISTS q_now; DROP TABLE IF EXISTS q_cur; DROP TABLE IF EXISTS q_prev")
     return {
