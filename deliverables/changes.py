@@ -55,7 +55,7 @@ from typing import Any
 
 import duckdb
 
-from deliverables.tables import STEP_SHORT, Cell, DisplayTable, next_step_text
+from deliverables.tables import STEP_SHORT, Cell, DisplayTable, fmt_date, next_step_text
 
 FIRST_REPORT_NOTE = "First report: no previous data cut. Every participant and event is new; see the tables of this report."
 
@@ -468,10 +468,6 @@ def compare_with_previous_dir(
 # Display tables
 
 
-def _fmt_date(d: dt.date | None) -> str:
-    return d.isoformat() if d is not None else ""
-
-
 def layout_changes(
     changes: CutChanges,
     dose_label: Callable[[str | None], str] = lambda d: d or "",
@@ -479,7 +475,7 @@ def layout_changes(
     """[summary table, listing of the individual changes] for the DSMB report and the workbook.
 
     ``dose_label``: dose id -> display text (``ReportTables.dose_label``)."""
-    prev = _fmt_date(changes.previous_cut) or "previous cut"
+    prev = fmt_date(changes.previous_cut) or "previous cut"
     since = f"since the previous data cut ({changes.previous_cut.isoformat()})" if changes.previous_cut else (
         "since the previous data cut")
     counts = changes.counts
@@ -517,7 +513,7 @@ def layout_changes(
     for c in CATEGORIES:
         for r in changes.rows(c.key):
             lrows.append([
-                c.label, r.SUBJID, dose_label(r.DOSE) if r.DOSE else "Not enrolled", _fmt_date(r.DATE),
+                c.label, r.SUBJID, dose_label(r.DOSE) if r.DOSE else "Not enrolled", fmt_date(r.DATE),
                 r.AESPID, r.AEDECOD, r.AETERM, r.GRADE, r.PREVIOUS, r.CURRENT, r.DETAIL,
             ])
     if not changes.first_report and esc.changed:

@@ -32,6 +32,7 @@ from deliverables.tables import (
     SESSIONS,
     DisplayTable,
     ReportTables,
+    as_date,
     consistency_problems,
     decision_summary,
     flow_boxes,
@@ -43,14 +44,6 @@ from deliverables.tables import (
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "report_templates"
 TEMPLATE = "dsmb.html.j2"
 STYLESHEET = "dsmb.css"
-
-
-def as_date(value: dt.date | str) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    return dt.date.fromisoformat(str(value))
 
 
 def cell_text(value: Any) -> str:

@@ -457,6 +457,15 @@ def round_sig(x: float, sig: int = 3) -> Decimal:
     return q
 
 
+def as_date(value: dt.date | str) -> dt.date:
+    """A data cut or report date given as a date, datetime or ISO text, as a date."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value))
+
+
 def fmt_date(d: Any) -> str:
     if d is None:
         return ""

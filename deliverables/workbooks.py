@@ -38,8 +38,7 @@ from openpyxl.writer.excel import ExcelWriter
 
 from clinical.queries import quarantine_queries_sql
 from clinical.study import StudyConfig
-from deliverables.dsmb import as_date
-from deliverables.tables import DisplayTable, ReportTables, display_tables
+from deliverables.tables import DisplayTable, ReportTables, as_date, display_tables
 
 # Text starting with one of these is a formula (or DDE) trigger in a spreadsheet application.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
