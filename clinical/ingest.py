@@ -34,7 +34,6 @@ import polars as pl
 
 from clinical.crf import (
     FORM_IDS,
-    SUBJID_PATTERN,
     Field,
     Form,
     study_codelists,
@@ -124,10 +123,11 @@ def ingest_settings(cfg) -> IngestSettings:  # cfg: clinical.study.StudyConfig
         conventional = base / "mappings" / f"{cfg.study.id.lower()}_{kind}.yaml"
         return conventional if conventional.is_file() else None
 
+    codelists = study_codelists(cfg)
     return IngestSettings(
         study_id=cfg.study.id,
-        codelists=study_codelists(cfg),
-        subjid_pattern=inp.subject_id_pattern or SUBJID_PATTERN,
+        codelists=codelists,
+        subjid_pattern=codelists.values["@subjid_pattern"][0],  # input.subject_id_pattern or the contract's
         forms=tuple(cfg.forms) if cfg.forms is not None else FORM_IDS,
         encodings=tuple(inp.encodings),
         delimiters=tuple(inp.delimiters),
