@@ -95,7 +95,6 @@ class EscalationState:
     next_dose: str | None
     continue_trial: bool | None
     mtd: str | None
-    mature: bool | None
     determined: bool | None = True
 
     def step(self, dose_label: Callable[[str | None], str] = lambda d: d or "") -> str:
@@ -208,7 +207,7 @@ ADAE_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 DECISION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("OUTCOMES", "VARCHAR"), ("NEXT_DOSE", "VARCHAR"), ("CONTINUE_TRIAL", "BOOLEAN"), ("MTD", "VARCHAR"),
-    ("MATURE", "BOOLEAN"), ("DETERMINED", "BOOLEAN"),
+    ("DETERMINED", "BOOLEAN"),
 )
 
 
@@ -248,8 +247,8 @@ def _decision(con: duckdb.DuckDBPyConnection) -> EscalationState | None:
     rows = con.execute(f"SELECT {select} FROM analysis.escalation_decision").fetchall()
     if len(rows) != 1:
         return None
-    o, nd, ct, mtd, mat, det = rows[0]
-    return EscalationState(o, nd, ct, mtd, mat, True if det is None else det)
+    o, nd, ct, mtd, det = rows[0]
+    return EscalationState(o, nd, ct, mtd, True if det is None else det)
 
 
 # Totals per cut, on the tables registered as adsl_<side> / adae_<side>.

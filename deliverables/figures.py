@@ -451,11 +451,10 @@ def transgene_day_scale(lo: float, hi: float, left: float, right: float) -> tupl
     return scale, first + second
 
 
-def _marker(shape: str, cx: float, cy: float, colour: str, filled: bool = True, r: float = 2.2) -> str:
+def _marker(cx: float, cy: float, colour: str, filled: bool = True, r: float = 2.2) -> str:
+    """A sample of the transgene figure: a circle, open (white fill) when filled is False."""
     fill = colour if filled else "#FFFFFF"
-    if shape == "circle":
-        return f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="{_num(r)}" fill="{fill}" stroke="{colour}" stroke-width="0.9"/>'
-    raise ValueError(shape)
+    return f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="{_num(r)}" fill="{fill}" stroke="{colour}" stroke-width="0.9"/>'
 
 
 def transgene_svg(rows: Sequence[Row], dose_levels: Sequence[Row], median_of: dict[str, int] | None = None) -> str:
@@ -502,9 +501,9 @@ def transgene_svg(rows: Sequence[Row], dose_levels: Sequence[Row], median_of: di
         n = median_of.get(dose, 0) if median_of else sum(1 for s in subjects if dose_of[s] == dose)
         c = colours.get(dose, OTHER_COLOUR)
         what = f"median of n={n}" if median_of else f"n={n}"
-        items.append((_line_symbol(c, marker=_marker("circle", 0, 0, c)), f"{dose_level_label(dose_levels, dose) or 'no dose level'} ({what})"))
+        items.append((_line_symbol(c, marker=_marker(0, 0, c)), f"{dose_level_label(dose_levels, dose) or 'no dose level'} ({what})"))
     if any(blq for _, _, blq in all_pts):
-        items.append((_marker("circle", 0, 0, "#555555", filled=False), "Below LLOQ, drawn at LLOQ/2"))
+        items.append((_marker(0, 0, "#555555", filled=False), "Below LLOQ, drawn at LLOQ/2"))
     if lloqs:
         items.append((_line_symbol("#555555", "3 2"), f"LLOQ ({', '.join(_num(v) for v in sorted(lloqs))} copies/\u00b5g gDNA)"))
 
@@ -563,7 +562,7 @@ def transgene_svg(rows: Sequence[Row], dose_levels: Sequence[Row], median_of: di
         parts.append(f'<g class="participant" data-subjid="{_t(s)}" data-dose="{_t(dose_of[s])}">')
         parts.append(f'<polyline class="subject" points="{coords}" fill="none" stroke="{c}" stroke-width="1.1" stroke-linejoin="round"/>')
         for d, v, blq in pts:
-            parts.append(_marker("circle", x(d), y(v), c, filled=not blq, r=1.9))
+            parts.append(_marker(x(d), y(v), c, filled=not blq, r=1.9))
         parts.append("</g>")
     parts.append(f'<line x1="{_num(left)}" y1="{_num(bottom)}" x2="{_num(right)}" y2="{_num(bottom)}" stroke="{AXIS_COLOUR}" stroke-width="0.8"/>')
     parts.append(f'<line x1="{_num(left)}" y1="{_num(top)}" x2="{_num(left)}" y2="{_num(bottom)}" stroke="{AXIS_COLOUR}" stroke-width="0.8"/>')

@@ -59,13 +59,11 @@ def _truth_decision(truth: dict[str, Any], cfg: StudyConfig) -> EscalationState:
     ids = cfg.dose_ids
     d = recommend(parse_outcomes(truth["escalation"]), len(ids), variant=cfg.escalation.variant,
                   require_six_at_mtd=cfg.escalation.require_six_at_mtd, strict=False)
-    pending = sum(p["not_evaluable_reason"] == "DLT window open" for p in truth["participants"])
     return EscalationState(
         outcomes=truth["escalation"],
         next_dose=ids[d.next_dose - 1] if d.next_dose else None,
         continue_trial=d.continue_trial,
         mtd=ids[d.mtd - 1] if d.mtd else None,
-        mature=pending == 0,
         determined=True,
     )
 
@@ -314,8 +312,8 @@ def test_known_answer_per_category():
         ChangeRow(*neut, "serious", "not serious", "seriousness withdrawn"),
     ]
     assert ch.escalation.changed
-    assert ch.escalation.previous == EscalationState("", "DL1", True, None, False, True)
-    assert ch.escalation.current == EscalationState("1NNN", "DL2", True, None, True, True)
+    assert ch.escalation.previous == EscalationState("", "DL1", True, None, True)
+    assert ch.escalation.current == EscalationState("1NNN", "DL2", True, None, True)
     assert ch.counts == {"screened": 2, "enrolled": 1, "infused": 1, "dlts": 1, "saes": 2, "deaths": 1,
                          "grade_changes": 2, "teae_grade3": 2, "disposition": 3, "removed": 4, "escalation": 1}
     assert ch.totals == {"screened": (5, 6), "enrolled": (4, 4), "infused": (2, 3), "dlts": (1, 1),
