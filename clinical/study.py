@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -180,7 +180,8 @@ class Response(_Strict):
 
 
 # ADSL population flags a form can be expected of (deliverables: form completeness).
-POPULATION_FLAGS = ("SCRNFL", "ENRLFL", "APHFL", "MFGFL", "LDFL", "SAFFL")
+PopulationFlag = Literal["SCRNFL", "ENRLFL", "APHFL", "MFGFL", "LDFL", "SAFFL"]
+POPULATION_FLAGS: tuple[str, ...] = get_args(PopulationFlag)
 
 
 class DataQuality(_Strict):
@@ -192,7 +193,7 @@ class DataQuality(_Strict):
     response of the infused). Forms not listed (AEs, medications, disposition) have no expected
     population; their records are still counted."""
 
-    expected_forms: dict[str, Literal["SCRNFL", "ENRLFL", "APHFL", "MFGFL", "LDFL", "SAFFL"]] = {
+    expected_forms: dict[str, PopulationFlag] = {
         "dm": "SCRNFL", "enrol": "SCRNFL", "ie": "SCRNFL", "sc": "SCRNFL", "lb": "SCRNFL",
         "apher": "ENRLFL", "mfg": "APHFL", "ld": "MFGFL", "inf": "LDFL", "pc": "SAFFL", "rs": "SAFFL",
     }
