@@ -196,7 +196,7 @@ class ExportSource:
 
             path = self.dir / form.file
             if not path.is_file():
-                raise ExportFileError(f"{form.file}: file missing from export {export_id or self.dir.name} (rule FILE-MISSING)")
+                raise file_error(form.file, "FILE-MISSING", f"file missing from export {export_id or self.dir.name}")
             return read_csv_form(path, form, self.settings, self.declared_encoding(form.file))
         if self.format == "odm":
             return self._odm.read_form(form)
