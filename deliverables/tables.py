@@ -150,6 +150,8 @@ QUERIES: dict[str, str] = {
         ORDER BY d.DOSEN NULLS LAST, s.DOSEP NULLS LAST, s.SUBJID""",
 }
 
+# Tables a database may not have (older, or without that part of the pipeline), and summaries counted
+# here set-based from one analysis table: no rows when a source table is absent (QUERY_SOURCES).
 OPTIONAL_QUERIES: dict[str, str] = {
     "data_queries": """SELECT QUERY_ID, RULE_ID, SEVERITY, FORM, SITEID, SUBJID, STATUS, DAYS_OPEN,
                               FIRST_SEEN_CUT, CLOSED_CUT, DATA_CUT
@@ -174,6 +176,35 @@ OPTIONAL_QUERIES: dict[str, str] = {
     "ae_by_grade": """SELECT AEBODSYS, AEDECOD, DOSE, DOSEN, GRADE, N, N_AT_RISK FROM analysis.ae_by_grade
                       ORDER BY AEBODSYS, AEDECOD NULLS FIRST, GRADE, DOSEN, DOSE""",
     "response_summary": "SELECT * FROM analysis.response_summary ORDER BY DOSEN, DOSE",
+    # Recovery after infusion, by dose level received and in total: ANC nadir < 0.5 (ANC_LT05),
+    # recovered (ANC_REC, with the day of recovery), and grade >= 3 cytopenia at day 28 per
+    # decreased test (D28_<PARAMCD>, N of DENOM assessed).
+    "haem_recovery": """
+        WITH t AS (SELECT * FROM analysis.lab_toxicity WHERE DOSEA IS NOT NULL),
+        anc AS (
+          SELECT 'ANC_LT05' AS ROW, coalesce(DOSEA, 'TOTAL') AS DOSE, count(*) AS N, NULL::BIGINT AS DENOM,
+                 NULL::DOUBLE AS MEDIAN, NULL::DOUBLE AS MIN, NULL::DOUBLE AS MAX
+          FROM t WHERE PARAMCD = 'NEUT' AND ANCRECFL IS NOT NULL GROUP BY GROUPING SETS ((DOSEA), ())
+          UNION ALL
+          SELECT 'ANC_REC', coalesce(DOSEA, 'TOTAL'), count(*), NULL, median(ANCRECDY), min(ANCRECDY), max(ANCRECDY)
+          FROM t WHERE PARAMCD = 'NEUT' AND ANCRECFL = 'Y' GROUP BY GROUPING SETS ((DOSEA), ())),
+        d28 AS (
+          SELECT 'D28_' || PARAMCD AS ROW, coalesce(DOSEA, 'TOTAL') AS DOSE,
+                 count(*) FILTER (WHERE CYTOPENIA_D28 = 'Y') AS N, count(CYTOPENIA_D28) AS DENOM,
+                 NULL::DOUBLE, NULL::DOUBLE, NULL::DOUBLE
+          FROM t WHERE ATOXDIR = 'L' GROUP BY GROUPING SETS ((PARAMCD, DOSEA), (PARAMCD)))
+        SELECT * FROM anc UNION ALL SELECT * FROM d28 ORDER BY ROW, DOSE""",
+}
+
+# The analysis tables each query reads (by default the one of its name): a query runs when they all
+# exist, else its rows are empty. REQUIRED tables missing with strict=False make their queries empty.
+QUERY_SOURCES: dict[str, tuple[str, ...]] = {
+    "dlt_listing": ("adae", "adsl", "dose_levels"),
+    "sae_listing": ("adae", "adsl", "dose_levels"),
+    "deaths": ("adsl", "adae", "dose_levels"),
+    "exposure": ("exposure", "dose_levels"),
+    "lab_summary": ("lab_summary", "adlb"),
+    "haem_recovery": ("lab_toxicity",),
 }
 
 # Baseline characteristics of the enrolled participants by planned dose level and in total: one row
@@ -241,32 +272,6 @@ def baseline_sql(adsl_columns: set[str]) -> str:
                   FROM s GROUP BY GROUPING SETS ((DOSE), ()))
         {' UNION ALL '.join(parts)}
         ORDER BY 1, 2, 3 NULLS FIRST, 4"""
-
-
-# Summaries of one analysis table each, counted set-based in DuckDB when the report is read
-# (name -> (source table, SQL)).
-DERIVED_QUERIES: dict[str, tuple[str, str]] = {
-    # Recovery after infusion, by dose level received and in total: ANC nadir < 0.5 (ANC_LT05),
-    # recovered (ANC_REC, with the day of recovery), and grade >= 3 cytopenia at day 28 per
-    # decreased test (D28_<PARAMCD>, N of DENOM assessed).
-    "haem_recovery": ("lab_toxicity", """
-        WITH t AS (SELECT * FROM analysis.lab_toxicity WHERE DOSEA IS NOT NULL),
-        anc AS (
-          SELECT 'ANC_LT05' AS ROW, coalesce(DOSEA, 'TOTAL') AS DOSE, count(*) AS N, NULL::BIGINT AS DENOM,
-                 NULL::DOUBLE AS MEDIAN, NULL::DOUBLE AS MIN, NULL::DOUBLE AS MAX
-          FROM t WHERE PARAMCD = 'NEUT' AND ANCRECFL IS NOT NULL GROUP BY GROUPING SETS ((DOSEA), ())
-          UNION ALL
-          SELECT 'ANC_REC', coalesce(DOSEA, 'TOTAL'), count(*), NULL, median(ANCRECDY), min(ANCRECDY), max(ANCRECDY)
-          FROM t WHERE PARAMCD = 'NEUT' AND ANCRECFL = 'Y' GROUP BY GROUPING SETS ((DOSEA), ())),
-        d28 AS (
-          SELECT 'D28_' || PARAMCD AS ROW, coalesce(DOSEA, 'TOTAL') AS DOSE,
-                 count(*) FILTER (WHERE CYTOPENIA_D28 = 'Y') AS N, count(CYTOPENIA_D28) AS DENOM,
-                 NULL::DOUBLE, NULL::DOUBLE, NULL::DOUBLE
-          FROM t WHERE ATOXDIR = 'L' GROUP BY GROUPING SETS ((PARAMCD, DOSEA), (PARAMCD)))
-        SELECT * FROM anc UNION ALL SELECT * FROM d28 ORDER BY ROW, DOSE"""),
-}
-
-LISTING_SOURCES = {"dlt_listing": ("adae", "adsl"), "sae_listing": ("adae", "adsl"), "deaths": ("adsl", "adae")}
 
 
 def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -339,19 +344,9 @@ def load_report_tables(
     if missing and strict:
         raise MissingAnalysisTable(f"analysis tables missing: {', '.join('analysis.' + t for t in missing)}")
     out: dict[str, Any] = {}
-    for name, sql in QUERIES.items():
-        sources = LISTING_SOURCES.get(name, (name,))
-        if any(s in missing for s in sources):
-            out[name] = []
-            continue
-        out[name] = _rows(con, sql)
-    # Optional data-quality tables: read when present.
-    for name, sql in OPTIONAL_QUERIES.items():
-        source = "adlb" if name == "lab_summary" else None
-        ok = name in have and (source is None or source in have)
-        out[name] = _rows(con, sql) if ok else []
-    for name, (source, sql) in DERIVED_QUERIES.items():
-        out[name] = _rows(con, sql) if source in have else []
+    for name, sql in {**QUERIES, **OPTIONAL_QUERIES}.items():
+        present = all(source in have for source in QUERY_SOURCES.get(name, (name,)))
+        out[name] = _rows(con, sql) if present else []
     if expected_forms is None:
         from clinical.study import DataQuality
 

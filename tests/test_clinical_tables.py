@@ -157,9 +157,9 @@ def test_haematology_recovery_from_lab_toxicity():
         ('04', 'DL2', 'PLAT', 'L', NULL, NULL, 'Y'),
         ('04', 'DL2', 'ALT', 'H', NULL, NULL, NULL)
         ) t(SUBJID, DOSEA, PARAMCD, ATOXDIR, ANCRECFL, ANCRECDY, CYTOPENIA_D28)""")
-    from deliverables.tables import DERIVED_QUERIES
+    from deliverables.tables import OPTIONAL_QUERIES
 
-    cur = con.execute(DERIVED_QUERIES["haem_recovery"][1])
+    cur = con.execute(OPTIONAL_QUERIES["haem_recovery"])
     rows = {(r[0], r[1]): r for r in cur.fetchall()}
     assert rows[("ANC_LT05", "DL1")][2] == 2 and rows[("ANC_LT05", TOTAL)][2] == 3
     assert rows[("ANC_REC", TOTAL)][2:] == (2, None, 12.0, 10, 14)
