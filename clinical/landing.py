@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clinical.ingest import sha256_file
-from clinical.sources import COMPLETE_MARKER, list_files, read_meta
+from clinical.sources import COMPLETE_MARKER, export_id_of, list_files
 
 SETTLE_SECONDS = 600  # default: a folder without a marker is complete after 10 quiet minutes
 
@@ -42,7 +42,7 @@ class Delivery:
 
     @property
     def export_id(self) -> str:
-        return str(read_meta(self.folder).get("export_id") or self.folder.name)
+        return export_id_of(self.folder)
 
 
 def content_files(folder: Path) -> list[Path]:

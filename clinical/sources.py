@@ -53,6 +53,12 @@ def read_meta(export_dir: Path) -> dict:
     return meta
 
 
+def export_id_of(export_dir: Path, meta: dict | None = None) -> str:
+    """An export's id: ``export_id`` in its ``export.json`` (``meta``, read when not given), else the folder's name."""
+    meta = read_meta(export_dir) if meta is None else meta
+    return str(meta.get("export_id") or Path(export_dir).name)
+
+
 def list_files(export_dir: Path) -> list[Path]:
     """Every file under the folder (hidden files and folders excluded), sorted by relative path."""
     root = Path(export_dir)

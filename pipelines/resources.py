@@ -8,7 +8,6 @@ of that data cut untouched.
 
 import contextlib
 import datetime as dt
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -21,13 +20,13 @@ import duckdb
 from pydantic import PrivateAttr
 
 from clinical.crf import ResolvedCodelists, study_codelists
+from clinical.sources import EXPORT_META, export_id_of, read_meta
 from clinical.study import StudyConfig, load_study
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = os.environ.get("TRIAL_STUDY", str(REPO_ROOT / "studies" / "im83.yaml"))
 DEFAULT_EXPORT = os.environ.get("TRIAL_EXPORT", str(REPO_ROOT / "demo" / "export"))
 DEFAULT_OUTPUT = os.environ.get("TRIAL_OUTPUT", str(REPO_ROOT / "output"))
-EXPORT_META = "export.json"
 DATABASE_NAME = "trial.duckdb"
 
 
@@ -37,9 +36,8 @@ def export_identity(export_dir: Path, data_cut: str = "") -> tuple[str, dt.date]
     From ``export.json`` ({"export_id": ..., "data_cut": "YYYY-MM-DD"}) when the EDC wrote one,
     else the folder name and the explicit ``data_cut``. A cut is never guessed from the clock.
     """
-    meta_path = export_dir / EXPORT_META
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    export_id = str(meta.get("export_id") or export_dir.name)
+    meta = read_meta(export_dir)  # raises ExportFileError (a ValueError) when it is not a JSON object
+    export_id = export_id_of(export_dir, meta)
     cut = data_cut or meta.get("data_cut")
     if not cut:
         raise ValueError(

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from clinical.landing import completeness, export_fingerprint, read_delivery
+from clinical.records import ExportFileError
 from clinical.sources import COMPLETE_MARKER
 from pipelines import sensors
 from pipelines.archive import (
@@ -22,6 +23,7 @@ from pipelines.archive import (
     find_archived,
     verify_archive,
 )
+from pipelines.resources import export_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = str(ROOT / "studies" / "im83.yaml")
@@ -86,6 +88,17 @@ def test_archive_is_byte_identical_read_only_with_a_sha256_per_file(tmp_path):
     assert verify_archive(dest) == []
     assert archive_delivery(delivery, dest) is False  # never overwritten
     assert find_archived(tmp_path / "out" / "IM83", delivery.fingerprint) == dest
+
+
+def test_one_rule_for_the_export_id_of_a_delivery_and_of_a_run(tmp_path):
+    named = _export(tmp_path / "folder")
+    (named / "export.json").write_text(json.dumps({"export_id": "EDC-7", "data_cut": "2025-12-31"}))
+    assert read_delivery(named).export_id == export_identity(named)[0] == "EDC-7"
+    unnamed = _export(tmp_path / "E2", cut=None)
+    assert read_delivery(unnamed).export_id == export_identity(unnamed, "2025-12-31")[0] == "E2"
+    (unnamed / "export.json").write_text("[]")
+    with pytest.raises(ExportFileError, match=r"export.json: must be a JSON object \(rule FILE-PARSE\)"):
+        export_identity(unnamed, "2025-12-31")
 
 
 def test_export_fingerprint_is_sha256sum_of_the_files():
