@@ -35,6 +35,23 @@ AGE_GROUPS: tuple[tuple[str, int | None], ...] = (
     ("<=18 years", 18), ("Between 18 and 65 years", 64), (">=65 years", None),
 )
 
+_PARTIAL_RANGE = """\
+CASE WHEN regexp_full_match(<s>, '[0-9]{4}-[0-9]{2}-[0-9]{2}') THEN [try_cast(<s> AS DATE), try_cast(<s> AS DATE)]
+       WHEN regexp_full_match(<s>, '[0-9]{4}-[0-9]{2}') AND <highest> IN ('D', 'M')
+         THEN [try_cast(<s> || '-01' AS DATE), last_day(try_cast(<s> || '-01' AS DATE))]
+       WHEN regexp_full_match(<s>, '[0-9]{4}') AND <highest> = 'M'
+         THEN [try_cast(<s> || '-01-01' AS DATE), try_cast(<s> || '-12-31' AS DATE)] END"""
+
+
+def partial_range_sql(s: str, highest: str) -> str:
+    """SQL for [first, last] date a CDASH date text can stand for, over the SQL expressions ``s`` (the
+    text) and ``highest`` ('D' or 'M', the highest component that may be missing): YYYY-MM-DD itself,
+    YYYY-MM its month's first and last day, and with 'M' YYYY its 1 January and 31 December; NULL
+    when ``s`` has none of these forms (NULL bounds when it has one but is no date, e.g. 2024-13).
+    The macro ``partial_range`` below, and the partial-date comparisons of clinical.rules."""
+    return _PARTIAL_RANGE.replace("<s>", s).replace("<highest>", highest)
+
+
 SETUP_SQL = """
 CREATE SCHEMA IF NOT EXISTS analysis;
 -- Partial-date imputation as admiral's derive_vars_dt(): a missing day (YYYY-MM) and, with highest
@@ -42,11 +59,7 @@ CREATE SCHEMA IF NOT EXISTS analysis;
 -- the last ("last", end dates), never outside what the known parts allow. min_date / max_date bound
 -- the result only when they fall inside that range (admiral's min_dates / max_dates).
 CREATE OR REPLACE MACRO partial_range(s, highest) AS
-  CASE WHEN regexp_full_match(s, '[0-9]{4}-[0-9]{2}-[0-9]{2}') THEN [try_cast(s AS DATE), try_cast(s AS DATE)]
-       WHEN regexp_full_match(s, '[0-9]{4}-[0-9]{2}') AND highest IN ('D', 'M')
-         THEN [try_cast(s || '-01' AS DATE), last_day(try_cast(s || '-01' AS DATE))]
-       WHEN regexp_full_match(s, '[0-9]{4}') AND highest = 'M'
-         THEN [try_cast(s || '-01-01' AS DATE), try_cast(s || '-12-31' AS DATE)] END;
+  <partial_range>;
 CREATE OR REPLACE MACRO impute_first(s, highest, min_date) AS
   CASE WHEN min_date BETWEEN partial_range(s, highest)[1] AND partial_range(s, highest)[2] THEN min_date
        ELSE partial_range(s, highest)[1] END;
@@ -58,7 +71,7 @@ CREATE OR REPLACE MACRO impute_flag(s, highest) AS
   CASE WHEN partial_range(s, highest) IS NULL THEN NULL
        WHEN regexp_full_match(s, '[0-9]{4}-[0-9]{2}') THEN 'D'
        WHEN regexp_full_match(s, '[0-9]{4}') THEN 'M' END;
-"""
+""".replace("<partial_range>", partial_range_sql("s", "highest"))
 
 
 def write_reference_tables(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> None:

@@ -38,6 +38,7 @@ from typing import Literal
 
 import duckdb
 
+from clinical.adsl import partial_range_sql
 from clinical.crf import FORMS, Form, form
 from clinical.study import StudyConfig
 
@@ -62,16 +63,12 @@ class Rule:
         return tuple(self.asset.split("/"))
 
 
-# Earliest / latest date a (possibly partial) CDASH date text stands for; NULL when not a date.
-RULE_MACROS = r"""
-CREATE OR REPLACE TEMP MACRO pdate_lo(s) AS CASE
-  WHEN regexp_full_match(s::VARCHAR, '\d{4}-\d{2}-\d{2}') THEN try_cast(s::VARCHAR AS DATE)
-  WHEN regexp_full_match(s::VARCHAR, '\d{4}-\d{2}') THEN try_cast(s::VARCHAR || '-01' AS DATE)
-  WHEN regexp_full_match(s::VARCHAR, '\d{4}') THEN try_cast(s::VARCHAR || '-01-01' AS DATE) END;
-CREATE OR REPLACE TEMP MACRO pdate_hi(s) AS CASE
-  WHEN regexp_full_match(s::VARCHAR, '\d{4}-\d{2}-\d{2}') THEN try_cast(s::VARCHAR AS DATE)
-  WHEN regexp_full_match(s::VARCHAR, '\d{4}-\d{2}') THEN last_day(try_cast(s::VARCHAR || '-01' AS DATE))
-  WHEN regexp_full_match(s::VARCHAR, '\d{4}') THEN try_cast(s::VARCHAR || '-12-31' AS DATE) END;
+# Earliest / latest date a (possibly partial) CDASH date text stands for (YYYY-MM-DD, YYYY-MM, YYYY:
+# the range ADSL's imputation uses, clinical.adsl.partial_range_sql with highest 'M'); NULL when not a date.
+_PDATE_RANGE = partial_range_sql("s::VARCHAR", "'M'")
+RULE_MACROS = f"""
+CREATE OR REPLACE TEMP MACRO pdate_lo(s) AS ({_PDATE_RANGE})[1];
+CREATE OR REPLACE TEMP MACRO pdate_hi(s) AS ({_PDATE_RANGE})[2];
 """
 
 

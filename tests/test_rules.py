@@ -308,3 +308,31 @@ def test_rule_ids_unique_and_well_formed():
     for r in RULES:
         assert r.severity in ("ERROR", "WARN") and r.id.startswith("XF-") and r.asset.startswith("analysis/")
         assert r.form in {f.id for f in FORMS}
+
+
+@pytest.mark.parametrize(
+    "text, lo, hi",
+    [
+        ("2024-02-29", dt.date(2024, 2, 29), dt.date(2024, 2, 29)),
+        ("2024-02", dt.date(2024, 2, 1), dt.date(2024, 2, 29)),
+        ("2023-02", dt.date(2023, 2, 1), dt.date(2023, 2, 28)),
+        ("2024", dt.date(2024, 1, 1), dt.date(2024, 12, 31)),
+        ("2023-02-29", None, None),
+        ("2024-13", None, None),
+        ("2024-1-01", None, None),
+        ("UNK", None, None),
+        (None, None, None),
+    ],
+)
+def test_partial_date_bounds_are_adsls_imputation_range(text, lo, hi):
+    """pdate_lo / pdate_hi give the range ADSL imputes within (partial_range with highest 'M')."""
+    from clinical.adsl import SETUP_SQL
+    from clinical.rules import create_rule_macros
+
+    con = duckdb.connect(":memory:")
+    con.execute(SETUP_SQL)
+    create_rule_macros(con)
+    got = con.execute(
+        "SELECT pdate_lo($s), pdate_hi($s), partial_range($s, 'M')[1], partial_range($s, 'M')[2]", {"s": text}
+    ).fetchone()
+    assert got == (lo, hi, lo, hi)
