@@ -33,11 +33,17 @@ import polars as pl
 
 from clinical.crf import Form
 from clinical.encoding import decode
-from clinical.records import LINE, STUDY, FormRecords, IngestSettings, file_error
+from clinical.records import (
+    LINE,
+    REJECT_COLUMNS,
+    STUDY,
+    FormRecords,
+    IngestSettings,
+    file_error,
+)
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
 DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-PREVIEW = 200  # characters of a malformed record kept in quarantine
 
 
 def _split_header(text: str, delimiter: str) -> list[str]:
@@ -186,16 +192,16 @@ def read_csv_form(path: Path, form: Form, settings: IngestSettings, declared_enc
                 f"{DELIMITER_NAMES.get(delimiter, delimiter)} like the header): the rows are not separated like the header",
                 line=int(lines[first]),
             )
-    texts = [raw[starts[i] : content_end[i]].decode("utf-8") for i in bad_idx]  # malformed records only
+    # The malformed records' full text: the loader keeps a preview of a long one in quarantine.
     rejects = pl.DataFrame(
         {
             LINE: pl.Series(lines[bad_idx].astype(np.int64)),
             "column": [header[int(n)] if n < ncols else None for n in nfields[bad_idx]],
             "rule": ["CSV-FIELD-COUNT"] * len(bad_idx),
-            "value": [t[:PREVIEW] + ("..." if len(t) > PREVIEW else "") for t in texts],
+            "value": [raw[starts[i] : content_end[i]].decode("utf-8") for i in bad_idx],
             "message": [f"record has {int(n)} fields, the header has {ncols}" for n in nfields[bad_idx]],
         },
-        schema={LINE: pl.Int64, "column": pl.String, "rule": pl.String, "value": pl.String, "message": pl.String},
+        schema=REJECT_COLUMNS,
     )
 
     good = data_idx[ok]

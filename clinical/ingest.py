@@ -399,8 +399,8 @@ def load_records(
                   SELECT $export_id, $form, $file, q.* FROM ({' UNION ALL '.join(checks)}) q"""
         con.execute(sql, _used({**params, **scope}, sql))
         con.execute(
-            """INSERT INTO raw.quarantine
-               SELECT $export_id, $form, $file, _line, SUBJID, "column", rule, value, message FROM _extra""",
+            f"""INSERT INTO raw.quarantine
+                SELECT $export_id, $form, $file, _line, SUBJID, "column", rule, {_preview("value")}, message FROM _extra""",
             scope,
         )
         con.execute(

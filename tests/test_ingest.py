@@ -98,3 +98,12 @@ def test_missing_file_is_blocking(tmp_path):
 def test_header_only_loads_zero_rows(tmp_path):
     _, res = _load(tmp_path, "inf", INF_HEADER)
     assert (res.rows_received, res.rows_staged) == (0, 0)
+
+
+def test_a_long_malformed_record_is_quarantined_as_a_preview_like_any_value(tmp_path):
+    record = "01-001,2025-03-01,DL1," + "9" * 600 + ",5"
+    con, res = _load(tmp_path, "inf", INF_HEADER + record + "\n01-002,2025-04-01,DL2,980000000\n")
+    assert (res.rows_received, res.rows_staged, res.rows_quarantined) == (2, 1, 1)
+    assert con.execute("SELECT line, rule, value FROM raw.quarantine").fetchall() == [
+        (2, "CSV-FIELD-COUNT", record[:500] + f"... ({len(record)} characters)")
+    ]
