@@ -49,9 +49,9 @@ from pathlib import Path
 
 import duckdb
 
-from clinical.crf import FORMS, SUBJID_PATTERN, Form
+from clinical.crf import FORMS, SUBJID_PATTERN, Form, form
 from clinical.expectation_runner import validated_rows_sql
-from clinical.rules import RULES, create_rule_macros, rule_sql
+from clinical.rules import RULES, _record_key_expr, create_rule_macros, rule_sql
 from clinical.study import StudyConfig
 
 OPEN, CLOSED, REOPENED = "Open", "Closed", "Re-opened"
@@ -135,12 +135,9 @@ def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str, datab
 
 
 def _raw_key_expr(f: Form) -> str:
-    """'<form> K1=v1, K2=v2' of a raw row (form key without SUBJID), as SQL over raw.<form>."""
-    names = [k for k in f.key if k != "SUBJID"]
-    if not names:
-        return f"'{f.id}'"
-    keys = ", ".join(f"'{k}=' || coalesce(\"{k}\", '')" for k in names)
-    return f"'{f.id} ' || concat_ws(', ', {keys})"
+    """'<form> K1=v1, K2=v2' of a raw row (the form and a rule's RECORD_KEY of the row), as SQL over raw.<form>."""
+    key = _record_key_expr(f)
+    return f"'{f.id}'" if key == "''" else f"'{f.id} ' || {key}"
 
 
 def _quarantine_sql(con: duckdb.DuckDBPyConnection) -> str:
@@ -168,7 +165,7 @@ def expectation_query_sql(form_id: str, expectation: dict) -> tuple[str, dict[st
         return None
     kwargs = dict(expectation["kwargs"])
     col = kwargs.pop("column")
-    f = next(x for x in FORMS if x.id == form_id)
+    f = form(form_id)
     if col not in {fld.name for fld in f.loaded_fields}:
         raise ValueError(f"{meta['rule_id']}: column {col} is not in the {form_id} contract")
     params: dict[str, object] = {}
