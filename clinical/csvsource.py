@@ -67,32 +67,29 @@ def detect_delimiter(header_text: str, known: set[str], accepted: tuple[str, ...
     return best
 
 
-def _classify_header(form: Form, header: list[str], settings: IngestSettings, file: str) -> tuple[list[str], str | None]:
-    """Check the header against the form's allow-list; (identifier columns to drop, study column or None)."""
+def _classify_header(form: Form, header: list[str], settings: IngestSettings, file: str) -> list[str]:
+    """Check the header against the form's allow-list; the identifier columns to drop."""
     seen: set[str] = set()
     for h in header:
         if h in seen:
             raise file_error(file, "FILE-DUP-COLUMN", "duplicate column", line=1, column=h)
         seen.add(h)
     contract = {f.name for f in form.fields}
-    identifiers, study_col = [], None
+    identifiers = []
     for h in header:
         if h in contract:
             if form.field(h).identifier:
                 identifiers.append(h)
-            continue
-        if h == "STUDYID":  # EDC exports carry the study on every form: checked, not loaded
-            study_col = h
+        elif h == "STUDYID":
+            continue  # EDC exports carry the study on every form: checked, not loaded
         elif settings.is_identifier_column(h):
             identifiers.append(h)
         else:
             raise file_error(file, "FILE-UNKNOWN-COLUMN", f"not in the {form.id} contract", line=1, column=h)
-    if "STUDYID" in contract and "STUDYID" in header:
-        study_col = "STUDYID"
     missing = [f.name for f in form.loaded_fields if f.name not in header]
     if missing:
         raise file_error(file, "FILE-MISSING-COLUMN", "missing from the header", line=1, column=missing[0])
-    return identifiers, study_col
+    return identifiers
 
 
 def _known(form: Form) -> set[str]:
@@ -143,7 +140,7 @@ def read_csv_form(path: Path, form: Form, settings: IngestSettings, declared_enc
     header_text = raw[starts[0] : content_end[0]].decode("utf-8")
     delimiter = detect_delimiter(header_text, known, settings.delimiters, file)
     header = _split_header(header_text, delimiter)
-    identifiers, study_col = _classify_header(form, header, settings, file)
+    identifiers = _classify_header(form, header, settings, file)
     ncols = len(header)
 
     if len(quotes) % 2:
@@ -227,8 +224,8 @@ def read_csv_form(path: Path, form: Form, settings: IngestSettings, declared_enc
     if frame.height != len(good):
         raise file_error(file, "FILE-PARSE", f"parsed {frame.height} records where the structure has {len(good)}")
     frame = frame.with_columns(pl.Series(LINE, lines[good].astype(np.int64)))
-    if study_col:
-        frame = frame.with_columns(pl.col(study_col).str.strip_chars().alias(STUDY))
+    if "STUDYID" in header:  # the study each record says it belongs to (a contract field or not)
+        frame = frame.with_columns(pl.col("STUDYID").str.strip_chars().alias(STUDY))
     # Only contract fields stay; identifier columns outside the contract go here, before any use.
     contract = {f.name for f in form.fields}
     frame = frame.drop([h for h in header if h not in contract])
