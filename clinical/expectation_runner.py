@@ -394,7 +394,6 @@ class SuiteTask:
     suite: dict
     frame: pl.DataFrame
     n_rows: int
-    n_columns: int
     positions: list[int] | None = None
     flags: pl.DataFrame | None = None
 
@@ -406,8 +405,8 @@ def prepare_suite(suite: dict, frame: pl.DataFrame) -> SuiteTask:
         reduced = _reduce(exps, frame)
         if reduced is not None:
             positions, flags = reduced
-            return SuiteTask(suite, frame[positions], frame.height, len(frame.columns), positions, flags)
-    return SuiteTask(suite, frame, frame.height, len(frame.columns))
+            return SuiteTask(suite, frame[positions], frame.height, positions, flags)
+    return SuiteTask(suite, frame, frame.height)
 
 
 def run_task(task: SuiteTask) -> list[ExpectationOutcome] | None:
@@ -415,7 +414,7 @@ def run_task(task: SuiteTask) -> list[ExpectationOutcome] | None:
     exps = _expectations(task.suite)
     if task.positions is None:
         return _run_whole(task.suite, exps, task.frame)
-    return _run_reduced(task.suite, exps, task.frame, task.positions, task.flags, task.n_rows, task.n_columns)
+    return _run_reduced(task.suite, exps, task.frame, task.positions, task.flags, task.n_rows)
 
 
 def run_suite(suite: dict, frame: pl.DataFrame) -> list[ExpectationOutcome]:
@@ -529,10 +528,10 @@ def _reduce(exps: list[dict], frame: pl.DataFrame) -> tuple[list[int], pl.DataFr
 
 
 def _run_reduced(suite: dict, exps: list[dict], small: pl.DataFrame, positions: list[int],
-                 flags: pl.DataFrame, n_rows: int, n_columns: int) -> list[ExpectationOutcome] | None:
+                 flags: pl.DataFrame, n_rows: int) -> list[ExpectationOutcome] | None:
     """GX on the suspect rows and the sample (``small``: the rows at ``positions`` of a frame of
-    ``n_rows`` rows and ``n_columns`` columns); None when GX found a row the pre-filter had not
-    flagged (the caller then validates the whole frame)."""
+    ``n_rows`` rows, all its columns); None when GX found a row the pre-filter had not flagged (the
+    caller then validates the whole frame)."""
     results = _run_gx(suite, exps, small, result_format="COMPLETE")
     for i, e in enumerate(exps):
         if e["type"] == "expect_table_columns_to_match_set":
@@ -553,7 +552,7 @@ def _run_reduced(suite: dict, exps: list[dict], small: pl.DataFrame, positions: 
     key = list((suite.get("meta") or {}).get("key") or [])
     namer = _RowNamer(small, key)
     return [
-        _outcome(e, results[e["meta"]["rule_id"]], namer, n_columns, positions=positions,
+        _outcome(e, results[e["meta"]["rule_id"]], namer, len(small.columns), positions=positions,
                  n_rows=n_rows, gx_rows=small.height)
         for e in exps
     ]
@@ -754,7 +753,7 @@ def outcomes_of(future, suite: dict, frame: pl.DataFrame) -> list[ExpectationOut
                 return outcomes
             worker = _WORKER
             if worker is not None:
-                outcomes = worker.submit(SuiteTask(suite, frame, frame.height, len(frame.columns))).result()
+                outcomes = worker.submit(SuiteTask(suite, frame, frame.height)).result()
                 if outcomes is not None:
                     return outcomes
         except WorkerGone:
