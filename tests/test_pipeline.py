@@ -170,46 +170,41 @@ def test_dlt_rules_and_astct_grades_agree_with_truth(demo_run, db):
         assert {s: got.get(s, 0) for s in truth} == {s: p[key] for s, p in truth.items()}, cat
 
 
+def _run_with_broken_report_part(demo_run, tmp_path, capsys, monkeypatch, name: str, message: str):
+    """Run the demo export with ``assets.report.<name>`` raising ``message``: (exit code, stderr,
+    files written in the work folder). Nothing may be published."""
+    import assets.report
+    from pipelines.run import run_export
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(assets.report, name, broken)
+    out = tmp_path / "out"
+    rc = run_export(str(STUDY), str(demo_run.export), str(out), DEMO_CUT)
+    assert not (out / demo_run.cfg.study.id / DEMO_CUT).exists()
+    written = {p.name for p in (out / demo_run.cfg.study.id / ".work" / DEMO_CUT).iterdir()}
+    return rc, capsys.readouterr().err, written
+
+
 def test_a_failing_deliverable_does_not_stop_the_others_and_nothing_is_published(demo_run, tmp_path, capsys, monkeypatch):
     """The four deliverables share the `reports` step; each still fails on its own: the others are
     written, the step fails naming the one that failed, and no manifest publishes the cut."""
-    import assets.report
-    from pipelines.run import run_export
-
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-
-    def broken(context, trial):
-        raise RuntimeError("registry draft broken on purpose")
-
-    monkeypatch.setattr(assets.report, "_registry_results", broken)
-    out = tmp_path / "out"
-    rc = run_export(str(STUDY), str(demo_run.export), str(out), DEMO_CUT)
-    err = capsys.readouterr().err
+    rc, err, written = _run_with_broken_report_part(
+        demo_run, tmp_path, capsys, monkeypatch, "_registry_results", "registry draft broken on purpose")
     assert rc == 1
     assert "step reports failed" in err and "registry draft broken on purpose" in err
-    work = out / demo_run.cfg.study.id / ".work" / DEMO_CUT
-    written = {p.name for p in work.iterdir()}
     assert {"dsmb_report.pdf", "dsmb_report_open.pdf", "sponsor_workbook.xlsx", "data_queries.xlsx"} <= written
     assert "registry_results.json" not in written
-    assert not (out / demo_run.cfg.study.id / DEMO_CUT).exists()
 
 
 def test_report_tables_that_cannot_be_read_stop_only_the_deliverables_that_need_them(demo_run, tmp_path, capsys, monkeypatch):
-    import assets.report
-    from pipelines.run import run_export
-
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-
-    def unreadable(con, **kwargs):
-        raise RuntimeError("report tables unreadable on purpose")
-
-    monkeypatch.setattr(assets.report, "load_report_tables", unreadable)
-    out = tmp_path / "out"
-    rc = run_export(str(STUDY), str(demo_run.export), str(out), DEMO_CUT)
-    err = capsys.readouterr().err
+    rc, err, written = _run_with_broken_report_part(
+        demo_run, tmp_path, capsys, monkeypatch, "load_report_tables", "report tables unreadable on purpose")
     assert rc == 1
     assert "report/dsmb_report: report tables unreadable on purpose" in err
     assert "report/sponsor_workbook: report tables unreadable on purpose" in err
-    written = {p.name for p in (out / demo_run.cfg.study.id / ".work" / DEMO_CUT).iterdir()}
     assert {"registry_results.json", "registry_results.xml", "data_queries.xlsx"} <= written
     assert not written & {"dsmb_report.pdf", "sponsor_workbook.xlsx"}
