@@ -325,3 +325,21 @@ def test_the_worker_gets_only_the_rows_gx_validates_and_gives_the_whole_frame_ou
         assert _plain(again) == _plain(whole) and again[0].gx_rows == len(rows)
     finally:
         runner.stop_worker()
+
+
+def test_the_worker_loads_scipy_and_altair_only_when_used():
+    """The worker defers GX's unused heavy imports; a deferred module still works when read."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from clinical import expectation_runner as r\n"
+        "r._defer_imports(r.DEFERRED_IMPORTS)\n"
+        "r.warm_up()\n"
+        "lazy = sorted(n for n in ('scipy.stats', 'altair') if type(sys.modules[n]).__name__ == '_LazyModule')\n"
+        "print(lazy, round(float(sys.modules['scipy.stats'].norm.cdf(0)), 2))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split("\n")[0] == "['altair', 'scipy.stats'] 0.5"
