@@ -426,7 +426,7 @@ def load_records(
     )
 
 
-def not_collected(form: Form, settings: IngestSettings) -> FormRecords:
+def not_collected(form: Form) -> FormRecords:
     """The empty records of a form the study does not collect."""
     return FormRecords(
         form=form.id,

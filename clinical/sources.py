@@ -257,7 +257,7 @@ def ingest_form(con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource
 
     settings = source.settings
     if form.id not in settings.forms:
-        return load_records(con, form, not_collected(form, settings), export_id, settings)
+        return load_records(con, form, not_collected(form), export_id, settings)
     recs = source.read_form(form, export_id)
     consent = None
     if form.id == "dm" and "BRTHDAT" in recs.frame.columns and "enrol" in settings.forms:

@@ -211,7 +211,7 @@ def test_partial_dates_are_imputed_and_flagged_in_the_derivation(tmp_path):
         }[f])
         load_form(con, form(f), tmp_path / f"{f}.csv", "EXP1", IM83)
     for f in ("ie", "sc", "lb", "apher", "mfg", "ld", "cm", "pc", "rs", "ds"):
-        load_records(con, form(f), not_collected(form(f), IM83), "EXP1", IM83)
+        load_records(con, form(f), not_collected(form(f)), "EXP1", IM83)
     build_adsl(con, CFG, dt.date(2025, 12, 31))
     build_adae(con, CFG)
     got = con.execute("SELECT AESPID, AESTDTC, ASTDT, ASTDTF FROM analysis.adae ORDER BY AESPID").fetchall()
@@ -330,7 +330,7 @@ def test_subject_in_a_form_but_not_in_demographics_is_a_blocking_rule(tmp_path):
     (tmp_path / "ae.csv").write_text(AE + ae_row() + ae_row(subj="01-099"))
     load_form(con, form("ae"), tmp_path / "ae.csv", "EXP1", IM83)
     for f in ("enrol", "ie", "sc", "lb", "apher", "mfg", "ld", "inf", "cm", "pc", "rs", "ds"):
-        load_records(con, form(f), not_collected(form(f), IM83), "EXP1", IM83)
+        load_records(con, form(f), not_collected(form(f)), "EXP1", IM83)
     rule = next(r for r in RULES if r.id == "XF-SUBJ-NOT-IN-DM")
     assert rule.severity == "ERROR"
     failing = run_rule(con, rule, CFG)
