@@ -23,7 +23,7 @@ from assets.derive import (
 from assets.ingest import OWNERS
 from clinical.ingest import sha256_file
 from deliverables import changes, dsmb, figures, registry, workbooks
-from deliverables.tables import load_report_tables
+from deliverables.tables import display_tables, load_report_tables, open_session
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
 TABLE_ASSETS = [
@@ -89,12 +89,15 @@ queries_workbook = _report_spec(
 )
 
 
-def _start_dsmb(trial: TrialResource, tables, svgs, change_tables, previous_cut) -> dsmb.PdfRendering:
-    """Write both sessions' HTML and start their PDFs, each in a child process."""
+def _start_dsmb(trial: TrialResource, tables, closed, svgs, change_tables, previous_cut) -> dsmb.PdfRendering:
+    """Write both sessions' HTML and start their PDFs, each in a child process (``closed``: the
+    closed session's display tables; the open session's are made from them)."""
     jobs = []
-    for session, html_role, pdf_role in (("Open", "dsmb_open_html", "dsmb_open_pdf"), ("Closed", "dsmb_html", "dsmb_pdf")):
+    sessions = (("Open", open_session(closed), "dsmb_open_html", "dsmb_open_pdf"),
+                ("Closed", closed, "dsmb_html", "dsmb_pdf"))
+    for session, displays, html_role, pdf_role in sessions:
         html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs,
-                                     changes=change_tables, previous_cut=previous_cut)
+                                     changes=change_tables, previous_cut=previous_cut, displays=displays)
         _path(trial, html_role).write_text(html, encoding="utf-8")
         jobs.append((_path(trial, html_role), _path(trial, pdf_role)))
     return dsmb.start_pdfs(jobs, trial.cut)
@@ -162,22 +165,23 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
 
     @functools.cache
     def inputs() -> tuple:
-        """The report tables and the changes since the previous cut (the DSMB report's and the sponsor
-        workbook's; read once, or read again to raise the same error for the second)."""
+        """The report tables, their closed-session display tables and the changes since the previous
+        cut (the DSMB report's and the sponsor workbook's; built once, or again to raise the same
+        error for the second)."""
         with trial.connect() as con:
             tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
-            return (tables, *_changes_since_previous_cut(trial, con, tables))
+            return (tables, display_tables(tables), *_changes_since_previous_cut(trial, con, tables))
 
     def start_dsmb() -> dsmb.PdfRendering:
-        tables, change_tables, previous_cut = inputs()
+        tables, closed, change_tables, previous_cut = inputs()
         with trial.connect() as con:
             svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
-        return _start_dsmb(trial, tables, svgs, change_tables, previous_cut)
+        return _start_dsmb(trial, tables, closed, svgs, change_tables, previous_cut)
 
     def sponsor() -> dg.MaterializeResult:
-        tables, change_tables, _ = inputs()
+        tables, closed, change_tables, _ = inputs()
         workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"),
-                                         first=change_tables or [])
+                                         first=change_tables or [], displays=closed)
         return dg.MaterializeResult(asset_key=sponsor_workbook.key, metadata=_file_meta(_path(trial, "sponsor_xlsx")))
 
     def queries() -> dg.MaterializeResult:
@@ -187,7 +191,7 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
 
     def dsmb_pdfs() -> dg.MaterializeResult:
         rendering.wait()
-        return _dsmb_result(trial, inputs()[2])
+        return _dsmb_result(trial, inputs()[3])
 
     # The PDFs start first, in their child processes; the rest is written here meanwhile. Each
     # deliverable fails on its own, as when each had a step: the others are still written and

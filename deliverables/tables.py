@@ -977,9 +977,12 @@ def display_tables(t: ReportTables, session: str = "Closed") -> list[DisplayTabl
         layout_form_completeness(t),
         layout_protocol_deviations(t),
     ]
-    if session == "Closed":
-        return tables
-    return [pooled(d) for d in tables if d.kind != "listing"]
+    return tables if session == "Closed" else open_session(tables)
+
+
+def open_session(closed: list[DisplayTable]) -> list[DisplayTable]:
+    """The open session's display tables from the closed session's: pooled, without listings."""
+    return [pooled(d) for d in closed if d.kind != "listing"]
 
 
 def pooled(d: DisplayTable) -> DisplayTable:
@@ -1176,12 +1179,14 @@ def summarise_listing(d: DisplayTable, budget: int | None = None) -> DisplayTabl
     )
 
 
-def pdf_tables(t: ReportTables, budget: int | None = None, session: str = "Closed") -> list[DisplayTable]:
+def pdf_tables(t: ReportTables, budget: int | None = None, session: str = "Closed",
+               displays: list[DisplayTable] | None = None) -> list[DisplayTable]:
     """The display tables as the PDF of ``session`` shows them: listings beyond ``budget`` rows
-    (default :data:`PDF_LISTING_ROWS`) summarised."""
+    (default :data:`PDF_LISTING_ROWS`) summarised. ``displays``: the session's display tables, if
+    already built (``display_tables(t, session)``)."""
     budget = PDF_LISTING_ROWS if budget is None else budget
-    return [summarise_listing(d, budget) if d.kind == "listing" and len(d.rows) > budget else d
-            for d in display_tables(t, session)]
+    shown = display_tables(t, session) if displays is None else displays
+    return [summarise_listing(d, budget) if d.kind == "listing" and len(d.rows) > budget else d for d in shown]
 
 
 # --------------------------------------------------------------------------------------------------

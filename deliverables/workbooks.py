@@ -279,7 +279,8 @@ def _deterministic_save(wb: Workbook, path: Path, cut: dt.date) -> Path:
     wb.properties.lastModifiedBy = GENERATOR
     wb.properties.creator = GENERATOR
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+    # Stored, not deflated: the parts are compressed once, below, when they are re-stamped.
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         ExcelWriter(wb, archive).write_data()
     path.parent.mkdir(parents=True, exist_ok=True)
     zip_time = (max(cut.year, 1980), cut.month, cut.day, 0, 0, 0)
@@ -450,10 +451,12 @@ def write_sponsor_workbook(
     data_cut: dt.date | str,
     path: Path | str,
     first: list[DisplayTable] | tuple[DisplayTable, ...] = (),
+    displays: list[DisplayTable] | None = None,
 ) -> Path:
     """The sponsor workbook: a cover sheet with contents, then one sheet per display table.
 
-    first: tables shown before the report's own (the changes since the previous data cut).
+    first: tables shown before the report's own (the changes since the previous data cut);
+    displays: the closed session's display tables when already built (``display_tables``).
 
     Every listing is complete here (the DSMB PDF summarises listings beyond its page budget); a
     listing longer than an Excel sheet continues on numbered sheets. Written in openpyxl's
@@ -461,7 +464,7 @@ def write_sponsor_workbook(
     """
     cut = as_date(data_cut)
     path = Path(path)
-    shown = list(first) + display_tables(tables)
+    shown = list(first) + (display_tables(tables) if displays is None else displays)
     wb = Workbook(write_only=True)
     cover = wb.create_sheet("Contents")
     styles = _Styles(cover)

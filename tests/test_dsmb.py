@@ -429,6 +429,19 @@ def test_report_date_is_data_cut_unless_given(tables, cfg):
     assert "2026-01-15" in c and "Closed session" in c and "2026-01-15" not in a
 
 
+def test_display_tables_built_once_give_the_same_reports(tables, cfg):
+    """The reports step builds the closed session's display tables once and makes the open
+    session's from them: both HTML reports are those built from scratch."""
+    from deliverables.tables import display_tables, open_session
+
+    closed = display_tables(tables)
+    assert open_session(closed) == display_tables(tables, "Open")
+    assert any(d.kind == "listing" for d in closed) and not any(d.kind == "listing" for d in open_session(closed))
+    for session, displays in (("Closed", closed), ("Open", open_session(closed))):
+        assert render_dsmb_html(tables, cfg, DATA_CUT, session=session, displays=displays) == render_dsmb_html(
+            tables, cfg, DATA_CUT, session=session)
+
+
 def test_pdf_contains_the_numbers(pdf_path, tables):
     text = norm(pdf_text(pdf_path))
     for layout in (layout_participant_flow, layout_dose_escalation, layout_teae_overview):
