@@ -230,7 +230,6 @@ def read_csv_form(path: Path, form: Form, settings: IngestSettings, declared_enc
     contract = {f.name for f in form.fields}
     frame = frame.drop([h for h in header if h not in contract])
     return FormRecords(
-        form=form.id,
         file=file,
         format="csv",
         frame=frame,

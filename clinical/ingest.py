@@ -429,7 +429,6 @@ def load_records(
 def not_collected(form: Form) -> FormRecords:
     """The empty records of a form the study does not collect."""
     return FormRecords(
-        form=form.id,
         file="",
         format="not collected",
         frame=pl.DataFrame(schema={LINE: pl.Int64, **{f.name: pl.String for f in form.loaded_fields}}),

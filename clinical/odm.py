@@ -275,4 +275,4 @@ class OdmSource:
         out = frame.select(pl.col(LINE), pl.col("gid"), *exprs, study.alias(STUDY))
         if out[LINE].n_unique() != out.height:  # several records on one line: number them instead
             out = out.with_columns(pl.col("gid").alias(LINE))
-        return FormRecords(form=form.id, file=p.file, format="odm", frame=out.drop("gid"), encoding=p.encoding)
+        return FormRecords(file=p.file, format="odm", frame=out.drop("gid"), encoding=p.encoding)

@@ -48,7 +48,6 @@ class FormRecords:
     number of fields); they go to quarantine with their line.
     """
 
-    form: str
     file: str
     format: str  # csv | odm | sdtm-xpt | dataset-json
     frame: pl.DataFrame

@@ -293,5 +293,5 @@ class SdtmSource:
                 *[_aggregate(f.name, f.aggregate) for f in fields if f.name != "SUBJID"],
                 *([pl.col(STUDY).first()] if study else []),
             )
-        return FormRecords(form=form.id, file=path.name, format="sdtm-xpt" if path.suffix.lower() == ".xpt" else "dataset-json",
+        return FormRecords(file=path.name, format="sdtm-xpt" if path.suffix.lower() == ".xpt" else "dataset-json",
                            frame=out, encoding=encoding)
