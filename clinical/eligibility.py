@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import duckdb
 
-from clinical.crf import form
 from clinical.study import StudyConfig
 
 
@@ -43,10 +42,8 @@ def _source_values_sql(cfg: StudyConfig) -> str:
     """One row per (participant, SOURCE, PARAM) with VALUE text and ULN: dm / sc columns, lb tests."""
     parts = []
     for source, param in sorted({(c.source, c.param) for c in cfg.eligibility if c.source in ("dm", "sc")}):
-        fields = {f.name for f in form(source).loaded_fields}
-        if param not in fields:
-            raise ValueError(f"eligibility: {source}.{param} is not a field of the {source} form")
-        # Only contract field names (checked above) enter the SQL text; values stay parameters.
+        # Only contract field names enter the SQL text (load_study checks a dm / sc param is a field
+        # of its form: clinical.study.Criterion); values stay parameters.
         parts.append(
             f"SELECT SUBJID, '{source}' AS SOURCE, '{param}' AS PARAM, \"{param}\"::VARCHAR AS VALUE, "
             f"try_cast(\"{param}\" AS DOUBLE) AS VALUEN, NULL::DOUBLE AS ULN, NULL::VARCHAR AS LABUNIT "
@@ -130,12 +127,8 @@ ORDER BY e.SUBJID, e.CRITN
 
 
 def eligibility_parameters(cfg: StudyConfig) -> dict[str, object]:
-    for c in cfg.eligibility:
-        if isinstance(c.value, str) and c.op != "==":
-            try:
-                float(c.value)
-            except ValueError:
-                raise ValueError(f"eligibility: {c.id}: a coded value ({c.value!r}) needs op '=='") from None
+    """The criteria as query parameters; already checked when the study configuration loaded
+    (clinical.study.Criterion: a coded value has op '==')."""
     return {
         "ids": [c.id for c in cfg.eligibility],
         "labels": [c.label for c in cfg.eligibility],

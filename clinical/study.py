@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class StudyConfigError(ValueError):
@@ -99,7 +99,16 @@ class Visit(_Strict):
     day: int | None
 
 
+def _crit(info: ValidationInfo) -> str:
+    """'criterion <id>: ' for an error message, when the criterion's id is known."""
+    return f"criterion {info.data['id']}: " if "id" in info.data else ""
+
+
 class Criterion(_Strict):
+    """One inclusion criterion (clinical/eligibility.py). Checked here, at load, rather than when the
+    eligibility table is derived: a misspelt field, lab test or operator would otherwise only fail
+    at the derive step, or leave the criterion silently not evaluable for every participant."""
+
     id: str
     label: str
     source: Literal["dm", "sc", "lb"]
@@ -109,6 +118,46 @@ class Criterion(_Strict):
     value_liver_metastases: float | None = None
     unit: str | None = None
     basis: Literal["value", "xuln"] = "value"
+
+    # Field validators see the fields declared before theirs (info.data), so each error is reported
+    # at its own key (eligibility.<n>.param ...); a field that failed itself is absent and not rechecked.
+    @field_validator("param")
+    @classmethod
+    def _known_param(cls, v: str, info: ValidationInfo) -> str:
+        from clinical.crf import form
+
+        source = info.data.get("source")
+        if source in ("dm", "sc"):
+            # Only these contract names enter the SQL text of the eligibility table.
+            fields = [f.name for f in form(source).loaded_fields]
+            if v not in fields:
+                raise ValueError(f"{_crit(info)}{v!r} is not a field of the {source} form; it has {fields}")
+        elif source == "lb":
+            tests = form("lb").field("LBTESTCD").codelist
+            # A lab test outside the contract's codelist is quarantined at ingest: never evaluable.
+            if isinstance(tests, list) and v not in tests:
+                raise ValueError(f"{_crit(info)}{v!r} is not a lab test of the lb form (LBTESTCD); it has {tests}")
+        return v
+
+    @field_validator("value")
+    @classmethod
+    def _coded_needs_equality(cls, v: float | str, info: ValidationInfo) -> float | str:
+        op = info.data.get("op")
+        if isinstance(v, str) and op is not None and op != "==":
+            try:
+                float(v)
+            except ValueError:
+                raise ValueError(f"{_crit(info)}a coded value ({v!r}) needs op '==', not {op!r}") from None
+        return v
+
+    @field_validator("basis")
+    @classmethod
+    def _xuln_needs_lab(cls, v: str, info: ValidationInfo) -> str:
+        # Only a lab result carries an upper limit of normal (lb LBORNRHI).
+        source = info.data.get("source")
+        if v == "xuln" and source is not None and source != "lb":
+            raise ValueError(f"{_crit(info)}basis 'xuln' needs source 'lb' (an upper limit of normal), not {source!r}")
+        return v
 
 
 class DltRule(_Strict):
@@ -246,6 +295,15 @@ class StudyConfig(_Strict):
     # Filled by load_study, not by the file: sha256 of the file's bytes, for the audit trail.
     config_sha256: str = ""
     config_path: str = ""
+
+    @field_validator("screening_visit")
+    @classmethod
+    def _known_screening_visit(cls, v: str, info: ValidationInfo) -> str:
+        # A misspelt visit would leave every lab criterion without a screening value.
+        visits = [visit.id for visit in info.data.get("visits", [])]
+        if visits and v not in visits:
+            raise ValueError(f"{v!r} is not a visit id; visits has {visits}")
+        return v
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "StudyConfig":
