@@ -57,6 +57,48 @@ def test_invalid_config_names_the_key(tmp_path, mutate, key):
     assert f"{path}: {key}:" in str(err.value)
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_bundled_studies_load(path):
+    cfg = load_study(path)
+    assert cfg.eligibility and cfg.screening_visit in [v.id for v in cfg.visits]
+
+
+def _criterion(data, crit_id):
+    return next(c for c in data["eligibility"] if c["id"] == crit_id)
+
+
+# Eligibility mistakes fail at load, not when the eligibility table is derived (clinical/eligibility.py).
+# im83.yaml: eligibility.1 is GPC3 (sc, coded), .2 KPS (sc), .3 ANC (lb NEUT).
+@pytest.mark.parametrize(
+    "mutate, key, message",
+    [
+        (lambda d: _criterion(d, "KPS").update(param="KPX"), "eligibility.2.param",
+         "criterion KPS: 'KPX' is not a field of the sc form"),
+        (lambda d: _criterion(d, "ANC").update(param="NUET"), "eligibility.3.param",
+         "criterion ANC: 'NUET' is not a lab test of the lb form"),
+        (lambda d: _criterion(d, "GPC3").update(op=">="), "eligibility.1.value",
+         "criterion GPC3: a coded value ('POSITIVE') needs op '=='"),
+        (lambda d: _criterion(d, "KPS").update(basis="xuln"), "eligibility.2.basis",
+         "criterion KPS: basis 'xuln' needs source 'lb'"),
+        (lambda d: _criterion(d, "KPS").update(source="sx"), "eligibility.2.source", "'dm', 'sc' or 'lb'"),
+        (lambda d: _criterion(d, "KPS").update(vaule=60), "eligibility.2.vaule", "Extra inputs are not permitted"),
+        (lambda d: d.update(screening_visit="SCREENNG"), "screening_visit", "'SCREENNG' is not a visit id"),
+    ],
+)
+def test_invalid_eligibility_fails_at_load_naming_the_setting(tmp_path, mutate, key, message):
+    path = _write(tmp_path, mutate)
+    with pytest.raises(StudyConfigError) as err:
+        load_study(path)
+    assert f"{path}: {key}:" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_numeric_text_value_may_use_a_comparison(tmp_path):
+    # "60" is a number written as text: compared as a number, as at derive time.
+    cfg = load_study(_write(tmp_path, lambda d: _criterion(d, "KPS").update(value="60")))
+    assert next(c for c in cfg.eligibility if c.id == "KPS").value == "60"
+
+
 def test_dose_levels_must_ascend(tmp_path):
     path = _write(tmp_path, lambda d: d["dose_levels"].reverse())
     with pytest.raises(StudyConfigError, match="lowest to highest"):
