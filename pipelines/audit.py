@@ -257,7 +257,13 @@ def failed_steps(instance: Any, run_id: str) -> list[dict[str, str]]:
 def run_entry(instance: Any, run_id: str) -> dict[str, Any]:
     """The log entry of one finished run, from the Dagster instance and the published manifest."""
     record = instance.get_run_record_by_id(run_id)
+    return _run_entry(instance, record, trial_from_run_config(record.dagster_run.run_config))
+
+
+def _run_entry(instance: Any, record: Any, trial: Any) -> dict[str, Any]:
+    """:func:`run_entry` of a run record already read, with the run's ``trial`` resource."""
     run = record.dagster_run
+    run_id = run.run_id
     entry: dict[str, Any] = {
         "event": "run",
         "run_id": run_id,
@@ -270,7 +276,7 @@ def run_entry(instance: Any, run_id: str) -> dict[str, Any]:
     steps = failed_steps(instance, run_id)
     if steps:
         detail["failed_steps"] = steps
-    entry.update(export_entry(trial_from_run_config(run.run_config), detail, published=run.status.value == "SUCCESS"))
+    entry.update(export_entry(trial, detail, published=run.status.value == "SUCCESS"))
     entry["detail"] = detail
     return entry
 
@@ -316,9 +322,11 @@ def study_root_of(trial: Any) -> Path:
 
 def record_run(instance: Any, run_id: str) -> dict[str, Any] | None:
     """Append the entry of a finished run to its study's log, once per run id."""
+    # One read of the run record and one trial resource (its study configuration, export identity)
+    # serve both the log's location and the entry.
     record = instance.get_run_record_by_id(run_id)
     trial = trial_from_run_config(record.dagster_run.run_config)
-    return append(study_root_of(trial), run_entry(instance, run_id), unique_run=True)
+    return append(study_root_of(trial), _run_entry(instance, record, trial), unique_run=True)
 
 
 def print_log(study_root: Path) -> int:
