@@ -3,6 +3,8 @@ is its own Dagster asset check on the asset it guards, blocking exactly when its
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -11,11 +13,11 @@ from clinical.rules import (
     CATALOGUE_PATH,
     INGEST_RULES,
     RULES,
+    Severity,
     catalogue_ids,
     catalogue_rule_ids,
     check_name,
     gx_expectations,
-    ingest_rule_ids_in_code,
     render_catalogue,
 )
 
@@ -36,6 +38,82 @@ def test_every_rule_in_code_is_in_the_catalogue_and_back():
 
 def test_catalogue_is_generated_from_code():
     assert _doc() == render_catalogue(), f"{CATALOGUE_PATH} is out of date; {REGENERATE}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The ingest rule ids in code, read from the ingest source: only these tests use it, so it lives here
+# rather than in clinical/rules.py.
+
+_RULE_ID = r"[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*"
+_NOT_INGEST = {"crf", "study", "rules", "queries", "eligibility"}
+
+
+def ingest_modules(root: Path | None = None) -> list[Path]:
+    """clinical/ingest.py, clinical/sources.py (the export readers) and every clinical module they import."""
+    base = (root or ROOT) / "clinical"
+    todo, seen = ["ingest", "sources"], []
+    while todo:
+        name = todo.pop()
+        path = base / f"{name}.py"
+        if name in seen or name in _NOT_INGEST or not path.is_file():
+            continue
+        seen.append(name)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clinical."):
+                todo.append(node.module.split(".", 1)[1])
+    return [base / f"{n}.py" for n in sorted(seen)]
+
+
+def _const(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def ingest_rule_ids_in_code(root: Path | None = None) -> dict[str, Severity]:
+    """The rule ids the ingest code can raise or write, read from its source (:func:`ingest_modules`):
+    blocking file rules (ERROR) and quarantine rules (WARN, as ``INGEST-<rule>``).
+
+    Blocking: a literal ``(rule X)`` in a message, or the rule argument of ``file_error(file, "X", ...)``.
+    Quarantine: the rule argument of the check builder ``add(column, "X", ...)``; the rule of a
+    ``return predicate, "X"``; ``pl.lit("X").alias("rule")``; ``{"rule": ["X"] ...}``; and a quoted
+    hyphenated id in SQL text (``'DUPLICATE-KEY'``).
+    """
+    blocking: set[str] = set()
+    quarantine: set[str] = set()
+    for path in ingest_modules(root):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr) and _const(n.body[0].value) is not None
+        }
+        for node in ast.walk(tree):
+            text = _const(node)
+            if text is not None and id(node) not in docstrings:
+                blocking.update(re.findall(rf"\(rule ({_RULE_ID})\)", text))
+                quarantine.update(re.findall(r"'([A-Z][A-Z0-9]*(?:-[A-Z0-9]+)+)'", text))
+            if isinstance(node, ast.Call):
+                fname = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                arg1 = _const(node.args[1]) if len(node.args) > 1 else None
+                if fname == "file_error" and arg1:
+                    blocking.add(arg1)
+                elif fname == "add" and arg1 and re.fullmatch(_RULE_ID, arg1):
+                    quarantine.add(arg1)
+                elif fname == "alias" and node.args and _const(node.args[0]) == "rule":
+                    inner = node.func.value if isinstance(node.func, ast.Attribute) else None
+                    if isinstance(inner, ast.Call) and inner.args and _const(inner.args[0]):
+                        quarantine.add(_const(inner.args[0]))
+            elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple) and len(node.value.elts) == 2:
+                rid = _const(node.value.elts[1])
+                if rid and re.fullmatch(_RULE_ID, rid) and len(rid) > 2:
+                    quarantine.add(rid)
+            elif isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values):
+                    if _const(k) == "rule":
+                        quarantine.update(c for c in (_const(x) for x in ast.walk(v)) if c)
+    ids: dict[str, Severity] = {f"INGEST-{r}": "WARN" for r in quarantine - blocking}
+    ids.update({r: "ERROR" for r in blocking})
+    return ids
 
 
 def test_ingest_rules_declared_for_the_catalogue_match_the_ingest_code():
