@@ -11,20 +11,29 @@ An export is a folder. Its format is recognised from its files, never configured
 Every file of the folder is described (path, SHA-256, bytes, format, encoding, delimiter) for
 ``raw.export_files``; files the format does not use (a define.xml, SDTM domains the mapping does
 not read) are listed and archived but not loaded. A folder that mixes formats is a blocking error.
+
+Reading and loading meet here: :func:`ingest_form` reads a form and loads it with
+:func:`clinical.ingest.load_records`. This module imports the loader, never the other way round.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import duckdb
+from lxml import etree
 
 from clinical.crf import Form
 from clinical.crf import form as contract_form
+from clinical.csvsource import csv_dialect, read_csv_form
+from clinical.ingest import LoadResult, load_records, not_collected, sha256_file
+from clinical.odm import OdmSource, load_odm_mapping
 from clinical.records import ExportFileError, FormRecords, IngestSettings, file_error
+from clinical.sdtm import SdtmSource, load_sdtm_mapping
 
 EXPORT_META = "export.json"
 COMPLETE_MARKER = "_COMPLETE"  # written by the sender last: the export folder is complete
@@ -69,8 +78,6 @@ def list_files(export_dir: Path) -> list[Path]:
 
 
 def _is_odm_clinical(path: Path) -> bool:
-    from lxml import etree
-
     try:
         for _event, el in etree.iterparse(str(path), events=("start",)):
             if etree.QName(el).localname == "ClinicalData":
@@ -119,8 +126,6 @@ class ExportSource:
     def sha256(self, path: Path) -> str:
         """A file's SHA-256, computed once per source."""
         if path not in self._sha256:
-            from clinical.ingest import sha256_file
-
             self._sha256[path] = sha256_file(path)
         return self._sha256[path]
 
@@ -169,18 +174,14 @@ class ExportSource:
         return enc if isinstance(enc, str) else None
 
     @cached_property
-    def _odm(self):
-        from clinical.odm import OdmSource, load_odm_mapping
-
+    def _odm(self) -> OdmSource:
         if self.settings.odm_mapping is None:
             raise file_error(self.dir.name, "FILE-FORMAT", "the export is CDISC ODM but the study has no ODM mapping (input.odm_mapping)")
         files = [p for p, fmt in self.files if fmt == "odm" and p.parent == self.dir]
         return OdmSource(files, load_odm_mapping(self.settings.odm_mapping), self.settings)
 
     @cached_property
-    def _sdtm(self):
-        from clinical.sdtm import SdtmSource, load_sdtm_mapping
-
+    def _sdtm(self) -> SdtmSource:
         if self.settings.sdtm_mapping is None:
             raise file_error(self.dir.name, "FILE-FORMAT", "the export is SDTM but the study has no SDTM mapping (input.sdtm_mapping)")
         files = [p for p, fmt in self.files if fmt in ("sdtm-xpt", "dataset-json") and p.parent == self.dir]
@@ -198,8 +199,6 @@ class ExportSource:
 
     def _read(self, form: Form, export_id: str) -> FormRecords:
         if self.format == "csv":
-            from clinical.csvsource import read_csv_form
-
             path = self.dir / form.file
             if not path.is_file():
                 raise file_error(form.file, "FILE-MISSING", f"file missing from export {export_id or self.dir.name}")
@@ -230,8 +229,6 @@ class ExportSource:
         return out
 
     def _csv_dialect(self, path: Path) -> tuple[str | None, str | None]:
-        from clinical.csvsource import csv_dialect
-
         form_id = path.stem
         if form_id not in self.settings.forms:
             return None, None
@@ -243,18 +240,14 @@ class ExportSource:
 
 def _xml_encoding(path: Path) -> str:
     """The encoding an XML file declares in its prolog (UTF-8 when it declares none)."""
-    import re
-
     with path.open("rb") as fh:
         head = fh.read(200)
     m = re.match(rb"<\?xml[^>]*encoding=[\"']([A-Za-z0-9._-]+)[\"']", head)
     return m.group(1).decode("ascii").lower() if m else "utf-8"
 
 
-def ingest_form(con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource, export_id: str):
+def ingest_form(con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource, export_id: str) -> LoadResult:
     """Read and load one form of an export (empty tables when the study does not collect it)."""
-    from clinical.ingest import load_records, not_collected
-
     settings = source.settings
     if form.id not in settings.forms:
         return load_records(con, form, not_collected(form), export_id, settings)
@@ -269,3 +262,16 @@ def ingest_form(con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource
     result = load_records(con, form, recs, export_id, settings, consent, source.sha256(path) if path else "")
     source.release(form.id)
     return result
+
+
+def load_form(
+    con: duckdb.DuckDBPyConnection,
+    form: Form,
+    path: Path,
+    export_id: str,
+    settings: IngestSettings,
+) -> LoadResult:
+    """Load one form's CSV file ``<folder>/<form>.csv``: :func:`ingest_form` on its folder."""
+    if path.name != form.file:
+        raise ValueError(f"{path}: the {form.id} form's file is {form.file}")
+    return ingest_form(con, form, ExportSource(path.parent, settings), export_id)

@@ -6,7 +6,8 @@ import duckdb
 import pytest
 
 from clinical.crf import form
-from clinical.ingest import ExportFileError, ingest_settings, load_form
+from clinical.ingest import ExportFileError, ingest_settings
+from clinical.sources import load_form
 from clinical.study import load_study
 
 ROOT = Path(__file__).resolve().parent.parent

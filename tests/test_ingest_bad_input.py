@@ -16,7 +16,8 @@ import duckdb
 import pytest
 
 from clinical.crf import form
-from clinical.ingest import ExportFileError, IngestSettings, ingest_settings, load_form
+from clinical.ingest import ExportFileError, IngestSettings, ingest_settings
+from clinical.sources import ExportSource, load_form
 from clinical.study import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,8 +165,6 @@ def test_accepted_encodings_are_detected_and_recorded(tmp_path, encoding, bom, e
 
 
 def test_encoding_declared_in_export_json_is_used(tmp_path):
-    from clinical.sources import ExportSource
-
     (tmp_path / "export.json").write_text('{"encoding": "gb18030"}')
     (tmp_path / "ae.csv").write_bytes((AE + ae_row(term="发热")).encode("gb18030"))
     recs = ExportSource(tmp_path, IM83).read_form(form("ae"))  # IM83 accepts only UTF-8, but the export declares it
@@ -315,8 +314,6 @@ def test_records_of_another_study_in_a_file_are_quarantined(tmp_path):
 
 
 def test_export_json_of_another_study_is_blocking(tmp_path):
-    from clinical.sources import ExportSource
-
     (tmp_path / "export.json").write_text('{"export_id": "E1", "study": "IM99", "data_cut": "2025-12-31"}')
     with pytest.raises(ExportFileError, match=r"export.json: column study: the export is of study 'IM99', not IM83 \(rule FILE-OTHER-STUDY\)"):
         ExportSource(tmp_path, IM83).check_study()
