@@ -33,7 +33,6 @@ import itertools
 import json
 import math
 import re
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from lxml import etree
 
 from clinical.adsl import AGE_GROUPS
 from clinical.study import StudyConfig
-from deliverables.tables import round_sig
+from deliverables.tables import baseline_sql, round_sig
 
 RRS_NS = "http://clinicaltrials.gov/rrs"
 TOTAL = "TOTAL"
@@ -239,11 +238,6 @@ def _num(x: float | None, sig: int = 3) -> str | None:
     if "." in s:
         s = s.rstrip("0").rstrip(".")
     return s
-
-
-def _median(values: list[float]) -> str:
-    m = statistics.median(values)
-    return _num(m, sig=6)  # ages: 35.5 stays 35.5
 
 
 def _sentence(s: str) -> str:
@@ -453,32 +447,66 @@ def _flow_module(
     }
 
 
+# The baseline characteristics the registry reports. Their counts, median ages and age ranges are the
+# rows of deliverables.tables.baseline_sql, the query of the DSMB report's and workbook's baseline
+# table, so all three count them one way: sex, race and ethnicity upper-cased, a missing race or
+# ethnicity as code UNKNOWN ("Unknown or Not Reported"), any other missing value as 'Missing'.
+BASELINE_VARIABLES = {"AGE", "AGEGR1", "SEX", "RACE", "ETHNIC", "COUNTRY"}
+
+
+def _check_enrolled(con: duckdb.DuckDBPyConnection, doses) -> None:
+    """Refuse enrolled participants the baseline cannot show, naming the first: without a dose level of
+    analysis.dose_levels (baseline_sql would count one without DOSEP in its Total) or without an age."""
+    bad = _rows(
+        con,
+        """SELECT SUBJID, DOSEP, AGE IS NULL AS NO_AGE FROM analysis.adsl
+           WHERE ENRLFL = 'Y' AND (DOSEP IS NULL OR NOT list_contains(?, DOSEP) OR AGE IS NULL)
+           ORDER BY SUBJID""",
+        [[d["DOSE"] for d in doses]],
+    )
+    known = {d["DOSE"] for d in doses}
+    for s in bad:
+        if s["DOSEP"] not in known:
+            raise RegistryDataError(
+                f"adsl: enrolled participant {s['SUBJID']} has unknown dose level {s['DOSEP']!r}"
+            )
+    if bad:
+        raise RegistryDataError(f"adsl.AGE missing for enrolled participant {bad[0]['SUBJID']}")
+
+
+def _country(c: str) -> str:
+    """A region's title: ADSL COUNTRY trimmed, in title case when upper case ("CHINA" -> "China")."""
+    c = c.strip()
+    return c.title() if c.isupper() else c
+
+
 def _baseline_module(
     con: duckdb.DuckDBPyConnection, cfg: StudyConfig, doses
 ) -> dict[str, Any]:
     gid = _group_ids("BG", doses)
     total_id = f"BG{len(doses):03d}" if len(doses) >= 2 else None
-    subjects = _rows(
-        con,
-        """SELECT SUBJID, AGE, AGEGR1, SEX, RACE, ETHNIC, COUNTRY, DOSEP AS DOSE FROM analysis.adsl
-           WHERE ENRLFL = 'Y' ORDER BY SUBJID""",
-    )
-    known = {d["DOSE"] for d in doses}
-    for s in subjects:
-        if s["DOSE"] not in known:
-            raise RegistryDataError(
-                f"adsl: enrolled participant {s['SUBJID']} has unknown dose level {s['DOSE']!r}"
-            )
-    columns = [
-        (gid[d["DOSE"]], [s for s in subjects if s["DOSE"] == d["DOSE"]]) for d in doses
-    ]
+    _check_enrolled(con, doses)
+    n_cat: dict[tuple[str, str, str], int] = {}  # (variable, category, dose or TOTAL) -> participants
+    denom: dict[str, int] = {}  # dose or TOTAL -> enrolled participants
+    age: dict[str, dict[str, Any]] = {}  # dose or TOTAL -> age's median, min and max
+    for r in _rows(con, baseline_sql(BASELINE_VARIABLES)):
+        if r["KIND"] == "CAT":
+            n_cat[(r["VAR"], r["CAT"], r["DOSE"])] = r["N"]
+            denom[r["DOSE"]] = r["DENOM"]
+        elif r["VAR"] == "AGE":
+            age[r["DOSE"]] = r
+    # (group id, the rows' DOSE); a dose level without participants has no rows: zero counts.
+    columns = [(gid[d["DOSE"]], d["DOSE"]) for d in doses]
     if total_id:
-        columns.append((total_id, subjects))
+        columns.append((total_id, TOTAL))
+
+    def counts(var: str, cat: str) -> list[dict[str, str]]:
+        return [{"groupId": g, "value": _n(n_cat.get((var, cat, dose)))} for g, dose in columns]
 
     denoms = [
         {
             "units": "Participants",
-            "counts": [{"groupId": g, "value": _n(len(ss))} for g, ss in columns],
+            "counts": [{"groupId": g, "value": _n(denom.get(dose))} for g, dose in columns],
         }
     ]
 
@@ -486,10 +514,10 @@ def _baseline_module(
         title: str, var: str, cats: tuple[tuple[str, str], ...]
     ) -> dict[str, Any]:
         codes = {c for c, _ in cats}
-        for s in subjects:
-            if (s[var] or "UNKNOWN").upper() not in codes:
+        for (v, cat, dose), n in n_cat.items():
+            if v == var and dose == TOTAL and cat not in codes:
                 raise RegistryDataError(
-                    f"adsl.{var} = {s[var]!r} ({s['SUBJID']}) has no {title} category"
+                    f"adsl.{var} {cat!r} of {n} enrolled participant(s) has no {title} category"
                 )
         return {
             "title": title,
@@ -498,32 +526,12 @@ def _baseline_module(
             "classes": [
                 {
                     "categories": [
-                        {
-                            "title": label,
-                            "measurements": [
-                                {
-                                    "groupId": g,
-                                    "value": _n(
-                                        sum(
-                                            (s[var] or "UNKNOWN").upper() == code
-                                            for s in ss
-                                        )
-                                    ),
-                                }
-                                for g, ss in columns
-                            ],
-                        }
+                        {"title": label, "measurements": counts(var, code)}
                         for code, label in cats
                     ]
                 }
             ],
         }
-
-    for s in subjects:
-        if s["AGE"] is None:
-            raise RegistryDataError(
-                f"adsl.AGE missing for enrolled participant {s['SUBJID']}"
-            )
 
     age_cont = {
         "title": "Age, Continuous",
@@ -537,12 +545,12 @@ def _baseline_module(
                         "measurements": [
                             {
                                 "groupId": g,
-                                "value": _median([s["AGE"] for s in ss]),
-                                "lowerLimit": _n(min(s["AGE"] for s in ss)),
-                                "upperLimit": _n(max(s["AGE"] for s in ss)),
+                                "value": _num(age[dose]["MEDIAN"], sig=6),  # ages: 35.5 stays 35.5
+                                "lowerLimit": _n(age[dose]["MIN"]),
+                                "upperLimit": _n(age[dose]["MAX"]),
                             }
-                            for g, ss in columns
-                            if ss  # a group with no participants has no value (omitted, as PRS shows it)
+                            for g, dose in columns
+                            if dose in age  # a group with no participants has no value (omitted, as PRS shows it)
                         ]
                     }
                 ]
@@ -556,27 +564,19 @@ def _baseline_module(
         "classes": [
             {
                 "categories": [
-                    {
-                        "title": cat,
-                        "measurements": [
-                            {
-                                "groupId": g,
-                                "value": _n(sum(s["AGEGR1"] == cat for s in ss)),
-                            }
-                            for g, ss in columns
-                        ],
-                    }
+                    {"title": cat, "measurements": counts("AGEGR1", cat)}
                     for cat in AGE_CATEGORIES
                 ]
             }
         ],
     }
 
-    def country(s: dict[str, Any]) -> str:
-        c = (s["COUNTRY"] or "").strip()
-        return c.title() if c.isupper() else c
-
-    countries = sorted({country(s) for s in subjects})
+    # Spellings of one country ("CHINA", "China ") are one region.
+    regions: dict[str, dict[str, int]] = {}  # region -> dose or TOTAL -> participants
+    for (var, cat, dose), n in n_cat.items():
+        if var == "COUNTRY":
+            by_dose = regions.setdefault(_country(cat), {})
+            by_dose[dose] = by_dose.get(dose, 0) + n
     region = {
         "title": "Region of Enrollment",
         "paramType": "NUMBER",
@@ -587,16 +587,13 @@ def _baseline_module(
                 "categories": [
                     {
                         "measurements": [
-                            {
-                                "groupId": g,
-                                "value": _n(sum(country(s) == c for s in ss)),
-                            }
-                            for g, ss in columns
+                            {"groupId": g, "value": _n(regions[c].get(dose))}
+                            for g, dose in columns
                         ]
                     }
                 ],
             }
-            for c in countries
+            for c in sorted(regions)
         ],
     }
     groups = [

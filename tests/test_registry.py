@@ -682,7 +682,8 @@ def test_baseline_counts(db):
 def test_baseline_categories_read_the_same_in_the_registry_and_the_dsmb_report(db):
     """Sex, race and ethnicity counts by dose level agree between the registry draft and the DSMB
     report / workbook baseline, a null or lower-case race or ethnicity included (both count a null as
-    ClinicalTrials.gov's "Unknown or Not Reported")."""
+    ClinicalTrials.gov's "Unknown or Not Reported"). Both read the rows of tables.baseline_sql; this
+    checks the registry's categories against the report's labels, and the counts against the fixture."""
     from deliverables.clinical_tables import layout_baseline
     from deliverables.tables import QUERIES, ReportTables, _rows, baseline_sql
 
@@ -718,6 +719,73 @@ def test_baseline_categories_read_the_same_in_the_registry_and_the_dsmb_report(d
             for g, label in shown), group  # no category of the DSMB's that the registry lacks ('Missing')
     assert shown[("Race", "Unknown or Not Reported")] == ["2", "0", "0", "2"]
     assert shown[("Ethnicity", "Unknown or Not Reported")] == ["2", "1", "0", "3"]
+    # The registry on its own, worked out by hand: 01-003 (DL1) null race and ethnicity, 01-008 (DL2)
+    # 'white' and an empty ethnicity, besides 01-006 (DL1) UNKNOWN and 01-010 (DL2) WHITE.
+    def counts(title):
+        cats = _cats(_measure({"baselineCharacteristicsModule": b}, title))
+        return {k[1]: [v[g]["value"] for g in gids] for k, v in cats.items()}
+
+    race = counts("Race (NIH/OMB)")
+    assert race["Unknown or Not Reported"] == ["2", "0", "0", "2"]
+    assert race["White"] == ["0", "2", "0", "2"]
+    assert race["Asian"] == ["2", "1", "0", "3"]
+    ethnic = counts("Ethnicity (NIH/OMB)")
+    assert ethnic == {"Hispanic or Latino": ["0", "1", "0", "1"], "Not Hispanic or Latino": ["2", "2", "0", "4"],
+                      "Unknown or Not Reported": ["2", "1", "0", "3"]}
+
+
+def _build_after(db: Path, *sql: str) -> dict:
+    con = duckdb.connect(str(db))
+    for statement in sql:
+        con.execute(statement)
+    con.close()
+    return build(db)["baselineCharacteristicsModule"]
+
+
+def test_regions_merge_spellings_of_a_country(db):
+    """Region of Enrollment: a country's spellings are one region ("CHINA", " China"); a participant
+    without a country is in the region 'Missing', as in the DSMB report."""
+    b = _build_after(
+        db,
+        "UPDATE analysis.adsl SET COUNTRY = ' China' WHERE SUBJID = '01-001'",
+        "UPDATE analysis.adsl SET COUNTRY = 'France' WHERE SUBJID IN ('01-003', '01-010')",
+        "UPDATE analysis.adsl SET COUNTRY = NULL WHERE SUBJID = '01-011'",
+    )
+    cats = _cats(_measure({"baselineCharacteristicsModule": b}, "Region of Enrollment"))
+    regions = {k[0]: [v[g]["value"] for g in ("BG000", "BG001", "BG002", "BG003")] for k, v in cats.items()}
+    assert regions == {"China": ["3", "2", "0", "5"], "France": ["1", "1", "0", "2"], "Missing": ["0", "1", "0", "1"]}
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("UPDATE analysis.adsl SET DOSEP = 'DL9' WHERE SUBJID = '01-010'",
+         "adsl: enrolled participant 01-010 has unknown dose level 'DL9'"),
+        ("UPDATE analysis.adsl SET DOSEP = NULL WHERE SUBJID = '01-010'",
+         "adsl: enrolled participant 01-010 has unknown dose level None"),
+        ("UPDATE analysis.adsl SET AGE = NULL WHERE SUBJID IN ('01-006', '01-010')",
+         "adsl.AGE missing for enrolled participant 01-006"),
+        ("UPDATE analysis.adsl SET SEX = 'u' WHERE SUBJID IN ('01-001', '01-007')",
+         "adsl.SEX 'U' of 2 enrolled participant(s) has no Sex: Female, Male category"),
+        ("UPDATE analysis.adsl SET SEX = NULL WHERE SUBJID = '01-001'",
+         "adsl.SEX 'Missing' of 1 enrolled participant(s) has no Sex: Female, Male category"),
+        ("UPDATE analysis.adsl SET RACE = 'OTHER' WHERE SUBJID = '01-001'",
+         "adsl.RACE 'OTHER' of 1 enrolled participant(s) has no Race (NIH/OMB) category"),
+    ],
+)
+def test_baseline_refuses_what_it_cannot_report(db, sql, message):
+    from deliverables.registry import RegistryDataError
+
+    with pytest.raises(RegistryDataError) as err:
+        _build_after(db, sql)
+    assert str(err.value) == message
+
+
+def test_baseline_ignores_participants_not_enrolled(db):
+    """Screen failures (not enrolled) need no dose level, age or sex."""
+    before = build(db)["baselineCharacteristicsModule"]
+    after = _build_after(db, "UPDATE analysis.adsl SET DOSEP = 'DL9', AGE = NULL, SEX = NULL WHERE ENRLFL <> 'Y'")
+    assert after == before
 
 
 def test_outcome_measures(db):
