@@ -96,11 +96,20 @@ def _known(form: Form) -> set[str]:
     return {f.name for f in form.fields} | {"STUDYID"}
 
 
-def _utf8(path: Path, form: Form, settings: IngestSettings, declared_encoding: str | None) -> tuple[bytes, str]:
-    """The file's text as UTF-8 bytes (in memory) and the encoding it was decoded from."""
+def _utf8(
+    path: Path, form: Form, settings: IngestSettings, declared_encoding: str | None, encoding: str | None = None
+) -> tuple[bytes, str]:
+    """The file's text as UTF-8 bytes (in memory) and the encoding it was decoded from.
+
+    ``encoding``: the one :func:`csv_dialect` already found for this file; the bytes are then only
+    converted (UTF-8 is used as it is), not decoded again under each candidate."""
     data = path.read_bytes()
     if not data.strip(b" \t\r\n\xef\xbb\xbf"):
         raise file_error(path.name, "FILE-EMPTY", "file is empty", line=1)
+    if encoding is not None:
+        if encoding == "utf-8":
+            return data, encoding
+        return data.decode(encoding).lstrip("\ufeff").encode("utf-8"), encoding
     # A first look at the header (it is ASCII in every real export) only to name positions in errors.
     peek = data[: data.find(b"\n") if b"\n" in data else len(data)].decode("utf-8", "replace").lstrip("\ufeff")
     peek_delim = max(CANDIDATE_DELIMITERS, key=lambda d: len(set(_split_header(peek, d)) & _known(form)))
@@ -110,17 +119,29 @@ def _utf8(path: Path, form: Form, settings: IngestSettings, declared_encoding: s
     return decoded.text.lstrip("\ufeff").encode("utf-8"), decoded.encoding
 
 
+def _first_line(raw: bytes) -> str:
+    return (raw[: raw.find(b"\n")] if b"\n" in raw else raw).decode("utf-8").rstrip("\r")
+
+
 def csv_dialect(path: Path, form: Form, settings: IngestSettings, declared_encoding: str | None = None) -> tuple[str, str]:
     """(encoding, delimiter) of a form file, from its bytes and its first line only."""
     raw, encoding = _utf8(path, form, settings, declared_encoding)
-    first = raw[: raw.find(b"\n")] if b"\n" in raw else raw
-    return encoding, detect_delimiter(first.decode("utf-8").rstrip("\r"), _known(form), settings.delimiters, path.name)
+    return encoding, detect_delimiter(_first_line(raw), _known(form), settings.delimiters, path.name)
 
 
-def read_csv_form(path: Path, form: Form, settings: IngestSettings, declared_encoding: str | None = None) -> FormRecords:
+def read_csv_form(
+    path: Path,
+    form: Form,
+    settings: IngestSettings,
+    declared_encoding: str | None = None,
+    dialect: tuple[str, str] | None = None,
+) -> FormRecords:
+    """One form's records from its CSV file. ``dialect``: the file's (encoding, delimiter) when
+    :func:`csv_dialect` has found them already (an export's files are described before they load);
+    they are not detected again."""
     file = path.name
     known = _known(form)
-    raw, encoding = _utf8(path, form, settings, declared_encoding)
+    raw, encoding = _utf8(path, form, settings, declared_encoding, dialect[0] if dialect else None)
     arr = np.frombuffer(raw, dtype=np.uint8)
     size = len(raw)
 
@@ -138,7 +159,12 @@ def read_csv_form(path: Path, form: Form, settings: IngestSettings, declared_enc
     # Content end: without the CR of a CRLF line end.
     content_end = ends - ((ends > starts) & (arr[np.maximum(ends - 1, 0)] == ord("\r")))
     header_text = raw[starts[0] : content_end[0]].decode("utf-8")
-    delimiter = detect_delimiter(header_text, known, settings.delimiters, file)
+    # csv_dialect's delimiter holds when it was detected from this same text: not when a quoted
+    # column name holds a line break (the header record is then longer than the first line).
+    if dialect and header_text == _first_line(raw):
+        delimiter = dialect[1]
+    else:
+        delimiter = detect_delimiter(header_text, known, settings.delimiters, file)
     header = _split_header(header_text, delimiter)
     identifiers = _classify_header(form, header, settings, file)
     ncols = len(header)

@@ -122,6 +122,9 @@ class ExportSource:
         self.meta = read_meta(self.dir)
         self._records: dict[str, FormRecords] = {}
         self._sha256: dict[Path, str] = {}
+        # (encoding, delimiter) of each form CSV by file name, as describe() found them: the load
+        # takes them instead of detecting them again (a full decode of the file).
+        self._csv_dialects: dict[str, tuple[str, str]] = {}
 
     def sha256(self, path: Path) -> str:
         """A file's SHA-256, computed once per source."""
@@ -202,7 +205,8 @@ class ExportSource:
             path = self.dir / form.file
             if not path.is_file():
                 raise file_error(form.file, "FILE-MISSING", f"file missing from export {export_id or self.dir.name}")
-            return read_csv_form(path, form, self.settings, self.declared_encoding(form.file))
+            dialect = self._csv_dialects.get(form.file)
+            return read_csv_form(path, form, self.settings, self.declared_encoding(form.file), dialect)
         if self.format == "odm":
             return self._odm.read_form(form)
         return self._sdtm.read_form(form)
@@ -232,10 +236,14 @@ class ExportSource:
         form_id = path.stem
         if form_id not in self.settings.forms:
             return None, None
-        try:
-            return csv_dialect(path, contract_form(form_id), self.settings, self.declared_encoding(path.name))
-        except ExportFileError:
-            return None, None  # the form's load reports the problem with its line and column
+        if path.name not in self._csv_dialects:
+            try:
+                self._csv_dialects[path.name] = csv_dialect(
+                    path, contract_form(form_id), self.settings, self.declared_encoding(path.name)
+                )
+            except ExportFileError:
+                return None, None  # the form's load reports the problem with its line and column
+        return self._csv_dialects[path.name]
 
 
 def _xml_encoding(path: Path) -> str:

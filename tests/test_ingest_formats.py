@@ -8,6 +8,7 @@ helpers in tests/fixtures/exports.py, the inverse of the mapping files in studie
 
 import shutil
 
+import duckdb
 import pytest
 from fixtures.exports import (
     ROOT,
@@ -22,7 +23,7 @@ from fixtures.exports import (
 
 from clinical.crf import FORMS
 from clinical.ingest import ingest_settings
-from clinical.sources import ExportSource
+from clinical.sources import ExportSource, ingest_form
 from clinical.study import load_study
 
 TERMS = {0: "发热（38.5℃）", 1: "皮疹；瘙痒, on both arms"}
@@ -82,6 +83,26 @@ def test_the_format_encoding_and_delimiter_are_detected_and_recorded(deliveries,
     cfg, exports = deliveries
     files = {f.path: (f.format, f.encoding, f.delimiter) for f in ExportSource(exports[fmt], ingest_settings(cfg)).describe()}
     assert {k: files[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv-bom-crlf", "gb18030-semicolon-crlf"])
+def test_the_load_takes_the_dialect_describe_found(deliveries, loaded, fmt, monkeypatch):
+    """The pipeline describes the export first; each form's load then takes that file's encoding and
+    delimiter instead of decoding the file under each candidate again, and loads the same tables."""
+    from clinical import csvsource
+
+    cfg, exports = deliveries
+    source = ExportSource(exports[fmt], ingest_settings(cfg))
+    described = {f.path: (f.encoding, f.delimiter) for f in source.describe()}
+    decoded = []
+    real_decode = csvsource.decode
+    monkeypatch.setattr(csvsource, "decode", lambda data, file, *a, **k: decoded.append(file) or real_decode(data, file, *a, **k))
+    con = duckdb.connect()
+    results = [ingest_form(con, f, source, "EXP") for f in FORMS]
+    assert decoded == []
+    assert {r.file: (r.encoding, r.delimiter) for r in results if r.file} == {r.file: described[r.file] for r in results if r.file}
+    for table in [f"{schema}.{f.id}" for f in FORMS for schema in ("raw", "stage")] + ["raw.quarantine"]:
+        assert rows(con, table) == rows(loaded[fmt], table), table
 
 
 def test_provenance_is_the_line_or_record_in_each_format(deliveries, loaded):
