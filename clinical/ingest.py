@@ -432,14 +432,3 @@ def not_collected(form: Form) -> FormRecords:
         format="not collected",
         frame=pl.DataFrame(schema={LINE: pl.Int64, **{f.name: pl.String for f in form.loaded_fields}}),
     )
-
-
-def __getattr__(name: str):
-    # load_form reads through clinical.sources, which imports this module: it lives there now.
-    # Transitional alias for tests/test_rules.py, which still imports it from here; delete this
-    # function once that file imports it from clinical.sources.
-    if name == "load_form":
-        from clinical.sources import load_form
-
-        return load_form
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

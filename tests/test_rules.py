@@ -22,10 +22,11 @@ from clinical.adsl import build_adsl
 from clinical.crf import FORMS
 from clinical.crs_icans import build_crs_icans
 from clinical.eligibility import build_eligibility
-from clinical.ingest import ingest_settings, load_form
+from clinical.ingest import ingest_settings
 from clinical.pk import build_pk
 from clinical.rules import RULES, RULES_BY_ID, rule_parameters, run_rule
 from clinical.simulate import simulate, write_export
+from clinical.sources import load_form
 from clinical.study import StudyConfig, load_study
 
 ROOT = Path(__file__).resolve().parent.parent
