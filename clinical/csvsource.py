@@ -47,7 +47,8 @@ DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
 def _split_header(text: str, delimiter: str) -> list[str]:
-    return [h.strip().lstrip("\ufeff").strip() for h in next(csv.reader([text], delimiter=delimiter))]
+    # A stream, not a list of lines: a quoted column name may hold a line break (then an unknown column).
+    return [h.strip().lstrip("\ufeff").strip() for h in next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])]
 
 
 def detect_delimiter(header_text: str, known: set[str], accepted: tuple[str, ...], file: str) -> str:
