@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from clinical.crf import FORMS, Form
-from clinical.ingest import ExportFileError, ingest_settings
+from clinical.ingest import ExportFileError, LoadResult, ingest_settings
 from clinical.mapping import MappingError
 from clinical.sources import ExportSource, ingest_form
 from pipelines.faults import pause_point
@@ -105,9 +105,7 @@ def _snapshot(context: dg.AssetExecutionContext, trial: TrialResource, source: E
     )
 
 
-def _load_form(context: dg.AssetExecutionContext, trial: TrialResource, source: ExportSource, form: Form,
-               con) -> dg.MaterializeResult:
-    result = ingest_form(con, form, source, trial.export_id)
+def _materialization(context: dg.AssetExecutionContext, form: Form, result: LoadResult) -> dg.MaterializeResult:
     if result.rows_quarantined:
         context.log.warning(f"{result.file}: {result.rows_quarantined} row(s) of {form.id} quarantined, see raw.quarantine")
     if result.dropped_identifier_columns:
@@ -153,9 +151,11 @@ def ingest(context: dg.AssetExecutionContext, trial: TrialResource):
     for form in FORMS:
         try:
             with trial.connect() as con:
-                result = _load_form(context, trial, source, form, con)
-                # Great Expectations validates this form in the suite worker while the next ones load.
-                submit_form_suite(context.run_id, form, trial, con)
+                loaded = ingest_form(con, form, source, trial.export_id)
+            result = _materialization(context, form, loaded)
+            # Great Expectations validates this form in the suite worker while the next ones load.
+            submit_form_suite(context.run_id, form, trial, loaded.validated)
+            del loaded
         except ExportFileError as exc:
             context.log.error(str(exc))
             problems.append(str(exc))

@@ -89,12 +89,13 @@ def clear_submitted() -> None:
     _SUBMITTED.clear()
 
 
-def submit_form_suite(run_id: str, form: Form, trial: TrialResource, con) -> None:
-    """Send the form's suite and rows to the suite worker, so that Great Expectations validates them
-    on the other core while the next forms load (nothing happens when no worker runs)."""
+def submit_form_suite(run_id: str, form: Form, trial: TrialResource, frame: pl.DataFrame) -> None:
+    """Send the form's suite and rows (``frame``: the load's ``validated`` rows, those of
+    :func:`form_frame`) to the suite worker, so that Great Expectations validates them on the other
+    core while the next forms load (nothing happens when no worker runs)."""
     if not worker_running():
         return
-    suite, frame = _suite(form, trial), form_frame(form, con)
+    suite = _suite(form, trial)
     future = submit_suite(suite, frame)
     if future is not None:
         _SUBMITTED[(run_id, form.id)] = (future, suite, frame)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -101,6 +101,9 @@ class LoadResult:
     delimiter: str | None = None
     ages_from_birth_date: int = 0
     collected: bool = True
+    # The rows that reached stage.<form>, as loaded text in line order: what the form's suite
+    # validates (the rows of expectation_runner.validated_rows_sql), without reading them back.
+    validated: pl.DataFrame | None = field(default=None, repr=False, compare=False)
 
 
 def sha256_file(path: Path) -> str:
@@ -411,6 +414,10 @@ def load_records(
         )
         raw_rows = con.execute(f"SELECT count(*) FROM raw.{form.id}").fetchone()[0]
         staged = con.execute(f"SELECT count(*) FROM stage.{form.id}").fetchone()[0]
+        held = [line for (line,) in con.execute(
+            "SELECT DISTINCT line FROM raw.quarantine WHERE export_id = $export_id AND form = $form AND line IS NOT NULL",
+            {"export_id": export_id, "form": form.id},
+        ).fetchall()]
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -419,9 +426,12 @@ def load_records(
         con.unregister("_src")
         con.unregister("_extra")
     received = raw_rows + recs.rejects.height
+    validated = frame.filter(~pl.col(LINE).is_in(pl.Series(held, dtype=pl.Int64).implode()))
+    if order_by_line:
+        validated = validated.sort(LINE, maintain_order=True)
     return LoadResult(
         form.id, recs.file, sha256, received, staged, received - staged, dropped,
-        recs.format, recs.encoding, recs.delimiter, ages, form.id in settings.forms,
+        recs.format, recs.encoding, recs.delimiter, ages, form.id in settings.forms, validated.select(loaded),
     )
 
 

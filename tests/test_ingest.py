@@ -55,6 +55,8 @@ def test_bad_values_are_quarantined_with_file_line_column_rule(tmp_path):
     # Both rows sharing a key are held back; nothing is lost: raw keeps every row.
     assert con.execute("SELECT SUBJID FROM stage.inf ORDER BY SUBJID").fetchall() == [("01-004",)]
     assert con.execute("SELECT count(*) FROM raw.inf").fetchone()[0] == 5
+    # The rows handed to Great Expectations: the staged one, as loaded text.
+    assert res.validated.rows() == [("01-004", "2025-04-04", "DL3", "2000000000")]
 
 
 def test_identifiers_never_reach_the_database(tmp_path):

@@ -105,6 +105,21 @@ def test_the_load_takes_the_dialect_describe_found(deliveries, loaded, fmt, monk
         assert rows(con, table) == rows(loaded[fmt], table), table
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_load_hands_over_the_rows_the_suites_validate(deliveries, fmt):
+    """Each load returns the rows that reached stage as loaded text in line order (what the ingest
+    step sends to Great Expectations): exactly the rows form_frame reads back from the database."""
+    from assets.validate import form_frame
+
+    cfg, exports = deliveries
+    source = ExportSource(exports[fmt], ingest_settings(cfg))
+    con = duckdb.connect()
+    for f in FORMS:
+        result = ingest_form(con, f, source, "EXP")
+        assert result.validated.equals(form_frame(f, con)), f.id
+        assert result.validated.height == result.rows_staged
+
+
 def test_provenance_is_the_line_or_record_in_each_format(deliveries, loaded):
     _, exports = deliveries
     provenance = {}
