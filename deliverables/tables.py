@@ -227,8 +227,9 @@ BASELINE_CATEGORICAL: tuple[tuple[str, str], ...] = (
 )
 
 
-# Categories as the registry draft counts them (registry._baseline_module): sex, race and ethnicity
-# are matched to ClinicalTrials.gov's categories case-insensitively, and a null or empty race or
+# One set of baseline counts for the DSMB report, the workbook and the registry draft (which reads
+# these rows in registry._baseline_module): sex, race and ethnicity are matched to
+# ClinicalTrials.gov's categories case-insensitively, and a null or empty race or
 # ethnicity is its "Unknown or Not Reported" category (code UNKNOWN). Any other null is counted as
 # 'Missing' (the registry refuses an enrolled participant without sex or age).
 BASELINE_REGISTRY_CODED = ("SEX", "RACE", "ETHNIC")
