@@ -54,7 +54,9 @@ __all__ = [
     "IngestSettings",
     "LoadResult",
     "ingest_settings",
+    "create_ingest_tables",
     "load_records",
+    "order_quarantine",
     "sha256_file",
 ]
 
@@ -384,8 +386,7 @@ def load_records(
     typed = ", ".join(_typed_expr(f) for f in form.loaded_fields)
     key = ", ".join(f'"{k}"' for k in form.key)
     scope = {"export_id": export_id, "form": form.id, "file": recs.file}
-    con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS stage")
-    con.execute(QUARANTINE_DDL)
+    create_ingest_tables(con)
     con.register("_src", frame.to_arrow())
     con.register("_extra", extra.to_arrow())
     try:
@@ -432,6 +433,25 @@ def load_records(
     return LoadResult(
         form.id, recs.file, sha256, received, staged, received - staged, dropped,
         recs.format, recs.encoding, recs.delimiter, ages, form.id in settings.forms, validated.select(loaded),
+    )
+
+
+def create_ingest_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """The schemas and the quarantine table every load writes to (before loads run side by side:
+    two transactions creating the same catalog entry would conflict)."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS stage")
+    con.execute(QUARANTINE_DDL)
+
+
+def order_quarantine(con: duckdb.DuckDBPyConnection, form_ids: list[str]) -> None:
+    """Rewrite raw.quarantine in a fixed row order (forms in ``form_ids`` order, then line, column,
+    rule, value): forms loaded side by side commit in any order, and the database's bytes must not
+    depend on it."""
+    con.execute(
+        """CREATE OR REPLACE TABLE raw.quarantine AS SELECT q.* FROM raw.quarantine q
+           LEFT JOIN (SELECT unnest($forms) AS form, generate_subscripts($forms, 1) AS position) f USING (form)
+           ORDER BY f.position, q.form, q.export_id, q.line NULLS FIRST, q."column", q.rule, q.value, q.message, q.subjid, q.file""",
+        {"forms": form_ids},
     )
 
 

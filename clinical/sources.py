@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -125,6 +126,9 @@ class ExportSource:
         # (encoding, delimiter) of each form CSV by file name, as describe() found them: the load
         # takes them instead of detecting them again (a full decode of the file).
         self._csv_dialects: dict[str, tuple[str, str]] = {}
+        # Forms may be read from two threads (the ingest step loads two at a time): a CSV form reads
+        # its own file, but the forms of an ODM or SDTM export share parsed files, read one at a time.
+        self._shared_read = threading.Lock()
 
     def sha256(self, path: Path) -> str:
         """A file's SHA-256, computed once per source."""
@@ -207,9 +211,10 @@ class ExportSource:
                 raise file_error(form.file, "FILE-MISSING", f"file missing from export {export_id or self.dir.name}")
             dialect = self._csv_dialects.get(form.file)
             return read_csv_form(path, form, self.settings, self.declared_encoding(form.file), dialect)
-        if self.format == "odm":
-            return self._odm.read_form(form)
-        return self._sdtm.read_form(form)
+        with self._shared_read:
+            if self.format == "odm":
+                return self._odm.read_form(form)
+            return self._sdtm.read_form(form)
 
     def source_path(self, recs: FormRecords) -> Path | None:
         path = self.dir / recs.file

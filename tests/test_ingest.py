@@ -110,3 +110,27 @@ def test_a_long_malformed_record_is_quarantined_as_a_preview_like_any_value(tmp_
     assert con.execute("SELECT line, rule, value FROM raw.quarantine").fetchall() == [
         (2, "CSV-FIELD-COUNT", record[:500] + f"... ({len(record)} characters)")
     ]
+
+
+def test_quarantine_is_rewritten_in_a_fixed_order_whatever_order_the_forms_committed_in():
+    """The ingest step loads two forms at a time: raw.quarantine gets the same row order (forms in
+    contract order, then line, column, rule) whichever form committed first."""
+    from clinical.ingest import create_ingest_tables, order_quarantine
+
+    rows = [
+        ("E", "lb", "lb.csv", 7, "01-002", "LBDAT", "TYPE-DATE", "x", "m"),
+        ("E", "ae", "ae.csv", 3, "01-001", "AETOXGR", "RANGE", "9", "m"),
+        ("E", "ae", "ae.csv", 2, "01-001", "AESTDAT", "TYPE-DATE", "y", "m"),
+        ("E", "dm", "dm.csv", None, None, None, "CSV-FIELD-COUNT", "z", "m"),
+        ("E", "ae", "ae.csv", 3, "01-001", "AESER", "CODELIST", "maybe", "m"),
+    ]
+    orders = []
+    for shuffled in (rows, list(reversed(rows))):
+        con = duckdb.connect()
+        create_ingest_tables(con)
+        con.executemany("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", shuffled)
+        order_quarantine(con, ["dm", "ae", "lb"])
+        orders.append(con.execute('SELECT form, line, "column" FROM raw.quarantine').fetchall())
+    assert orders[0] == orders[1] == [
+        ("dm", None, None), ("ae", 2, "AESTDAT"), ("ae", 3, "AESER"), ("ae", 3, "AETOXGR"), ("lb", 7, "LBDAT"),
+    ]
