@@ -52,6 +52,12 @@ def test_the_instance_writes_dagster_sqlite_files_readable_by_dagsters_own_class
     theirs = [e.dagster_event_type for e in stock.get_logs_for_run(run_id) if e.dagster_event]
     assert theirs == ours
     assert dg.DagsterEventType.ASSET_CHECK_EVALUATION in theirs
+    # The check execution is in the table Dagster asks about before each check event (the answer
+    # is remembered), as the stock class records it.
+    assert storage.has_table("asset_check_executions") and "asset_check_executions" in storage._tables_seen
+    assert not storage.has_table("no_such_table") and "no_such_table" not in storage._tables_seen
+    [execution] = stock.get_asset_check_execution_history(numbers_not_empty.check_key, limit=5)
+    assert execution.run_id == run_id
     evaluation = stock.get_latest_materialization_events([numbers.key])[numbers.key]
     assert evaluation is not None and evaluation.run_id == run_id
 
