@@ -27,6 +27,8 @@ class ExportFileError(ValueError):
 
 def file_error(file: str, rule: str, what: str, line: int | None = None, column: str | None = None) -> ExportFileError:
     """``<file>: line <n>: column <c>: <what> (rule <RULE>)``: the one shape of every blocking message."""
+    if column and not column.isprintable():
+        column = repr(column)  # a line break or tab in a column name stays visible, on one line
     where = "".join(
         [f"{file}: ", f"line {line}: " if line is not None else "", f"column {column}: " if column else ""]
     )

@@ -102,7 +102,7 @@ def test_a_line_break_inside_a_quoted_column_name_is_blocking(tmp_path):
     # The header record then spans two lines: an unknown column, named, not a parser crash.
     header = AE.replace("AEDECOD", '"AE\nDECOD"', 1)
     message = blocked(tmp_path, "ae", header + ae_row())
-    assert message == "ae.csv: line 1: column AE\nDECOD: not in the ae contract (rule FILE-UNKNOWN-COLUMN)"
+    assert message == "ae.csv: line 1: column 'AE\\nDECOD': not in the ae contract (rule FILE-UNKNOWN-COLUMN)"
 
 
 @pytest.mark.parametrize(
