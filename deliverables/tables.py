@@ -1298,8 +1298,12 @@ def key_figures(t: ReportTables) -> list[tuple[str, Cell]]:
                          ("dlt_evaluable", "DLT-evaluable")):
         if (stage, TOTAL) in flow:
             out.append((label, flow[(stage, TOTAL)]))
-    for rown, label in ((9, "Participants with a DLT"), (4, "Participants with a serious TEAE"),
-                        (3, "Participants with a grade >= 3 TEAE")):
+    if t.dose_escalation:
+        # A DLT rate is of the DLT-evaluable participants (the escalation table's and the registry's
+        # denominator), not of the safety population the TEAE rows below use.
+        dlts, evaluable = (sum(r[k] or 0 for r in t.dose_escalation) for k in ("DLTS", "EVALUABLE"))
+        out.append(("Participants with a DLT (of the DLT-evaluable)", fmt_npct(dlts, pct_half_up(dlts, evaluable))))
+    for rown, label in ((4, "Participants with a serious TEAE"), (3, "Participants with a grade >= 3 TEAE")):
         r = summ.get((rown, TOTAL))
         if r is not None:
             out.append((label, fmt_npct(r["N"], r["PCT"])))

@@ -421,6 +421,18 @@ def test_html_title_page_and_sections(html, cfg):
         assert text in html, text
 
 
+def test_the_dlt_key_figure_is_of_the_dlt_evaluable_participants(tables):
+    """The summary's DLT rate uses the escalation table's denominator, not the safety population."""
+    from deliverables.tables import key_figures
+
+    figures = dict(key_figures(tables))
+    dlts = sum(r["DLTS"] for r in tables.dose_escalation)
+    evaluable = sum(r["EVALUABLE"] for r in tables.dose_escalation)
+    infused = figures["Infused (safety population)"]
+    assert (dlts, evaluable, figures["DLT-evaluable"]) == (1, 5, 5) and infused > evaluable
+    assert figures["Participants with a DLT (of the DLT-evaluable)"] == "1 (20.0%)"
+
+
 def test_report_date_is_data_cut_unless_given(tables, cfg):
     a = render_dsmb_html(tables, cfg, DATA_CUT)
     b = render_dsmb_html(tables, cfg, DATA_CUT)
