@@ -23,7 +23,7 @@ from assets.derive import (
 from assets.ingest import OWNERS
 from clinical.ingest import sha256_file
 from deliverables import changes, dsmb, figures, registry, workbooks
-from deliverables.tables import display_tables, load_report_tables, open_session
+from deliverables.tables import display_tables, load_report_tables
 from pipelines.resources import DATABASE_NAME, REPO_ROOT, TrialResource
 
 TABLE_ASSETS = [
@@ -91,13 +91,11 @@ queries_workbook = _report_spec(
 
 def _start_dsmb(trial: TrialResource, tables, closed, svgs, change_tables, previous_cut) -> dsmb.PdfRendering:
     """Write both sessions' HTML and start their PDFs, each in a child process (``closed``: the
-    closed session's display tables; the open session's are made from them)."""
+    closed session's display tables, from which the open session's are made)."""
     jobs = []
-    sessions = (("Open", open_session(closed), "dsmb_open_html", "dsmb_open_pdf"),
-                ("Closed", closed, "dsmb_html", "dsmb_pdf"))
-    for session, displays, html_role, pdf_role in sessions:
+    for session, html_role, pdf_role in (("Open", "dsmb_open_html", "dsmb_open_pdf"), ("Closed", "dsmb_html", "dsmb_pdf")):
         html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs,
-                                     changes=change_tables, previous_cut=previous_cut, displays=displays)
+                                     changes=change_tables, previous_cut=previous_cut, closed=closed)
         _path(trial, html_role).write_text(html, encoding="utf-8")
         jobs.append((_path(trial, html_role), _path(trial, pdf_role)))
     return dsmb.start_pdfs(jobs, trial.cut)
@@ -181,7 +179,7 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
     def sponsor() -> dg.MaterializeResult:
         tables, closed, change_tables, _ = inputs()
         workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"),
-                                         first=change_tables or [], displays=closed)
+                                         first=change_tables or [], closed=closed)
         return dg.MaterializeResult(asset_key=sponsor_workbook.key, metadata=_file_meta(_path(trial, "sponsor_xlsx")))
 
     def queries() -> dg.MaterializeResult:

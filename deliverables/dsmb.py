@@ -39,6 +39,7 @@ from deliverables.tables import (
     fmt_date,
     key_figures,
     pdf_tables,
+    within_budget,
 )
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "report_templates"
@@ -221,21 +222,22 @@ def render_dsmb_html(
     figures: dict[str, str] | None = None,
     changes: list[DisplayTable] | None = None,
     previous_cut: dt.date | str | None = None,
-    displays: list[DisplayTable] | None = None,
+    closed: list[DisplayTable] | None = None,
 ) -> str:
     """The DSMB report as a complete HTML document (input of :func:`html_to_pdf`).
 
     figures: SVGs by key (deliverables.figures.render_figures); changes: the display tables of the
     changes since ``previous_cut`` (deliverables.changes), None when there is no previous cut;
-    displays: the session's display tables when already built (``display_tables``)."""
+    closed: the closed session's display tables when already built (``display_tables``; the open
+    session's are made from them)."""
     cut = as_date(data_cut)
     rdate = as_date(report_date) if report_date is not None else cut
     sess = session.strip().capitalize()
     if sess not in SESSIONS:
         raise ValueError(f"session must be 'Open' or 'Closed', got {session!r}")
     # Listings beyond the page budget are summarised here; the sponsor workbook lists them in full.
-    shown = pdf_tables(tables, session=sess, displays=displays)
-    chapters = report_chapters(shown, figures, changes, sess)
+    shown = pdf_tables(tables, session=sess, closed=closed)
+    chapters = report_chapters(shown, figures, within_budget(changes) if changes is not None else None, sess)
     headline = key_figures(tables)
     study = cfg.study
     title = f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}"

@@ -1115,9 +1115,9 @@ SUMMARY_ROWS = 25
 # What a summarised listing is counted by (column header of the listing).
 SUMMARY_BY = {"dlt_listing": "Preferred term", "sae_listing": "Preferred term", "deaths": "Cause of death",
               "crs_icans_listing": "Category", "exposure_listing": "Fludarabine days",
-              "protocol_deviations": "Criterion"}
+              "protocol_deviations": "Criterion", "changes_listing": "Change"}
 SUMMARY_UNIT = {"dlt_listing": "events", "sae_listing": "events", "deaths": "deaths", "crs_icans_listing": "events",
-                "exposure_listing": "participants", "protocol_deviations": "deviations"}
+                "exposure_listing": "participants", "protocol_deviations": "deviations", "changes_listing": "changes"}
 
 
 def summarise_listing(d: DisplayTable, budget: int | None = None) -> DisplayTable:
@@ -1180,14 +1180,23 @@ def summarise_listing(d: DisplayTable, budget: int | None = None) -> DisplayTabl
     )
 
 
-def pdf_tables(t: ReportTables, budget: int | None = None, session: str = "Closed",
-               displays: list[DisplayTable] | None = None) -> list[DisplayTable]:
-    """The display tables as the PDF of ``session`` shows them: listings beyond ``budget`` rows
-    (default :data:`PDF_LISTING_ROWS`) summarised. ``displays``: the session's display tables, if
-    already built (``display_tables(t, session)``)."""
+def within_budget(shown: list[DisplayTable], budget: int | None = None) -> list[DisplayTable]:
+    """The tables as a PDF shows them: listings beyond ``budget`` rows (default
+    :data:`PDF_LISTING_ROWS`) summarised."""
     budget = PDF_LISTING_ROWS if budget is None else budget
-    shown = display_tables(t, session) if displays is None else displays
     return [summarise_listing(d, budget) if d.kind == "listing" and len(d.rows) > budget else d for d in shown]
+
+
+def pdf_tables(t: ReportTables, budget: int | None = None, session: str = "Closed",
+               closed: list[DisplayTable] | None = None) -> list[DisplayTable]:
+    """The display tables as the PDF of ``session`` shows them (:func:`within_budget`). ``closed``:
+    the closed session's display tables, if already built (``display_tables(t)``); the open
+    session's are made from them."""
+    if closed is None:
+        shown = display_tables(t, session)
+    else:
+        shown = closed if session == "Closed" else open_session(closed)
+    return within_budget(shown, budget)
 
 
 # --------------------------------------------------------------------------------------------------

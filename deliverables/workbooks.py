@@ -451,12 +451,12 @@ def write_sponsor_workbook(
     data_cut: dt.date | str,
     path: Path | str,
     first: list[DisplayTable] | tuple[DisplayTable, ...] = (),
-    displays: list[DisplayTable] | None = None,
+    closed: list[DisplayTable] | None = None,
 ) -> Path:
     """The sponsor workbook: a cover sheet with contents, then one sheet per display table.
 
     first: tables shown before the report's own (the changes since the previous data cut);
-    displays: the closed session's display tables when already built (``display_tables``).
+    closed: the closed session's display tables when already built (``display_tables``).
 
     Every listing is complete here (the DSMB PDF summarises listings beyond its page budget); a
     listing longer than an Excel sheet continues on numbered sheets. Written in openpyxl's
@@ -464,7 +464,7 @@ def write_sponsor_workbook(
     """
     cut = as_date(data_cut)
     path = Path(path)
-    shown = list(first) + (display_tables(tables) if displays is None else displays)
+    shown = list(first) + (display_tables(tables) if closed is None else closed)
     wb = Workbook(write_only=True)
     cover = wb.create_sheet("Contents")
     styles = _Styles(cover)

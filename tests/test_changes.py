@@ -568,3 +568,20 @@ def test_open_session_shows_the_summary_of_changes_but_not_the_participant_listi
     assert kinds == [("table", "changes_summary"), ("note", "")]
     closed = report_chapters([], None, tables, "Closed")[0]
     assert [i["t"].id for i in closed["items"] + closed["landscape_items"]] == ["changes_summary", "changes_listing"]
+
+
+def test_a_long_listing_of_changes_is_summarised_in_the_pdf_and_complete_in_the_workbook():
+    """The changes listing keeps to the PDF's page budget like every other listing."""
+    from dataclasses import replace
+
+    from deliverables.tables import PDF_LISTING_ROWS, within_budget
+
+    prev, cur = _pair()
+    summary, listing = layout_changes(compare_cuts(prev, cur, D(2024, 2, 29), D(2024, 3, 31)))
+    long = replace(listing, rows=listing.rows * (PDF_LISTING_ROWS // len(listing.rows) + 1),
+                   row_styles=listing.row_styles * (PDF_LISTING_ROWS // len(listing.rows) + 1))
+    shown_summary, shown = within_budget([summary, long])
+    assert shown_summary is summary and shown.title.endswith("(summary; complete listing in the sponsor workbook)")
+    assert shown.columns[0] == "Change" and shown.rows[-1][-1] == len(long.rows)
+    assert f"{len(long.rows):,} changes" in shown.intro
+    assert within_budget([summary, listing]) == [summary, listing]
