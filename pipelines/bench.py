@@ -361,8 +361,8 @@ def stage_figures(child: dict, sampler: RssSampler) -> dict:
         "orchestration_s": round(child["total_s"] - sum(st["wall_s"] for st in stages.values()), 3),
         # The kernel's high-water mark of the pipeline process, or the sampled peak of the process
         # and its children together (the Great Expectations worker), whichever is higher.
+        # (The sampled peak of the run alone is not reported: the result document never had it.)
         "peak_rss_mb": round(max(child["vm_hwm_bytes"], sampler.peak_between(0, run_end + 1)) / 2**20, 1),
-        "run_peak_rss_mb": round(sampler.peak_between(run_start, run_end) / 2**20, 1),
         "stages": stages,
         "steps": steps,
         "failed_steps": [s["step"] for s in steps if not s["ok"]],
