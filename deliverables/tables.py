@@ -243,6 +243,11 @@ def _baseline_category(c: str) -> str:
     return f"coalesce({value}, '{BASELINE_NOT_REPORTED.get(c, 'Missing')}') AS {c}"
 
 
+# The dose column of a GROUPING SETS row: TOTAL where DOSE is rolled up, the group's DOSE otherwise (so
+# an enrolled participant without DOSEP is a null-DOSE group of its own, never a second TOTAL row).
+_TOTAL_DOSE = "CASE WHEN grouping(DOSE) = 1 THEN 'TOTAL' ELSE DOSE END"
+
+
 def baseline_sql(adsl_columns: set[str]) -> str:
     """The baseline query for the ADSL columns present. Only variable names of the two fixed tuples
     above and the fixed codes for a null are put into the SQL text (never data values)."""
@@ -255,13 +260,13 @@ def baseline_sql(adsl_columns: set[str]) -> str:
         SELECT 'CAT' AS KIND, c.VAR, c.CAT, c.DOSE, c.N, d.DENOM, round(100.0 * c.N / d.DENOM, 1) AS PCT,
                NULL::DOUBLE AS MEAN, NULL::DOUBLE AS SD, NULL::DOUBLE AS MEDIAN, NULL::DOUBLE AS MIN,
                NULL::DOUBLE AS MAX
-        FROM (SELECT VAR, CAT, coalesce(DOSE, 'TOTAL') AS DOSE, count(*) AS N
+        FROM (SELECT VAR, CAT, {_TOTAL_DOSE} AS DOSE, count(*) AS N
               FROM (UNPIVOT (SELECT DOSE, {', '.join(cats)} FROM s) ON {', '.join(cats)} INTO NAME VAR VALUE CAT)
               GROUP BY GROUPING SETS ((VAR, CAT, DOSE), (VAR, CAT))) c
         JOIN denom d USING (DOSE)""")
     if nums:
         parts.append(f"""
-        SELECT 'CONT', VAR, NULL, coalesce(DOSE, 'TOTAL'), count(X), NULL, NULL, avg(X), stddev_samp(X),
+        SELECT 'CONT', VAR, NULL, {_TOTAL_DOSE}, count(X), NULL, NULL, avg(X), stddev_samp(X),
                median(X), min(X), max(X)
         FROM (UNPIVOT (SELECT DOSE, {', '.join(nums)} FROM s) ON {', '.join(nums)} INTO NAME VAR VALUE X)
         GROUP BY GROUPING SETS ((VAR, DOSE), (VAR))""")
@@ -269,7 +274,7 @@ def baseline_sql(adsl_columns: set[str]) -> str:
         return "SELECT NULL AS KIND WHERE FALSE"
     return f"""
         WITH s AS (SELECT DOSEP AS DOSE, {sel} FROM analysis.adsl WHERE ENRLFL = 'Y'),
-        denom AS (SELECT coalesce(DOSE, 'TOTAL') AS DOSE, count(*) AS DENOM
+        denom AS (SELECT {_TOTAL_DOSE} AS DOSE, count(*) AS DENOM
                   FROM s GROUP BY GROUPING SETS ((DOSE), ()))
         {' UNION ALL '.join(parts)}
         ORDER BY 1, 2, 3 NULLS FIRST, 4"""

@@ -97,6 +97,23 @@ def test_baseline_without_optional_columns(adsl_con):
     assert kinds == {("CAT", "SEX"), ("CONT", "AGE")}
 
 
+def test_baseline_enrolled_without_planned_dose_is_in_one_total_row(adsl_con):
+    """An enrolled participant without DOSEP is a null-DOSE group of its own (GROUPING SETS), not a
+    second TOTAL row: one TOTAL row per category and per continuous variable, counting everyone."""
+    adsl_con.execute("""INSERT INTO analysis.adsl VALUES
+        ('07', NULL, 'Y', 50, 'Between 18 and 65 years', 'F', 'ASIAN', 'NOT HISPANIC OR LATINO', 'China', 80)""")
+    cur = adsl_con.execute(baseline_sql({"DOSEP", "ENRLFL", "AGE", "AGEGR1", "SEX", "COUNTRY", "KPS"}))
+    rows = [dict(zip([c[0] for c in cur.description], r)) for r in cur.fetchall()]
+    totals = [(r["KIND"], r["VAR"], r["CAT"]) for r in rows if r["DOSE"] == TOTAL]
+    assert len(totals) == len(set(totals))
+    assert set(totals) == {(r["KIND"], r["VAR"], r["CAT"]) for r in rows}
+    by = {(r["VAR"], r["CAT"]): r for r in rows if r["DOSE"] == TOTAL}
+    assert (by[("SEX", "F")]["N"], by[("SEX", "F")]["DENOM"], by[("SEX", "F")]["PCT"]) == (3, 6, 50.0)
+    assert by[("COUNTRY", "China")]["N"] == 6
+    assert by[("AGE", None)]["N"] == 6 and by[("AGE", None)]["MAX"] == 70
+    assert by[("KPS", None)]["N"] == 5
+
+
 def test_baseline_null_race_and_ethnicity_are_the_registrys_unknown_category(adsl_con):
     """A null (or empty) race or ethnicity is counted in the registry's "Unknown or Not Reported", with
     the UNKNOWN code, not as a separate 'Missing' row; a null sex stays 'Missing' (the registry has no
