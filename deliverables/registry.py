@@ -459,7 +459,7 @@ def _check_enrolled(con: duckdb.DuckDBPyConnection, doses) -> None:
     analysis.dose_levels (baseline_sql would count one without DOSEP in its Total) or without an age."""
     bad = _rows(
         con,
-        """SELECT SUBJID, DOSEP, AGE IS NULL AS NO_AGE FROM analysis.adsl
+        """SELECT SUBJID, DOSEP FROM analysis.adsl
            WHERE ENRLFL = 'Y' AND (DOSEP IS NULL OR NOT list_contains(?, DOSEP) OR AGE IS NULL)
            ORDER BY SUBJID""",
         [[d["DOSE"] for d in doses]],
