@@ -103,7 +103,7 @@ def enrolled_headers(t: ReportTables) -> list[tuple[str, str]]:
 
 # Category labels and order as the registry shows them, so a category reads the same in both.
 BASELINE_CATEGORIES: dict[str, tuple[tuple[str, str], ...]] = {
-    "AGEGR1": tuple((a, a) for a in AGE_CATEGORIES),
+    "AGEGR1": AGE_CATEGORIES,
     "SEX": SEX_CATEGORIES,
     "RACE": RACE_CATEGORIES,
     "ETHNIC": ETHNIC_CATEGORIES,

@@ -101,8 +101,9 @@ ETHNIC_CATEGORIES = (
     ("UNKNOWN", "Unknown or Not Reported"),
 )
 SEX_CATEGORIES = (("F", "Female"), ("M", "Male"))
-# PRS "Age, Categorical" categories: ADSL AGEGR1 (clinical/adsl.py derives it).
-AGE_CATEGORIES = tuple(label for label, _ in AGE_GROUPS)
+# PRS "Age, Categorical" categories: ADSL AGEGR1 (clinical/adsl.py derives it), as (code, label) pairs
+# like the ones above; the code is the label.
+AGE_CATEGORIES = tuple((label, label) for label, _ in AGE_GROUPS)
 
 # MedDRA SOC names as ClinicalTrials.gov words (27 SOCs; cran/eudract inst/extdata/soc.xml).
 PRS_SOCS = (
@@ -557,19 +558,7 @@ def _baseline_module(
             }
         ],
     }
-    age_categorical = {
-        "title": "Age, Categorical",
-        "paramType": "COUNT_OF_PARTICIPANTS",
-        "unitOfMeasure": "Participants",
-        "classes": [
-            {
-                "categories": [
-                    {"title": cat, "measurements": counts("AGEGR1", cat)}
-                    for cat in AGE_CATEGORIES
-                ]
-            }
-        ],
-    }
+    age_categorical = categorical("Age, Categorical", "AGEGR1", AGE_CATEGORIES)
 
     # Spellings of one country ("CHINA", "China ") are one region.
     regions: dict[str, dict[str, int]] = {}  # region -> dose or TOTAL -> participants

@@ -771,6 +771,8 @@ def test_regions_merge_spellings_of_a_country(db):
          "adsl.SEX 'Missing' of 1 enrolled participant(s) has no Sex: Female, Male category"),
         ("UPDATE analysis.adsl SET RACE = 'OTHER' WHERE SUBJID = '01-001'",
          "adsl.RACE 'OTHER' of 1 enrolled participant(s) has no Race (NIH/OMB) category"),
+        ("UPDATE analysis.adsl SET AGEGR1 = NULL WHERE SUBJID = '01-001'",
+         "adsl.AGEGR1 'Missing' of 1 enrolled participant(s) has no Age, Categorical category"),
     ],
 )
 def test_baseline_refuses_what_it_cannot_report(db, sql, message):
