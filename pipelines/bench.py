@@ -278,24 +278,27 @@ def _child(args: argparse.Namespace) -> int:
     start_worker()
     from pipelines.definitions import defs
 
+    # The instance the run is recorded in, opened once: kept open to read the run's event log
+    # afterwards, then disposed.
+    instance = dg.DagsterInstance.ephemeral() if args.instance == "ephemeral" else dg.DagsterInstance.get()
     if args.instance == "sqlite":
         # The Dagster home of a nightly run exists: its run, schedule and event-index databases are
         # created here, before the clock (a first-ever run pays ~0.5 s more; docs/performance.md).
-        with dg.DagsterInstance.get() as instance:
-            instance.get_runs(limit=1)
+        instance.get_runs(limit=1)
     steps_stage = stage_of_steps(defs)
     startup_s = time.perf_counter() - t0
-    # The instance the run is recorded in, kept open to read the run's event log afterwards.
-    instance = dg.DagsterInstance.ephemeral() if args.instance == "ephemeral" else dg.DagsterInstance.get()
-    run_start = time.time()
-    t1 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):
-        code = run_module.run_export(args.study, args.export, args.output, args.data_cut, instance=instance)
-    total_s = time.perf_counter() - t1
-    run_end = time.time()
-    records = instance.get_runs(limit=1)
-    run_id = records[0].run_id if records else None
-    logs = instance.all_logs(run_id) if run_id else []
+    try:
+        run_start = time.time()
+        t1 = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):
+            code = run_module.run_export(args.study, args.export, args.output, args.data_cut, instance=instance)
+        total_s = time.perf_counter() - t1
+        run_end = time.time()
+        records = instance.get_runs(limit=1)
+        run_id = records[0].run_id if records else None
+        logs = instance.all_logs(run_id) if run_id else []
+    finally:
+        instance.dispose()
     steps = []
     starts: dict[str, float] = {}
     for entry in logs:
