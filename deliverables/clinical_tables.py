@@ -91,7 +91,7 @@ def _columns(t: ReportTables, heads: list[tuple[str, str]]) -> tuple[list[str], 
 def enrolled_headers(t: ReportTables) -> list[tuple[str, str]]:
     """(dose id, 'DL1 5x10^8 cells (N=6)') with N = enrolled by planned dose (analysis.participant_flow)."""
     n = {r["DOSE"]: r["N"] for r in t.participant_flow if r["STAGE"] == "enrolled"}
-    out = [(d["DOSE"], f"{d['DOSE']} {d['DOSELBL']} (N={n.get(d['DOSE'], 0)})") for d in t.dose_levels]
+    out = [(d["DOSE"], f"{t.dose_label(d['DOSE'])} (N={n.get(d['DOSE'], 0)})") for d in t.dose_levels]
     return out + [(TOTAL, f"Total (N={n.get(TOTAL, 0)})")]
 
 
@@ -246,7 +246,7 @@ def layout_exposure(t: ReportTables) -> DisplayTable:
         lines.add("Min, max", [
             f"{fmt_num(cell[d]['MIN'], dec)}, {fmt_num(cell[d]['MAX'], dec)}" if d in cell and cell[d]["MIN"] is not None
             else "" for d, _ in heads])
-    plan = "; ".join(f"{d['DOSE']} {d['DOSELBL']}" for d in t.dose_levels)
+    plan = "; ".join(t.dose_label(d["DOSE"]) for d in t.dose_levels)
     return DisplayTable(
         id="exposure",
         title="Exposure: lymphodepletion and CAR-T cells infused by dose level",

@@ -483,7 +483,7 @@ def _label_indent(label: str) -> tuple[str, int]:
 
 def _group_order(t: ReportTables) -> list[tuple[str, str]]:
     """(dose id, header text without N) for every dose level, then Total."""
-    cols = [(d["DOSE"], f"{d['DOSE']} {d['DOSELBL']}") for d in t.dose_levels]
+    cols = [(d["DOSE"], t.dose_label(d["DOSE"])) for d in t.dose_levels]
     return cols + [(TOTAL, "Total")]
 
 
@@ -491,8 +491,7 @@ def safety_headers(t: ReportTables) -> list[tuple[str, str]]:
     """(dose id, 'DL1 5x10^8 cells (N=3)') for the safety columns, from analysis.safety_groups."""
     out = []
     for g in t.safety_groups:
-        name = "Total" if g["DOSE"] == TOTAL else f"{g['DOSE']} {g['DOSELBL']}"
-        out.append((g["DOSE"], f"{name} (N={g['N_AT_RISK']})"))
+        out.append((g["DOSE"], f"{t.dose_label(g['DOSE'])} (N={g['N_AT_RISK']})"))
     return out
 
 
@@ -678,7 +677,7 @@ def layout_dose_escalation(t: ReportTables) -> DisplayTable:
             pend = "0"
         rows.append(
             [
-                f"{r['DOSE']} {r['DOSELBL']}",
+                t.dose_label(r["DOSE"]),
                 r["ENROLLED"],
                 r["INFUSED"],
                 r["EVALUABLE"],

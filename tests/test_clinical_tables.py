@@ -132,6 +132,26 @@ def test_baseline_null_race_and_ethnicity_are_the_registrys_unknown_category(ads
     assert not any(k.startswith(("Race/Missing", "Ethnicity/Missing")) for k in r)
 
 
+def test_a_dose_level_without_a_label_is_shown_by_its_id():
+    """Column headers and the escalation table name a dose level by ReportTables.dose_label: its id
+    alone when analysis.dose_levels has no label for it (never 'DL1 None')."""
+    from deliverables.tables import _group_order, layout_dose_escalation, safety_headers
+
+    doses = [{**DOSES[0], "DOSELBL": None}, DOSES[1]]
+    groups = [{"DOSE": "DL1", "DOSEN": 1, "DOSELBL": None, "N_AT_RISK": 2},
+              {"DOSE": "DL2", "DOSEN": 2, "DOSELBL": "1x10^9 cells", "N_AT_RISK": 3},
+              {"DOSE": TOTAL, "DOSEN": 99, "DOSELBL": "Total", "N_AT_RISK": 5}]
+    esc = [{"DOSE": "DL1", "DOSEN": 1, "DOSELBL": None, "CELLS": 5e8, "ENROLLED": 2, "INFUSED": 2, "EVALUABLE": 2,
+            "DLTS": 0, "PENDING": 0, "WINDOW_CLOSES": None, "STATUS": "cleared"}]
+    flow = [{"STAGE": "enrolled", "DOSE": d, "N": n} for d, n in (("DL1", 2), ("DL2", 3), (TOTAL, 5))]
+    t = _tables(dose_levels=doses, safety_groups=groups, dose_escalation=esc, participant_flow=flow)
+    assert [h for _, h in _group_order(t)] == ["DL1", "DL2 1x10^9 cells", "Total"]
+    assert [h for _, h in safety_headers(t)] == ["DL1 (N=2)", "DL2 1x10^9 cells (N=3)", "Total (N=5)"]
+    assert [h for _, h in ct.enrolled_headers(t)] == ["DL1 (N=2)", "DL2 1x10^9 cells (N=3)", "Total (N=5)"]
+    assert layout_dose_escalation(t).rows[0][0] == "DL1"
+    assert "DL1; DL2 1x10^9 cells" in ct.layout_exposure(t).footnote
+
+
 def test_crs_icans_grades_and_management():
     summ = [{"AECAT": "CRS", "AECATN": 1, "DOSE": d, "DOSEN": n, "DENOM": den, "N_ANY": a, "PCT_ANY": p,
              "N_GR1": g1, "N_GR2": 0, "N_GR3": g3, "N_GR4": 0, "N_GR5": 0, "ONSET_MEDIAN": 2.0, "ONSET_MIN": 1,
