@@ -79,7 +79,10 @@ def _archived_export(study_root: Path, manifest: dict, export: str | None) -> tu
     dest = export_archive(study_root, manifest["export_sha256"], manifest["export_id"])
     if not dest.is_dir() and export:
         try:
-            archive_files(Path(export), [(i["path"], i["sha256"]) for i in manifest["inputs"]], dest)
+            # True: archived just now, every copy checked against the manifest's SHA-256 (else it
+            # raised), so there is nothing left to check. False: it already existed; checked below.
+            if archive_files(Path(export), [(i["path"], i["sha256"]) for i in manifest["inputs"]], dest):
+                return dest, []
         except (ArchiveError, OSError) as exc:
             return None, [f"the export could not be archived: {exc}"]
     if not dest.is_dir():
