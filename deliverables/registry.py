@@ -45,7 +45,7 @@ from lxml import etree
 
 from clinical.adsl import AGE_GROUPS
 from clinical.study import StudyConfig
-from deliverables.tables import baseline_sql, round_sig
+from deliverables.tables import QUERIES, baseline_sql, round_sig
 
 RRS_NS = "http://clinicaltrials.gov/rrs"
 TOTAL = "TOTAL"
@@ -278,10 +278,8 @@ def _follow_up_end_text(cfg: StudyConfig) -> str:
 
 
 def _dose_levels(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    return _rows(
-        con,
-        "SELECT DOSE, DOSEN, DOSELBL, CELLS FROM analysis.dose_levels ORDER BY DOSEN",
-    )
+    """The dose levels in the report tables' order (their query: by DOSEN, then DOSE)."""
+    return _rows(con, QUERIES["dose_levels"])
 
 
 def _group_ids(prefix: str, doses: list[dict[str, Any]]) -> dict[str, str]:
