@@ -579,12 +579,6 @@ def _short_stage(label: str) -> str:
     return label.split(" (")[0]
 
 
-def dose_display(t: ReportTables, dose: str | None) -> str:
-    if not dose:
-        return "not determined"
-    return t.dose_label(dose)
-
-
 @dataclass(frozen=True)
 class StepWording:
     """The words of each kind of next step; ``{dose}`` is replaced by the dose level's label."""
