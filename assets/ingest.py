@@ -2,9 +2,12 @@
 
 
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from clinical.crf import FORMS, Form
 from clinical.crf import form as contract_form
@@ -134,6 +137,34 @@ def _materialization(context: dg.AssetExecutionContext, form: Form, result: Load
     )
 
 
+def load_forms(
+    source: ExportSource,
+    connect: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
+    export_id: str,
+    workers: int = INGEST_THREADS,
+) -> Iterator[tuple[Form, LoadResult | ExportFileError]]:
+    """(form, its load result or blocking file error) of every form, ``workers`` forms loading at a
+    time, each on a connection of its own from ``connect``. Results come back in contract order, so
+    the run's events, logs and the order in which Great Expectations receives the forms are the same
+    on every run."""
+
+    def load(form: Form):
+        def run() -> LoadResult | ExportFileError:
+            try:
+                with connect() as con:  # a connection per thread: each form loads in its own transaction
+                    return ingest_form(con, form, source, export_id, release=False)
+            except ExportFileError as exc:
+                return exc  # reported in its turn; the other forms still load
+
+        return run
+
+    for task, loaded in run_in_order([Task(form.id, frozenset(), load(form)) for form in FORMS], workers=workers):
+        form = contract_form(task.key)
+        yield form, loaded
+        # Released only after its turn: dm (before enrol in contract order) reads enrol's records.
+        source.release(form.id)
+
+
 @dg.multi_asset(
     name="ingest",
     specs=[export_snapshot, *raw_forms],
@@ -157,21 +188,8 @@ def ingest(context: dg.AssetExecutionContext, trial: TrialResource):
     with trial.connect() as con:
         create_ingest_tables(con)
 
-    def load(form: Form):
-        def run() -> LoadResult | ExportFileError:
-            try:
-                with trial.connect() as con:  # a connection per thread: each form loads in its own transaction
-                    return ingest_form(con, form, source, trial.export_id)
-            except ExportFileError as exc:
-                return exc  # reported in its turn; the other forms still load
-
-        return run
-
     problems: list[str] = []
-    # Two forms load at a time; results come back in contract order, so the run's events, logs and
-    # the order in which Great Expectations receives the forms are the same on every run.
-    for task, loaded in run_in_order([Task(form.id, frozenset(), load(form)) for form in FORMS], workers=INGEST_THREADS):
-        form = contract_form(task.key)
+    for form, loaded in load_forms(source, trial.connect, trial.export_id):
         if isinstance(loaded, ExportFileError):
             context.log.error(str(loaded))
             problems.append(str(loaded))

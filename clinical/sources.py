@@ -126,8 +126,10 @@ class ExportSource:
         # (encoding, delimiter) of each form CSV by file name, as describe() found them: the load
         # takes them instead of detecting them again (a full decode of the file).
         self._csv_dialects: dict[str, tuple[str, str]] = {}
-        # Forms may be read from two threads (the ingest step loads two at a time): a CSV form reads
-        # its own file, but the forms of an ODM or SDTM export share parsed files, read one at a time.
+        # Forms are read from two threads (the ingest step loads two at a time) and dm reads enrol's
+        # records too: a lock per form, so that each form is read once.
+        self._form_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self._shared_read = threading.Lock()
 
     def sha256(self, path: Path) -> str:
@@ -196,12 +198,16 @@ class ExportSource:
 
     def read_form(self, form: Form, export_id: str = "") -> FormRecords:
         """The records of one collected form; raises ExportFileError on a blocking problem."""
-        if form.id not in self._records:
-            self._records[form.id] = self._read(form, export_id)
-        return self._records[form.id]
+        with self._locks_lock:
+            lock = self._form_locks.setdefault(form.id, threading.Lock())
+        with lock:
+            if form.id not in self._records:
+                self._records[form.id] = self._read(form, export_id)
+            return self._records[form.id]
 
     def release(self, form_id: str) -> None:
-        """Forget a form's records once loaded (the parsed sources stay for the other forms)."""
+        """Forget a form's records once loaded (the parsed sources stay for the other forms). Not
+        before every form that reads them has read them (dm reads enrol's)."""
         self._records.pop(form_id, None)
 
     def _read(self, form: Form, export_id: str) -> FormRecords:
@@ -259,8 +265,13 @@ def _xml_encoding(path: Path) -> str:
     return m.group(1).decode("ascii").lower() if m else "utf-8"
 
 
-def ingest_form(con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource, export_id: str) -> LoadResult:
-    """Read and load one form of an export (empty tables when the study does not collect it)."""
+def ingest_form(
+    con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource, export_id: str, release: bool = True,
+) -> LoadResult:
+    """Read and load one form of an export (empty tables when the study does not collect it).
+
+    ``release``: forget the form's records once loaded. A caller loading forms in parallel passes
+    False and releases each form itself once no other form can still need it (dm reads enrol's)."""
     settings = source.settings
     if form.id not in settings.forms:
         return load_records(con, form, not_collected(form), export_id, settings)
@@ -273,7 +284,8 @@ def ingest_form(con: duckdb.DuckDBPyConnection, form: Form, source: ExportSource
             consent = None  # the enrol load reports its own problem; AGE stays as exported
     path = source.source_path(recs)
     result = load_records(con, form, recs, export_id, settings, consent, source.sha256(path) if path else "")
-    source.release(form.id)
+    if release:
+        source.release(form.id)
     return result
 
 
