@@ -75,8 +75,9 @@ class _Lines:
         self.rows: list[list[Cell]] = []
         self.styles: list[str] = []
 
-    def group(self, label: str) -> None:
-        self.add(label, [None] * self.width, "group")
+    def group(self, label: str, style: str = "group") -> None:
+        """A heading row: the label and empty value cells."""
+        self.add(label, [None] * self.width, style)
 
     def add(self, label: Cell, values: list[Cell], style: str = "indent") -> None:
         self.rows.append([label, *values])
@@ -187,7 +188,7 @@ def layout_teae_by_grade(t: ReportTables) -> DisplayTable:
         return sum(g.get(TOTAL, {}).get("N", 0) for g in cells[key].values())
 
     def emit(key: tuple[str, str | None], label: str, style: str) -> None:
-        lines.add(label, [None] * len(heads), style)
+        lines.group(label, style)
         for grade in sorted(cells[key]):
             by = cells[key][grade]
             if not by.get(TOTAL, {}).get("N"):
