@@ -103,6 +103,11 @@ CLOSED_ONLY_FIGURES = ("transgene", "swimmer")
 LANDSCAPE_COLUMNS = 9
 
 
+def _table_item(t: DisplayTable) -> dict[str, Any]:
+    """A chapter item for a display table; a listing wider than LANDSCAPE_COLUMNS goes on landscape pages."""
+    return {"kind": "table", "t": t, "landscape": t.kind == "listing" and len(t.columns) > LANDSCAPE_COLUMNS}
+
+
 def report_chapters(
     shown: list[DisplayTable],
     figures: dict[str, str] | None,
@@ -127,8 +132,7 @@ def report_chapters(
                         items.append({"kind": "note", "text": "The listing of the individual changes names "
                                       "participants: it is in the closed session report and the sponsor workbook."})
                         continue
-                    items.append({"kind": "table", "t": t,
-                                  "landscape": t.kind == "listing" and len(t.columns) > LANDSCAPE_COLUMNS})
+                    items.append(_table_item(t))
                 continue
             if item == "flow_diagram" or item.startswith("figure:"):
                 key = item.removeprefix("figure:")
@@ -151,8 +155,7 @@ def report_chapters(
                     items.append({"kind": "note", "text": f"The participant-level listing ({item.replace('_', ' ')}) "
                                   "is in the closed session report and the sponsor workbook."})
                 continue
-            items.append({"kind": "table", "t": t,
-                          "landscape": t.kind == "listing" and len(t.columns) > LANDSCAPE_COLUMNS})
+            items.append(_table_item(t))
         portrait = [i for i in items if not i.get("landscape")]
         for i in portrait + [i for i in items if i.get("landscape")]:
             kind = "figure" if i["kind"] in ("flow", "figure") else i["t"].kind if i["kind"] == "table" else None
