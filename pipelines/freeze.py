@@ -176,11 +176,16 @@ def _first_diff(a: bytes, b: bytes) -> int:
     return min(len(a), len(b))
 
 
-def describe_difference(published: Path, regenerated: Path) -> list[str]:
+def describe_difference(published: Path, regenerated: Path,
+                        expected: bytes | None = None, actual: bytes | None = None) -> list[str]:
     """How two versions of an output file differ: where, how many bytes, and what for text,
-    workbooks (zip members) and DuckDB files (tables, columns, rows)."""
+    workbooks (zip members) and DuckDB files (tables, columns, rows). ``expected`` and ``actual``:
+    the two files' bytes when the caller has already read them (else they are read here)."""
     name = published.name
-    expected, actual = published.read_bytes(), regenerated.read_bytes()
+    if expected is None:
+        expected = published.read_bytes()
+    if actual is None:
+        actual = regenerated.read_bytes()
     offset = _first_diff(expected, actual)
     differing = sum(x != y for x, y in zip(expected, actual)) + abs(len(expected) - len(actual))
     lines = [
@@ -261,10 +266,12 @@ def compare_dirs(published: Path, regenerated: Path, names: list[str]) -> tuple[
         if not a.is_file():
             diffs.append(f"{name}: missing from the published folder")
             continue
-        if a.read_bytes() == b.read_bytes():
+        # Read once: a differing file is described from the same bytes.
+        expected, actual = a.read_bytes(), b.read_bytes()
+        if expected == actual:
             same.append(name)
         else:
-            diffs.extend(describe_difference(a, b))
+            diffs.extend(describe_difference(a, b, expected, actual))
     return diffs, same
 
 
