@@ -200,11 +200,21 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
             rendering = start_dsmb()
         except Exception as exc:  # noqa: BLE001 - reported below with the others
             failed(dsmb_report, exc)
+    # What is still to write, in order; the DSMB PDFs last and only if their rendering started (a
+    # failed start is already reported).
+    parts = [
+        (spec, write)
+        for spec, write in (
+            (sponsor_workbook, sponsor),
+            (registry_results, lambda: _registry_results(context, trial)),
+            (queries_workbook, queries),
+        )
+        if spec.key in selected
+    ]
+    if rendering is not None:
+        parts.append((dsmb_report, dsmb_pdfs))
     try:
-        for spec, write in ((sponsor_workbook, sponsor), (registry_results, lambda: _registry_results(context, trial)),
-                            (queries_workbook, queries), (dsmb_report, dsmb_pdfs)):
-            if spec.key not in selected or (spec is dsmb_report and rendering is None):
-                continue
+        for spec, write in parts:
             try:
                 result = write()
             except Exception as exc:  # noqa: BLE001 - reported below with the others
