@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,23 +193,26 @@ class SdtmSource:
         self.mapping = mapping
         self.settings = settings
         self._datasets: dict[str, tuple[pl.DataFrame, Path, str]] = {}
+        # Forms are read from two threads (the ingest step) and share datasets: each is read once.
+        self._datasets_lock = threading.Lock()
 
     def dataset(self, name: str, needed_by: str) -> tuple[pl.DataFrame, Path, str]:
         """(records as text with _line, file, encoding) of one dataset."""
-        if name not in self._datasets:
-            path = self.files.get(name)
-            if path is None:
-                json_export = any(p.suffix.lower() != ".xpt" for p in self.files.values())
-                raise file_error(
-                    f"{name}.json" if json_export else f"{name}.xpt", "FILE-MISSING",
-                    f"dataset {name.upper()} (.xpt, .json or .ndjson), needed for form {needed_by}, is missing from the export",
-                )
-            if path.suffix.lower() == ".xpt":
-                frame, encoding = read_xpt(path, self.settings.encodings)
-            else:
-                frame, encoding = read_dataset_json(path), "utf-8"
-            self._datasets[name] = (frame.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64)), path, encoding)
-        return self._datasets[name]
+        with self._datasets_lock:
+            if name not in self._datasets:
+                path = self.files.get(name)
+                if path is None:
+                    json_export = any(p.suffix.lower() != ".xpt" for p in self.files.values())
+                    raise file_error(
+                        f"{name}.json" if json_export else f"{name}.xpt", "FILE-MISSING",
+                        f"dataset {name.upper()} (.xpt, .json or .ndjson), needed for form {needed_by}, is missing from the export",
+                    )
+                if path.suffix.lower() == ".xpt":
+                    frame, encoding = read_xpt(path, self.settings.encodings)
+                else:
+                    frame, encoding = read_dataset_json(path), "utf-8"
+                self._datasets[name] = (frame.with_row_index(LINE, offset=1).with_columns(pl.col(LINE).cast(pl.Int64)), path, encoding)
+            return self._datasets[name]
 
     def _require(self, frame: pl.DataFrame, path: Path, columns) -> None:
         for c in columns:

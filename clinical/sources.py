@@ -130,7 +130,6 @@ class ExportSource:
         # records too: a lock per form, so that each form is read once.
         self._form_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._shared_read = threading.Lock()
 
     def sha256(self, path: Path) -> str:
         """A file's SHA-256, computed once per source."""
@@ -217,10 +216,10 @@ class ExportSource:
                 raise file_error(form.file, "FILE-MISSING", f"file missing from export {export_id or self.dir.name}")
             dialect = self._csv_dialects.get(form.file)
             return read_csv_form(path, form, self.settings, self.declared_encoding(form.file), dialect)
-        with self._shared_read:
-            if self.format == "odm":
-                return self._odm.read_form(form)
-            return self._sdtm.read_form(form)
+        # Safe from two threads: after open() ODM only reads its parsed frames; SDTM locks its dataset cache.
+        if self.format == "odm":
+            return self._odm.read_form(form)
+        return self._sdtm.read_form(form)
 
     def source_path(self, recs: FormRecords) -> Path | None:
         path = self.dir / recs.file
