@@ -19,8 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.ingest import OWNERS
 from assets.report import (
+    COMMON,
     OUTPUT_FILES,
     dsmb_report,
     queries_workbook,
@@ -37,7 +37,7 @@ from pipelines.provenance import code_sha256, code_version, environment
 from pipelines.resources import DATABASE_NAME, TrialResource
 from pipelines.storage import canonical_database, finish_canonical, publish_dir
 
-COMMON = {"group_name": "report", "owners": OWNERS, "pool": "trial_db"}
+
 def _archive(src_root: Path, files: list[tuple[str, str]], dest: Path) -> None:
     try:
         archive_files(src_root, files, dest)

@@ -31,6 +31,10 @@ TABLE_ASSETS = [
     eligibility, data_queries, response,
 ]
 RRS_XSD = Path(os.environ.get("RRS_XSD", REPO_ROOT.parent / "shared" / "registry" / "RRSUploadSchema.xsd"))
+# Defined once for every report asset, here and in assets.publish (the manifest): an asset spec
+# takes the group and owners; a step (the reports multi-asset, the manifest asset) also the pool.
+SPEC_COMMON = {"group_name": "report", "owners": OWNERS}
+COMMON = {**SPEC_COMMON, "pool": "trial_db"}
 
 OUTPUT_FILES = {
     "database": DATABASE_NAME,
@@ -64,8 +68,7 @@ def _file_meta(path: Path) -> dict[str, dg.MetadataValue]:
 
 
 def _report_spec(name: str, kinds: set[str], description: str, deps=TABLE_ASSETS) -> dg.AssetSpec:
-    return dg.AssetSpec(key=["report", name], deps=deps, kinds=kinds, description=description,
-                        group_name="report", owners=OWNERS)
+    return dg.AssetSpec(key=["report", name], deps=deps, kinds=kinds, description=description, **SPEC_COMMON)
 
 
 dsmb_report = _report_spec(
@@ -145,7 +148,7 @@ def _registry_results(context: dg.AssetExecutionContext, trial: TrialResource) -
     name="reports",
     specs=[dsmb_report, sponsor_workbook, registry_results, queries_workbook],
     can_subset=True,
-    pool="trial_db",
+    pool=COMMON["pool"],
     description="Every deliverable in one step: the DSMB PDFs render in child processes while the workbooks and "
     "the registry draft are written here (docs/performance.md).",
 )
