@@ -307,8 +307,6 @@ def _derive_step(derivations: list[Derivation]) -> dg.AssetsDefinition:
 
             return Task(d.spec.key, frozenset(dep.asset_key for dep in d.spec.deps), run)
 
-        with trial.connect():
-            pass  # the run's database is opened here, before the threads take cursors of it
         chosen = [task(d) for d in derivations if d.spec.key in selected]
         # Two tables at a time where neither reads the other (pipelines.taskgraph); results and
         # log lines in list order.

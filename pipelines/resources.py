@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import threading
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -59,6 +60,9 @@ class TrialResource(dg.ConfigurableResource):
     # During a run: the database opened once and shared by every step (see ``connect``).
     _run_scoped: bool = PrivateAttr(default=False)
     _db: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
+    # A step's threads connect at once (derive's tables, ingest's forms): only one may open the file
+    # (a second, leaked connection would break seal_database's read-only reopen).
+    _db_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     # After the last write of the run (``seal_database``): read-only, and the canonical copy under way.
     _sealed: bool = PrivateAttr(default=False)
     _canonical: Any = PrivateAttr(default=None)
@@ -161,9 +165,10 @@ class TrialResource(dg.ConfigurableResource):
         call opens and closes the file, and ``read_only`` is honoured.
         """
         if self._run_scoped:
-            if self._db is None:
-                self._db = duckdb.connect(str(self.database), read_only=self._sealed)
-            con = self._db.cursor()
+            with self._db_lock:
+                if self._db is None:
+                    self._db = duckdb.connect(str(self.database), read_only=self._sealed)
+                con = self._db.cursor()
         else:
             con = duckdb.connect(str(self.database), read_only=read_only)
         try:
