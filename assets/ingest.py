@@ -10,7 +10,6 @@ import dagster as dg
 import duckdb
 
 from clinical.crf import FORMS, Form
-from clinical.crf import form as contract_form
 from clinical.ingest import ExportFileError, LoadResult, create_ingest_tables, ingest_settings, order_quarantine
 from clinical.mapping import MappingError
 from clinical.sources import ExportSource, ingest_form
@@ -158,8 +157,8 @@ def load_forms(
 
         return run
 
-    for task, loaded in run_in_order([Task(form.id, frozenset(), load(form)) for form in FORMS], workers=workers):
-        form = contract_form(task.key)
+    tasks = [Task(form.id, frozenset(), load(form)) for form in FORMS]
+    for form, (_task, loaded) in zip(FORMS, run_in_order(tasks, workers=workers)):
         yield form, loaded
         # Released only after its turn: dm (before enrol in contract order) reads enrol's records.
         source.release(form.id)
@@ -197,7 +196,6 @@ def ingest(context: dg.AssetExecutionContext, trial: TrialResource):
         result = _materialization(context, form, loaded)
         # Great Expectations validates this form in the suite worker while the next ones load.
         submit_form_suite(context.run_id, form, trial, loaded.validated)
-        del loaded
         yield result
         pause_point(f"raw__{form.id}")  # crash-safety tests: a run killed in the middle of ingest
     with trial.connect() as con:
