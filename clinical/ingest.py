@@ -448,8 +448,8 @@ def order_quarantine(con: duckdb.DuckDBPyConnection, form_ids: list[str]) -> Non
     depend on it."""
     con.execute(
         """CREATE OR REPLACE TABLE raw.quarantine AS SELECT q.* FROM raw.quarantine q
-           LEFT JOIN (SELECT unnest($forms) AS form, generate_subscripts($forms, 1) AS position) f USING (form)
-           ORDER BY f.position, q.form, q.export_id, q.line NULLS FIRST, q."column", q.rule, q.value, q.message, q.subjid, q.file""",
+           ORDER BY list_position($forms, q.form) NULLS LAST, q.form, q.export_id, q.line NULLS FIRST, q."column", q.rule,
+                    q.value, q.message, q.subjid, q.file""",
         {"forms": form_ids},
     )
 
