@@ -51,7 +51,7 @@ import duckdb
 
 from clinical.crf import FORMS, SUBJID_PATTERN, Form, form
 from clinical.expectation_runner import validated_rows_sql
-from clinical.rules import RULES, _record_key_expr, create_rule_macros, rule_sql
+from clinical.rules import RULES, create_rule_macros, record_key_sql, rule_sql
 from clinical.study import StudyConfig
 
 OPEN, CLOSED, REOPENED = "Open", "Closed", "Re-opened"
@@ -63,11 +63,6 @@ def query_id_sql(parts: str) -> str:
     '', RECORD_KEY): the first 10 hex digits of SHA-256 over the parts that say what is wrong."""
     return f"'Q-' || upper(left(sha256(array_to_string({parts}, chr(31))), 10))"
 
-
-# The same id as a macro, query_id(parts).
-QUERY_ID_MACRO = f"""
-CREATE OR REPLACE TEMP MACRO query_id(parts) AS {query_id_sql("parts")};
-"""
 
 COLUMNS = (
     ("QUERY_ID", "VARCHAR"),
@@ -136,7 +131,7 @@ def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str, datab
 
 def _raw_key_expr(f: Form) -> str:
     """'<form> K1=v1, K2=v2' of a raw row (the form and a rule's RECORD_KEY of the row), as SQL over raw.<form>."""
-    key = _record_key_expr(f)
+    key = record_key_sql(f)
     return f"'{f.id}'" if key == "''" else f"'{f.id} ' || {key}"
 
 

@@ -71,7 +71,7 @@ CREATE OR REPLACE TEMP MACRO pdate_hi(s) AS ({_PDATE_RANGE})[2];
 """
 
 
-def _record_key_expr(f: Form, fields: tuple[str, ...] | None = None, alias: str = "") -> str:
+def record_key_sql(f: Form, fields: tuple[str, ...] | None = None, alias: str = "") -> str:
     """SQL for the RECORD_KEY of a row of ``f``: its key fields other than SUBJID, "NAME=value, ..."."""
     names = [k for k in (fields if fields is not None else f.key) if k != "SUBJID"]
     if not names:
@@ -96,7 +96,7 @@ def _after_death_sql() -> str:
         for fld in f.loaded_fields:
             if fld.type != "date" or (f.id, fld.name) in _AFTER_DEATH_EXCLUDED:
                 continue
-            rk = _record_key_expr(f, _AFTER_DEATH_KEYS.get(f.id))
+            rk = record_key_sql(f, _AFTER_DEATH_KEYS.get(f.id))
             parts.append(
                 f"SELECT SUBJID, '{f.id}' AS form, {rk} AS rk, '{fld.name}' AS field, "
                 f"\"{fld.name}\"::VARCHAR AS d FROM stage.{f.id}"
@@ -110,8 +110,8 @@ def _after_death_sql() -> str:
        GROUP BY x.SUBJID, x.form, x.rk"""
 
 
-_AE_KEY = _record_key_expr(form("ae"), alias="a.")
-_LD_KEY = _record_key_expr(form("ld"), alias="l.")
+_AE_KEY = record_key_sql(form("ae"), alias="a.")
+_LD_KEY = record_key_sql(form("ld"), alias="l.")
 
 RULES: tuple[Rule, ...] = (
     # ---- participants and enrolment (guard ADSL: every report depends on it)

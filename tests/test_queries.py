@@ -19,11 +19,11 @@ from clinical.queries import (
     CLOSED,
     COLUMNS,
     OPEN,
-    QUERY_ID_MACRO,
     REOPENED,
     build_queries,
     expectation_query_sql,
     next_status,
+    query_id_sql,
     status_case_sql,
 )
 from clinical.rules import RULES, run_rule
@@ -82,10 +82,9 @@ def test_status_sql_equals_the_function():
 
 def test_query_id_uses_rule_participant_and_record_only():
     con = duckdb.connect()
-    con.execute(QUERY_ID_MACRO)
 
     def qid(*parts):
-        return con.execute("SELECT query_id(?::VARCHAR[])", [list(parts)]).fetchall()[0][0]
+        return con.execute(f"SELECT {query_id_sql('?::VARCHAR[]')}", [list(parts)]).fetchall()[0][0]
 
     a = qid("XF-AE-NOT-CODED", "01-001", "AESPID=4")
     assert a == qid("XF-AE-NOT-CODED", "01-001", "AESPID=4") and a.startswith("Q-") and len(a) == 12
