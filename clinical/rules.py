@@ -39,9 +39,9 @@ import duckdb
 
 from clinical.adsl import partial_range_sql
 from clinical.crf import FORMS, Form, form
+from clinical.expectation_runner import REPO_ROOT, form_suite
 from clinical.study import StudyConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE_PATH = Path("docs") / "validation-rules.md"
 RULE_COLUMNS = ("SUBJID", "RECORD_KEY", "DETAIL")
 
@@ -496,8 +496,6 @@ def check_name(rule_id: str) -> str:
 
 def gx_expectations(root: Path | None = None) -> list[tuple[str, dict]]:
     """(form id, expectation) of every suite in expectations/, in form and suite order."""
-    from clinical.expectation_runner import form_suite
-
     return [(f.id, e) for f in FORMS for e in form_suite(f.id, root=root)["expectations"]]
 
 
@@ -608,7 +606,7 @@ def catalogue_rule_ids(text: str) -> set[str]:
 
 
 def write_catalogue(root: Path | None = None) -> Path:
-    path = (root or ROOT) / CATALOGUE_PATH
+    path = (root or REPO_ROOT) / CATALOGUE_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_catalogue(root), encoding="utf-8")
     return path
