@@ -91,6 +91,15 @@ def write_reference_tables(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> 
     )
 
 
+def _agegr1_sql() -> str:
+    """AGEGR1 as a CASE over :data:`AGE_GROUPS`: group i's label is $agegr<i>, its highest age $age<i>
+    (parameters; only the group numbers enter the text). A group without an upper limit is the ELSE."""
+    arms = ["WHEN dm.AGE IS NULL THEN NULL"]
+    for i, (_, highest) in enumerate(AGE_GROUPS, start=1):
+        arms.append(f"ELSE $agegr{i}" if highest is None else f"WHEN dm.AGE <= $age{i} THEN $agegr{i}")
+    return "CASE " + " ".join(arms) + " END"
+
+
 ADSL_SQL = """
 CREATE OR REPLACE TABLE analysis.adsl AS
 WITH
@@ -118,8 +127,7 @@ base AS (
   SELECT
     dm.STUDYID, dm.SITEID, dm.SUBJID, dm.STUDYID || '-' || dm.SUBJID AS USUBJID,
     dm.AGE,
-    CASE WHEN dm.AGE IS NULL THEN NULL WHEN dm.AGE <= $age1 THEN $agegr1 WHEN dm.AGE <= $age2 THEN $agegr2
-         ELSE $agegr3 END AS AGEGR1,
+    <agegr1> AS AGEGR1,
     dm.SEX, dm.RACE, dm.ETHNIC, dm.COUNTRY, sc.KPS, sc.GPC3, sc.LIVERMET,
     en.RFICDT, en.ENRLDT, en.DOSEP, dp.DOSEN AS DOSEPN, dp.DOSELBL AS DOSEPLBL,
     ap.PRSTDAT AS APHDT, ap.PRYN, ap.PRREASND, mf.RELSTAT AS MFGSTAT,
@@ -181,7 +189,7 @@ SELECT * EXCLUDE (PRYN, ONSTDT, PKNQUANT, LASTASDT),
   greatest(RFICDT, ENRLDT, APHDT, LDENDT, TRTSDT, EOSDT, DTHDT, LASTASDT) AS LSTCNDT
 FROM flags
 ORDER BY SUBJID
-"""
+""".replace("<agegr1>", _agegr1_sql())
 
 
 def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.date) -> int:
@@ -194,7 +202,7 @@ def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.da
             "tolerance": cfg.escalation.dose_tolerance,
             "highest": cfg.safety.date_imputation,
             **{f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")},
-            "age1": AGE_GROUPS[0][1], "age2": AGE_GROUPS[1][1],
+            **{f"age{i}": highest for i, (_, highest) in enumerate(AGE_GROUPS, start=1) if highest is not None},
             **{f"agegr{i}": label for i, (label, _) in enumerate(AGE_GROUPS, start=1)},
         },
     )
