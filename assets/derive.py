@@ -284,9 +284,6 @@ class _DeferredLog:
     def info(self, message: str) -> None:
         self.messages.append(("info", message))
 
-    def warning(self, message: str) -> None:
-        self.messages.append(("warning", message))
-
 
 def _derive_step(derivations: list[Derivation]) -> dg.AssetsDefinition:
     @dg.multi_asset(
