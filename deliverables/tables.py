@@ -1309,7 +1309,8 @@ def key_figures(t: ReportTables) -> list[tuple[str, Cell]]:
         # A DLT rate is of the DLT-evaluable participants (the escalation table's and the registry's
         # denominator), not of the safety population the TEAE rows below use.
         dlts, evaluable = (sum(r[k] or 0 for r in t.dose_escalation) for k in ("DLTS", "EVALUABLE"))
-        out.append(("Participants with a DLT (of the DLT-evaluable)", fmt_npct(dlts, pct_half_up(dlts, evaluable))))
+        rate = pct_half_up(dlts, evaluable)
+        out.append(("Participants with a DLT", f"{dlts} of {evaluable}" + (f" ({rate:.1f}%)" if rate is not None else "")))
     for rown, label in ((4, "Participants with a serious TEAE"), (3, "Participants with a grade >= 3 TEAE")):
         r = summ.get((rown, TOTAL))
         if r is not None:

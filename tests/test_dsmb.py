@@ -430,7 +430,7 @@ def test_the_dlt_key_figure_is_of_the_dlt_evaluable_participants(tables):
     evaluable = sum(r["EVALUABLE"] for r in tables.dose_escalation)
     infused = figures["Infused (safety population)"]
     assert (dlts, evaluable, figures["DLT-evaluable"]) == (1, 5, 5) and infused > evaluable
-    assert figures["Participants with a DLT (of the DLT-evaluable)"] == "1 (20.0%)"
+    assert figures["Participants with a DLT"] == "1 of 5 (20.0%)"
 
 
 def test_report_date_is_data_cut_unless_given(tables, cfg):
