@@ -126,3 +126,25 @@ def test_freeze_and_verify_are_commands():
             [sys.executable, "-m", "pipelines", command, "--help"], cwd=ROOT, capture_output=True, text=True, check=False
         )
         assert proc.returncode == 0 and "--study" in proc.stdout
+
+
+def test_freeze_archives_the_export_given_when_none_is_archived(demo_run, tmp_path, capsys):
+    """With no archived export, ``--export`` archives it (each copy checked against the manifest's
+    SHA-256); an export that is not the one the cut was made from is refused."""
+    out = tmp_path / "out"
+    shutil.copytree(demo_run.out, out)
+    archives = out / "IM83" / "archive" / "exports"
+    shutil.rmtree(archives)
+    assert freeze(str(out), str(STUDY), DEMO_CUT) == 1
+    assert "pass --export with the export folder" in capsys.readouterr().err
+
+    altered = tmp_path / "altered"
+    shutil.copytree(demo_run.export, altered)
+    with open(altered / "ae.csv", "ab") as fh:
+        fh.write(b"\n")
+    assert freeze(str(out), str(STUDY), DEMO_CUT, export=str(altered)) == 1
+    assert "the export could not be archived" in capsys.readouterr().err
+
+    assert freeze(str(out), str(STUDY), DEMO_CUT, export=str(demo_run.export)) == 0
+    [archived] = [p for p in archives.rglob("ae.csv")]
+    assert archived.read_bytes() == (demo_run.export / "ae.csv").read_bytes()
