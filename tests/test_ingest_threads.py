@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ingest_settings(load_study(ROOT / "studies" / "im83.yaml"))
 
 
-def test_two_workers_read_every_form_file_once(monkeypatch):
+def test_two_workers_read_every_form_file_once(demo_run, monkeypatch):
     reads: Counter[str] = Counter()
     counting = threading.Lock()
     read_csv_form = clinical.sources.read_csv_form
@@ -43,7 +43,7 @@ def test_two_workers_read_every_form_file_once(monkeypatch):
         finally:
             con.close()
 
-    source = ExportSource(ROOT / "demo" / "export", SETTINGS)
+    source = ExportSource(demo_run.export, SETTINGS)  # the suite's simulated demo export
     results = {f.id: r for f, r in load_forms(source, connect, "EXP", workers=2)}
     assert list(results) == [f.id for f in FORMS]
     assert all(isinstance(r, LoadResult) for r in results.values()), results
