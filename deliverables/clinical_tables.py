@@ -56,6 +56,19 @@ def fmt_sig(x: float | None, sig: int = PK_SIGNIFICANT) -> str:
     return f"{q:,.{max(-q.as_tuple().exponent, 0)}f}"
 
 
+def fmt_sig_plain(x: float | None, sig: int = PK_SIGNIFICANT) -> str:
+    """The registry's presentation of a statistic (``registry._num``): ``sig`` significant figures
+    (halves up, :func:`deliverables.tables.round_sig`) without trailing zeros, with thousands
+    separators as every DSMB number: 7.25 -> '7.25', 8.5 -> '8.5', 10.0 -> '10', 112.95 -> '113',
+    1234.5 -> '1,230'; 'NE' (not estimable) for None or NaN. For PK times in days, which the
+    registry reports this way."""
+    if x is None or math.isnan(x):
+        return "NE"
+    q = round_sig(x, sig)
+    places = max(-q.normalize().as_tuple().exponent, 0)  # no trailing zeros: 10.0 -> 10, 8.50 -> 8.5
+    return f"{q:,.{places}f}"
+
+
 def fmt_num(x: float | None, decimals: int = 1) -> str:
     return "" if x is None else f"{float(x):,.{decimals}f}"
 
@@ -427,7 +440,8 @@ def layout_haematology(t: ReportTables) -> DisplayTable:
 # --------------------------------------------------------------------------------------------------
 # Cellular kinetics (PK)
 
-# Parameters in days are shown with one decimal, not to significant figures.
+# Parameters in days: to significant figures like every PK value, without trailing zeros, as the registry
+# reports Tmax (7.25 -> '7.25', 10.0 -> '10').
 PK_DAYS = ("TMAX", "TLAST", "THALF")
 
 
@@ -446,7 +460,7 @@ def layout_pk(t: ReportTables) -> DisplayTable:
         days = code in PK_DAYS
         lines.group(param)
         lines.add("n", [c[d]["N"] if d in c else 0 for d, _ in heads])
-        fmt = (lambda x: fmt_num(x, 1)) if days else fmt_sig
+        fmt = fmt_sig_plain if days else fmt_sig
         if any(r["GEOMEAN"] is not None for r in c.values()):
             lines.add("Geometric mean", [
                 "" if d not in c or c[d]["GEOMEAN"] is None else fmt_sig(c[d]["GEOMEAN"]) for d, _ in heads])
@@ -469,8 +483,8 @@ def layout_pk(t: ReportTables) -> DisplayTable:
             "Non-compartmental analysis of transgene copies/ug gDNA by qPCR (day 0 = infusion); AUC0-28d by "
             "the configured trapezoidal method. Geometric CV% = sqrt(exp(s^2) - 1) x 100 of the log values. "
             "Values, geometric CV% included, to 3 significant figures with halves rounded up, as in the registry "
-            "draft; times in days to one decimal. NE: not estimable. Source: analysis.pk_summary (per participant: "
-            "analysis.adpp)." + (" " + _missing_note(t, "pk_summary")).rstrip()
+            "draft; times in days likewise, without trailing zeros. NE: not estimable. Source: analysis.pk_summary "
+            "(per participant: analysis.adpp)." + (" " + _missing_note(t, "pk_summary")).rstrip()
         ),
     )
 

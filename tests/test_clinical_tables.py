@@ -224,6 +224,35 @@ def test_pk_significant_figures_and_days():
     assert "Tmax (day)/Geometric mean" not in r
 
 
+def test_pk_times_in_days_read_as_in_the_registry():
+    """Tmax (and the other times in days) round like every PK value, to 3 significant figures with
+    halves up (deliverables.tables.round_sig), and read as the registry reports them (registry._num):
+    a median of 7.25 days is '7.25' (float formatting would give '7.2'), whole and half days are
+    unchanged ('10', '8.5')."""
+    from deliverables.registry import _num
+
+    assert f"{7.25:.1f}" == "7.2"  # binary round-half-even: what the table no longer does
+    pk = [{"PARAMCD": c, "PARAMN": n, "PARAM": p, "DOSE": d, "DOSEN": 1, "N": 4, "GEOMEAN": None, "GEOCV": None,
+           "MEDIAN": m, "MIN": lo, "MAX": hi}
+          for c, n, p, d, m, lo, hi in (("TMAX", 2, "Tmax (day)", "DL1", 7.25, 7.0, 10.0),
+                                        ("TMAX", 2, "Tmax (day)", "DL2", 10.0, 10.0, 14.0),
+                                        ("TMAX", 2, "Tmax (day)", TOTAL, 8.5, 7.0, 14.0),
+                                        ("TLAST", 5, "Tlast (day)", "DL1", 133.0, 59.5, 180.0),
+                                        ("THALF", 8, "Half-life (day)", "DL1", 21.6731599, 3.88, 112.954242))]
+    r = _rows_by_label(ct.layout_pk(_tables(pk_summary=pk)))
+    assert r["Tmax (day)/Median"] == ["7.25", "10", "8.5"]
+    assert r["Tmax (day)/Min, max"] == ["7, 10", "10, 14", "7, 14"]
+    assert r["Tlast (day)/Median"] == ["133", "", ""]
+    assert r["Tlast (day)/Min, max"] == ["59.5, 180", "", ""]
+    assert r["Half-life (day)/Median"] == ["21.7", "", ""]
+    assert r["Half-life (day)/Min, max"] == ["3.88, 113", "", ""]
+    # The registry's strings, value for value (the DSMB adds only thousands separators).
+    for x in (7.25, 10.0, 8.5, 7.0, 14.0, 133.0, 59.5, 180.0, 21.6731599, 3.88, 112.954242, 2.05, 0.06125, 1234.5):
+        assert ct.fmt_sig_plain(x).replace(",", "") == _num(x), x
+    assert ct.fmt_sig_plain(1234.5) == "1,230"
+    assert ct.fmt_sig_plain(None) == ct.fmt_sig_plain(float("nan")) == "NE"
+
+
 def test_teae_by_highest_grade_prunes_grades_nobody_had():
     g = [{"AEBODSYS": soc, "AEDECOD": pt, "DOSE": d, "DOSEN": 1, "GRADE": gr, "N": n, "N_AT_RISK": risk}
          for soc, pt, gr, d, n, risk in (
