@@ -51,7 +51,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -139,6 +139,7 @@ CATEGORIES: tuple[Category, ...] = (
     Category("removed", "Records or flags no longer in the data", None),
 )
 CATEGORY_KEYS = tuple(c.key for c in CATEGORIES)
+ESCALATION_LABEL = "Escalation decision changed"
 
 
 @dataclass
@@ -181,6 +182,28 @@ class CutChanges:
     @property
     def any_change(self) -> bool:
         return any(self.counts.values())
+
+
+class SummaryLine(NamedTuple):
+    """One line of the changes summary: the category key ('escalation' for the escalation decision),
+    what changed, and the number of changes."""
+
+    key: str
+    label: str
+    n: int
+
+
+def summary_lines(changes: CutChanges) -> list[SummaryLine]:
+    """The counted lines of the changes summary, in the summary table's order: each category, then
+    whether the escalation decision changed (1 or 0). No lines on a first report (nothing is listed as new).
+
+    The one source of the counts the summary table shows (:func:`layout_changes`) and of the DSMB
+    report's request to review them (``deliverables.dsmb._changes_ask``), so the two cannot disagree."""
+    if changes.first_report:
+        return []
+    counts = changes.counts
+    return [SummaryLine(c.key, c.label, counts[c.key]) for c in CATEGORIES] + [
+        SummaryLine("escalation", ESCALATION_LABEL, counts["escalation"])]
 
 
 def row_sort_key(r: ChangeRow) -> tuple[Any, ...]:
@@ -467,6 +490,15 @@ def compare_with_previous_dir(
 # Display tables
 
 
+@dataclass
+class ChangesSummaryTable(DisplayTable):
+    """The changes summary as displayed, with the :class:`CutChanges` it was laid out from (not shown,
+    not compared). Code that needs the counts takes them from ``changes`` (:func:`summary_lines`),
+    never from the display cells."""
+
+    changes: CutChanges | None = field(default=None, compare=False, repr=False)
+
+
 def layout_changes(
     changes: CutChanges,
     dose_label: Callable[[str | None], str] = lambda d: d or "",
@@ -477,22 +509,25 @@ def layout_changes(
     prev = fmt_date(changes.previous_cut) or "previous cut"
     since = f"since the previous data cut ({changes.previous_cut.isoformat()})" if changes.previous_cut else (
         "since the previous data cut")
-    counts = changes.counts
     esc = changes.escalation
+    by_key = {c.key: c for c in CATEGORIES}
 
     rows: list[list[Cell]] = []
-    if not changes.first_report:
-        for c in CATEGORIES:
-            before, now = changes.totals.get(c.key, (None, None)) if c.total_label else (None, None)
-            rows.append([c.label, counts[c.key], c.total_label or "", before, now])
-        rows.append([
-            "Escalation decision changed",
-            counts["escalation"],
-            "Next step",
-            esc.previous.step(dose_label) if esc.previous else "not available",
-            esc.current.step(dose_label) if esc.current else "not available",
-        ])
-    summary = DisplayTable(
+    for line in summary_lines(changes):  # none on a first report
+        if line.key == "escalation":
+            rows.append([
+                line.label,
+                line.n,
+                "Next step",
+                esc.previous.step(dose_label) if esc.previous else "not available",
+                esc.current.step(dose_label) if esc.current else "not available",
+            ])
+            continue
+        c = by_key[line.key]
+        before, now = changes.totals.get(c.key, (None, None)) if c.total_label else (None, None)
+        rows.append([line.label, line.n, c.total_label or "", before, now])
+    summary = ChangesSummaryTable(
+        changes=changes,
         id="changes_summary",
         title=f"Changes {since}",
         columns=["Category", "Changes (n)", "Measure", f"At {prev}", f"At {changes.current_cut.isoformat()}"],
@@ -517,7 +552,7 @@ def layout_changes(
             ])
     if not changes.first_report and esc.changed:
         lrows.append([
-            "Escalation decision changed", None, None, None, None, None, None, None,
+            ESCALATION_LABEL, None, None, None, None, None, None, None,
             esc.previous.step(dose_label), esc.current.step(dose_label),
             f"outcomes {esc.previous.outcomes or '(none)'} -> {esc.current.outcomes or '(none)'}",
         ])

@@ -28,6 +28,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from clinical.study import StudyConfig
+from deliverables.changes import ChangesSummaryTable, CutChanges, summary_lines
 from deliverables.tables import (
     SESSIONS,
     DisplayTable,
@@ -167,13 +168,22 @@ def report_chapters(
     return chapters
 
 
-def _changes_ask(changes: list[DisplayTable] | None) -> str | None:
-    """One sentence on what changed since the previous cut, from the changes summary table."""
-    summary = next((t for t in changes or [] if t.id == "changes_summary"), None)
-    if summary is None or not summary.rows:
+def _changes_ask(changes: CutChanges | list[DisplayTable] | None) -> str | None:
+    """One sentence on what changed since the previous cut: the non-zero counts of the changes
+    summary, taken from the :class:`~deliverables.changes.CutChanges` the summary table was laid out
+    from (its ``changes``; or given directly) through ``summary_lines``, the function the table's
+    counts come from, never from the display cells. None without changes tables or on a first report."""
+    if not isinstance(changes, CutChanges):
+        summary = next((t for t in changes or [] if t.id == "changes_summary"), None)
+        if summary is None:
+            return None
+        if not isinstance(summary, ChangesSummaryTable) or summary.changes is None:
+            raise TypeError("changes_summary: not made by deliverables.changes.layout_changes (no CutChanges to count)")
+        changes = summary.changes
+    lines = summary_lines(changes)
+    if not lines:
         return None
-    changed = [f"{str(r[0])[:1].lower()}{str(r[0])[1:]}: {r[1]}" for r in summary.rows
-               if isinstance(r[1], int) and r[1] > 0]
+    changed = [f"{line.label[:1].lower()}{line.label[1:]}: {line.n}" for line in lines if line.n > 0]
     if not changed:
         return "Note that nothing reportable changed since the previous data cut (section 2)."
     return "Review the changes since the previous data cut (section 2): " + "; ".join(changed) + "."
