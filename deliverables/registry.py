@@ -992,24 +992,38 @@ def _other_affected(
     con: duckdb.DuckDBPyConnection, listed: set[tuple[str, str]]
 ) -> dict[str, int]:
     """Participants per dose with >= 1 of the listed non-serious TEAE terms (distinct participants can't be
-    summed from ae_by_term, so this reads analysis.adae with the exact filters of analysis.ae_by_term)."""
+    summed from ae_by_term, so this reads analysis.adae with the exact filters of analysis.ae_by_term).
+
+    ``listed`` holds (organ system, term) pairs whose organ system is the PRS SOC name
+    (``_SOC_BY_LOWER.get(soc.lower(), soc)``); adae's SOC is put into the same words in SQL through the
+    same lower-case -> PRS name mapping, passed as parameters like the pairs (no data in the SQL text).
+    Counted in DuckDB: count(DISTINCT SUBJID) per DOSEA."""
     if not listed:
         return {}
     if not _table_exists(con, "adae"):
         raise RegistryDataError(
             "analysis.adae is needed for otherNumAffected (participants with any other AE)"
         )
+    pairs = sorted(listed, key=lambda p: (str(p[0]), str(p[1])))
     rows = _rows(
         con,
-        """SELECT DISTINCT DOSEA AS DOSE, SUBJID, coalesce(AEBODSYS, 'Uncoded') AS SOC,
-                  coalesce(AEDECOD, 'Uncoded: ' || AETERM) AS PT
-           FROM analysis.adae WHERE TRTEMFL = 'Y' AND SAFFL = 'Y' AND AESER = 'N'""",
+        """WITH listed AS (SELECT unnest(?::VARCHAR[]) AS SOC, unnest(?::VARCHAR[]) AS PT),
+           soc_names AS (SELECT unnest(?::VARCHAR[]) AS LOWER_SOC, unnest(?::VARCHAR[]) AS PRS_SOC),
+           ae AS (SELECT DOSEA AS DOSE, SUBJID, coalesce(AEBODSYS, 'Uncoded') AS SOC,
+                         coalesce(AEDECOD, 'Uncoded: ' || AETERM) AS PT
+                  FROM analysis.adae WHERE TRTEMFL = 'Y' AND SAFFL = 'Y' AND AESER = 'N')
+           SELECT ae.DOSE, count(DISTINCT ae.SUBJID) AS N
+           FROM ae LEFT JOIN soc_names n ON n.LOWER_SOC = lower(ae.SOC)
+           JOIN listed l ON l.SOC = coalesce(n.PRS_SOC, ae.SOC) AND l.PT IS NOT DISTINCT FROM ae.PT
+           GROUP BY ae.DOSE""",
+        [
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+            list(_SOC_BY_LOWER),
+            list(_SOC_BY_LOWER.values()),
+        ],
     )
-    subj: dict[str, set[str]] = {}
-    for r in rows:
-        if (_SOC_BY_LOWER.get(str(r["SOC"]).lower(), r["SOC"]), r["PT"]) in listed:
-            subj.setdefault(r["DOSE"], set()).add(r["SUBJID"])
-    return {k: len(v) for k, v in subj.items()}
+    return {r["DOSE"]: int(r["N"]) for r in rows}
 
 
 def build_results_section(

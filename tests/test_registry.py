@@ -1080,6 +1080,61 @@ def test_frequency_threshold_filters_other_events(db):
     assert ("11", "ERROR") in rules  # a threshold above 5 % is not allowed
 
 
+def test_other_affected_counts_participants_in_duckdb():
+    """otherNumAffected: distinct participants per dose received with >= 1 listed non-serious TEAE, on an
+    in-memory analysis.adae whose right answer is worked out by hand:
+
+      DL1  A  Nausea (GI, upper-case SOC) and Pyrexia (General): two listed terms -> counted once
+      DL1  B  Pyrexia serious (AESER Y) -> not counted
+      DL1  C  Pyrexia before infusion (TRTEMFL N) -> not counted
+      DL1  D  Pyrexia, not in the safety population (SAFFL N) -> not counted
+      DL1  E  Headache: not listed -> not counted
+      DL1  F  Nausea twice -> counted once                                       => DL1: A, F = 2
+      DL2  G  Nausea under SOC 'gastrointestinal disorders' (lower case) -> counted
+      DL2  H  Nausea under another SOC (Investigations) -> not counted: the pair is (SOC, term)
+      DL2  I  uncoded AE 'odd rash' (no SOC, no PT) -> listed as ('Uncoded', 'Uncoded: odd rash'), counted
+      DL2  J  'my soc' / Fatigue: a SOC not among the PRS names matches exactly only ('My SOC' listed) -> not counted
+      DL2  K  'My SOC' / Fatigue -> counted                                      => DL2: G, I, K = 3
+      DL3  L  Pyrexia non-serious but TRTEMFL N -> not counted                   => DL3 absent
+    """
+    from deliverables.registry import _other_affected
+
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA analysis")
+    con.execute(
+        """CREATE TABLE analysis.adae (SUBJID VARCHAR, DOSEA VARCHAR, AETERM VARCHAR, AEDECOD VARCHAR,
+           AEBODSYS VARCHAR, AESER VARCHAR, TRTEMFL VARCHAR, SAFFL VARCHAR)"""
+    )
+    gi, gen = "Gastrointestinal disorders", "General disorders and administration site conditions"
+    con.executemany(
+        "INSERT INTO analysis.adae VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            ("A", "DL1", "nausea", "Nausea", gi.upper(), "N", "Y", "Y"),
+            ("A", "DL1", "fever", "Pyrexia", gen, "N", "Y", "Y"),
+            ("B", "DL1", "fever", "Pyrexia", gen, "Y", "Y", "Y"),
+            ("C", "DL1", "fever", "Pyrexia", gen, "N", "N", "Y"),
+            ("D", "DL1", "fever", "Pyrexia", gen, "N", "Y", "N"),
+            ("E", "DL1", "headache", "Headache", "Nervous system disorders", "N", "Y", "Y"),
+            ("F", "DL1", "nausea", "Nausea", gi, "N", "Y", "Y"),
+            ("F", "DL1", "nausea again", "Nausea", gi, "N", "Y", "Y"),
+            ("G", "DL2", "nausea", "Nausea", gi.lower(), "N", "Y", "Y"),
+            ("H", "DL2", "nausea", "Nausea", "Investigations", "N", "Y", "Y"),
+            ("I", "DL2", "odd rash", None, None, "N", "Y", "Y"),
+            ("J", "DL2", "tired", "Fatigue", "my soc", "N", "Y", "Y"),
+            ("K", "DL2", "tired", "Fatigue", "My SOC", "N", "Y", "Y"),
+            ("L", "DL3", "fever", "Pyrexia", gen, "N", "N", "Y"),
+        ],
+    )
+    listed = {(gi, "Nausea"), (gen, "Pyrexia"), ("Uncoded", "Uncoded: odd rash"), ("My SOC", "Fatigue")}
+    assert _other_affected(con, listed) == {"DL1": 2, "DL2": 3}
+    assert _other_affected(con, {(gen, "Pyrexia")}) == {"DL1": 1}
+    assert _other_affected(con, set()) == {}
+    # the pairs and the SOC names are parameters, not SQL text: a quote in a term is data
+    assert _other_affected(con, {(gi, "Nausea' OR '1'='1")}) == {}
+    # nothing registered on the connection is left behind
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name <> 'analysis'").fetchone()[0] == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Conformance: OpenAPI schema, XSD, pre-check
 # --------------------------------------------------------------------------------------------------
