@@ -473,12 +473,6 @@ def _check_enrolled(con: duckdb.DuckDBPyConnection, doses) -> None:
         raise RegistryDataError(f"adsl.AGE missing for enrolled participant {bad[0]['SUBJID']}")
 
 
-def _country(c: str) -> str:
-    """A region's title: ADSL COUNTRY trimmed, in title case when upper case ("CHINA" -> "China")."""
-    c = c.strip()
-    return c.title() if c.isupper() else c
-
-
 def _baseline_module(
     con: duckdb.DuckDBPyConnection, cfg: StudyConfig, doses
 ) -> dict[str, Any]:
@@ -558,12 +552,12 @@ def _baseline_module(
     }
     age_categorical = categorical("Age, Categorical", "AGEGR1", AGE_CATEGORIES)
 
-    # Spellings of one country ("CHINA", "China ") are one region.
+    # Regions are ADSL COUNTRY as is: clinical.adsl already made one spelling of each country ("CHINA",
+    # "China " -> "China"), the one the DSMB baseline table shows; a missing country is "Missing".
     regions: dict[str, dict[str, int]] = {}  # region -> dose or TOTAL -> participants
     for (var, cat, dose), n in n_cat.items():
         if var == "COUNTRY":
-            by_dose = regions.setdefault(_country(cat), {})
-            by_dose[dose] = by_dose.get(dose, 0) + n
+            regions.setdefault(cat, {})[dose] = n
     region = {
         "title": "Region of Enrollment",
         "paramType": "NUMBER",
