@@ -17,9 +17,10 @@ AGEGR1 is the age group of the ClinicalTrials.gov baseline ("Age, Categorical": 
 years; :data:`AGE_GROUPS`), derived here once for the registry and the DSMB baseline table.
 
 COUNTRY is the country of enrolment as every deliverable shows it (DSMB baseline table, workbook,
-registry "Region of Enrollment"), derived here once from the demographics form's free text: trimmed
-of white space, in title case when all upper case ("CHINA", "China " -> "China"; "china" stays
-"china"), NULL when blank (the baseline's "Missing").
+registry "Region of Enrollment"), derived here once from the demographics form's free text (trimmed,
+blank -> NULL at ingest): spellings that differ only in case are one country, written as most
+participants' forms write it (ties: the first in sort order), so "CHINA" on one form and "China" on
+nine are one row "China" everywhere; a spelling nobody entered is never made up.
 
 DLTFL is the adjudicated DLT: an AE the investigator flagged as DLT (AEDLT = Y) with onset inside
 the DLT window (day 0 to the configured window). Candidate DLTs derived from the rules are a
@@ -79,25 +80,6 @@ CREATE OR REPLACE MACRO impute_flag(s, highest) AS
 """.replace("<partial_range>", partial_range_sql("s", "highest"))
 
 
-# ADSL COUNTRY from dm.COUNTRY (free text): trimmed of white space, in title case when all upper case, NULL
-# when blank; one definition for the DSMB baseline table, the workbook and the registry's regions, so
-# "CHINA" and "China " are one row everywhere. The rule is Python's ``s.strip()`` and ``s.title() if
-# s.isupper()``: the white space is str.isspace()'s set (\t-\r, \x1c-\x1f, \x85 and Unicode Z); cased
-# letters are Lu, Ll and Lt; "all upper case" is at least one upper-case and no lower- or title-case
-# letter; title case puts every run of cased letters in upper case for its first letter and lower case
-# for the rest ("CÔTE D'IVOIRE" -> "Côte D'Ivoire").
-COUNTRY_MACROS = r"""
-CREATE OR REPLACE TEMP MACRO str_strip(s) AS
-  regexp_replace(s, '^[\x{09}-\x{0d}\x{1c}-\x{1f}\x{85}\p{Z}]+|[\x{09}-\x{0d}\x{1c}-\x{1f}\x{85}\p{Z}]+$', '', 'g');
-CREATE OR REPLACE TEMP MACRO str_title(s) AS
-  array_to_string(list_transform(regexp_extract_all(s, '[\p{Lu}\p{Ll}\p{Lt}]+|[^\p{Lu}\p{Ll}\p{Lt}]+'),
-                                 lambda w: upper(w[1]) || lower(w[2:])), '');
-CREATE OR REPLACE TEMP MACRO country_name(s) AS
-  CASE WHEN str_strip(s) = '' THEN NULL
-       WHEN regexp_matches(s, '\p{Lu}') AND NOT regexp_matches(s, '[\p{Ll}\p{Lt}]') THEN str_title(str_strip(s))
-       ELSE str_strip(s) END;
-"""
-
 
 def write_reference_tables(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> None:
     """The study configuration's dose levels and criteria as tables, so SQL can join them."""
@@ -145,6 +127,11 @@ seen AS (
   SELECT SUBJID, max(D) AS LASTASDT FROM (
     SELECT SUBJID, LBDAT AS D FROM stage.lb UNION ALL SELECT SUBJID, PCDAT FROM stage.pc
     UNION ALL SELECT SUBJID, RSDAT FROM stage.rs) GROUP BY SUBJID),
+-- One spelling per country (see COUNTRY above): the most used of the spellings equal ignoring case.
+ct AS (
+  SELECT lower(COUNTRY) AS KEY, first(COUNTRY ORDER BY N DESC, COUNTRY) AS SPELLING
+  FROM (SELECT COUNTRY, count(*) AS N FROM stage.dm WHERE COUNTRY IS NOT NULL GROUP BY COUNTRY)
+  GROUP BY lower(COUNTRY)),
 pk AS (
   SELECT p.SUBJID, count(*) FILTER (WHERE p.PCBLQ = 'N' AND p.PCDAT >= i.EXSTDAT) AS n_quant
   FROM stage.pc p JOIN stage.inf i USING (SUBJID) GROUP BY p.SUBJID),
@@ -153,7 +140,7 @@ base AS (
     dm.STUDYID, dm.SITEID, dm.SUBJID, dm.STUDYID || '-' || dm.SUBJID AS USUBJID,
     dm.AGE,
     <agegr1> AS AGEGR1,
-    dm.SEX, dm.RACE, dm.ETHNIC, country_name(dm.COUNTRY) AS COUNTRY, sc.KPS, sc.GPC3, sc.LIVERMET,
+    dm.SEX, dm.RACE, dm.ETHNIC, coalesce(ct.SPELLING, dm.COUNTRY) AS COUNTRY, sc.KPS, sc.GPC3, sc.LIVERMET,
     en.RFICDT, en.ENRLDT, en.DOSEP, dp.DOSEN AS DOSEPN, dp.DOSELBL AS DOSEPLBL,
     ap.PRSTDAT AS APHDT, ap.PRYN, ap.PRREASND, mf.RELSTAT AS MFGSTAT,
     ld.LDSTDT, ld.LDENDT,
@@ -177,6 +164,7 @@ base AS (
   LEFT JOIN dlt USING (SUBJID)
   LEFT JOIN pk USING (SUBJID)
   LEFT JOIN seen USING (SUBJID)
+  LEFT JOIN ct ON ct.KEY = lower(dm.COUNTRY)
 ),
 flags AS (
   SELECT *,
@@ -219,7 +207,6 @@ ORDER BY SUBJID
 
 def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.date) -> int:
     write_reference_tables(con, cfg)
-    con.execute(COUNTRY_MACROS)
     con.execute(
         ADSL_SQL,
         {

@@ -552,8 +552,8 @@ def _baseline_module(
     }
     age_categorical = categorical("Age, Categorical", "AGEGR1", AGE_CATEGORIES)
 
-    # Regions are ADSL COUNTRY as is: clinical.adsl already made one spelling of each country ("CHINA",
-    # "China " -> "China"), the one the DSMB baseline table shows; a missing country is "Missing".
+    # Regions are ADSL COUNTRY as is: clinical.adsl already made one spelling of each country ("CHINA"
+    # on one form, "China" on nine -> "China"), the one the DSMB baseline table shows; a missing country is "Missing".
     regions: dict[str, dict[str, int]] = {}  # region -> dose or TOTAL -> participants
     for (var, cat, dose), n in n_cat.items():
         if var == "COUNTRY":
