@@ -61,7 +61,9 @@ class TrialResource(dg.ConfigurableResource):
     _run_scoped: bool = PrivateAttr(default=False)
     _db: duckdb.DuckDBPyConnection | None = PrivateAttr(default=None)
     # A step's threads connect at once (derive's tables, ingest's forms): only one may open the file
-    # (a second, leaked connection would break seal_database's read-only reopen).
+    # (a second, leaked connection would break seal_database's read-only reopen). Held as well while
+    # the database is closed, sealed or reset, so that no thread gets a connection to a database being
+    # closed, or reopens the file half-way through (``_close_locked`` / ``_reset_locked``: callers hold it).
     _db_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     # After the last write of the run (``seal_database``): read-only, and the canonical copy under way.
     _sealed: bool = PrivateAttr(default=False)
@@ -178,6 +180,10 @@ class TrialResource(dg.ConfigurableResource):
 
     def close_database(self) -> None:
         """Checkpoint and close the run's shared database file, if open (``connect`` reopens it)."""
+        with self._db_lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         db, self._db = self._db, None
         if db is not None:
             db.close()
@@ -191,21 +197,31 @@ class TrialResource(dg.ConfigurableResource):
             return
         from pipelines.storage import CanonicalCopy
 
-        self.reset_database()
-        self._sealed = True
-        self._canonical = CanonicalCopy(self.database)
+        # One critical section: no connect() between the close and the read-only flag reopens the file writable.
+        with self._db_lock:
+            self._reset_locked()
+            self._sealed = True
+            self._canonical = CanonicalCopy(self.database)
 
     def take_canonical_copy(self) -> Path | None:
         """The finished canonical copy of the database started by ``seal_database``, or None."""
-        copy, self._canonical = self._canonical, None
+        with self._db_lock:
+            copy, self._canonical = self._canonical, None
+        # Waiting for the copy needs no lock (the copy thread never takes it).
         return copy.take() if copy is not None else None
 
     def reset_database(self) -> None:
         """Close the database, drop an unused canonical copy and allow writes again."""
+        with self._db_lock:
+            self._reset_locked()
+
+    def _reset_locked(self) -> None:
+        # The copy is waited for under the lock: it reads the file, which connect() must not reopen
+        # (writable) before the copy is done. The copy thread never takes the lock: no deadlock.
         copy, self._canonical = self._canonical, None
         if copy is not None:
             copy.discard()
-        self.close_database()
+        self._close_locked()
         self._sealed = False
 
 
