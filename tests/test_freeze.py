@@ -66,9 +66,25 @@ def test_a_later_run_cannot_overwrite_a_frozen_cut(frozen, demo_run, capsys, mon
     assert [r["status"] for r in audit.read_log(out / "IM83")][-1] == "FROZEN"
 
 
+def _pin_code(monkeypatch, code_version: str, code_sha256: str) -> None:
+    """The regeneration's manifest records this code (commit, hash of the source files) instead of
+    the checkout's. Other engineers edit and commit in the same tree while the suite runs, and the
+    published cut was made by the session's demo run, possibly minutes before: without this a file
+    saved (or a commit made) in between would be reported as a code difference."""
+    import assets.publish
+
+    monkeypatch.setattr(assets.publish, "code_version", lambda: code_version)
+    monkeypatch.setattr(assets.publish, "code_sha256", lambda: code_sha256)
+
+
 @pytest.mark.slow
-def test_verify_regenerates_every_byte(frozen, capsys):
-    out, _ = frozen
+def test_verify_regenerates_every_byte(frozen, capsys, monkeypatch):
+    out, final = frozen
+    # The code the published cut was made with, for the regeneration too: this test proves that the
+    # same code regenerates every byte; test_verify_notes_a_different_code proves that verify
+    # notices other code.
+    published = json.loads((final / "manifest.json").read_text())
+    _pin_code(monkeypatch, published["code_version"], published["code_sha256"])
     assert verify(str(out), str(STUDY), DEMO_CUT, keep=True) == 0
     printed = capsys.readouterr().out
     for name in ("trial.duckdb", "dsmb_report.pdf", "sponsor_workbook.xlsx", "registry_results.xml", "manifest.json"):
@@ -76,6 +92,29 @@ def test_verify_regenerates_every_byte(frozen, capsys):
     assert "VERIFIED: IM83 2025-12-31" in printed
     row = audit.read_log(out / "IM83")[-1]
     assert (row["event"], row["status"]) == ("verify", "IDENTICAL") and json.loads(row["detail"])["frozen"]
+
+
+@pytest.mark.slow
+def test_verify_notes_a_different_code(frozen, capsys, monkeypatch):
+    """A regeneration by other code (another source hash, another commit) is not called identical:
+    verify names both manifest fields, and the manifest is not listed as identical. As documented
+    (pipelines.freeze), a code difference alone is a note: the outputs' bytes decide the verdict."""
+    out, final = frozen
+    published = json.loads((final / "manifest.json").read_text())
+    other_sha, other_commit = "0" * 64, "f" * 40
+    assert published["code_sha256"] != other_sha and published["code_version"] != other_commit
+    _pin_code(monkeypatch, other_commit, other_sha)
+    assert verify(str(out), str(STUDY), DEMO_CUT) == 0
+    printed = capsys.readouterr().out
+    assert f"note: manifest field 'code_sha256': \"{published['code_sha256']}\" -> \"{other_sha}\"" in printed, printed
+    assert f"note: manifest field 'code_version': \"{published['code_version']}\" -> \"{other_commit}\"" in printed
+    assert "manifest.json: identical" not in printed
+    for name in ("trial.duckdb", "dsmb_report.pdf", "sponsor_workbook.xlsx", "registry_results.xml"):
+        assert f"{name}: identical" in printed, printed
+    row = audit.read_log(out / "IM83")[-1]
+    assert (row["event"], row["status"]) == ("verify", "IDENTICAL")
+    notes = json.loads(row["detail"])["notes"]
+    assert [n.split(":")[0] for n in notes] == ["manifest field 'code_sha256'", "manifest field 'code_version'"], notes
 
 
 def test_verify_reports_the_bytes_that_differ(frozen, tmp_path):
