@@ -54,13 +54,10 @@ def _path(trial: TrialResource, role: str) -> Path:
     return trial.work_dir / OUTPUT_FILES[role]
 
 
-def _changes_since_previous_cut(trial: TrialResource, con, tables) -> tuple[list | None, object]:
-    """The display tables of the changes since the latest earlier published cut (None on a first
-    report) and that cut's date."""
+def _changes_since_previous_cut(trial: TrialResource, con) -> changes.CutChanges | None:
+    """The changes since the latest earlier published cut (None on a first report)."""
     found = changes.compare_with_previous_dir(trial.previous_final_dir(), con, trial.cut, DATABASE_NAME)
-    if found.first_report:
-        return None, None
-    return changes.layout_changes(found, tables.dose_label), found.previous_cut
+    return None if found.first_report else found
 
 
 def _file_meta(path: Path) -> dict[str, dg.MetadataValue]:
@@ -92,20 +89,21 @@ queries_workbook = _report_spec(
 )
 
 
-def _start_dsmb(trial: TrialResource, tables, closed, svgs, change_tables, previous_cut) -> dsmb.PdfRendering:
+def _start_dsmb(trial: TrialResource, tables, closed, svgs, since) -> dsmb.PdfRendering:
     """Write both sessions' HTML and start their PDFs, each in a child process (``closed``: the
     closed session's display tables, from which the open session's are made)."""
     jobs = []
     for session, html_role, pdf_role in (("Open", "dsmb_open_html", "dsmb_open_pdf"), ("Closed", "dsmb_html", "dsmb_pdf")):
         html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs,
-                                     changes=change_tables, previous_cut=previous_cut, closed=closed)
+                                     changes=since, closed=closed)
         _path(trial, html_role).write_text(html, encoding="utf-8")
         jobs.append((_path(trial, html_role), _path(trial, pdf_role)))
     return dsmb.start_pdfs(jobs, trial.cut)
 
 
-def _dsmb_result(trial: TrialResource, previous_cut) -> dg.MaterializeResult:
-    meta: dict[str, dg.MetadataValue] = {"previous_cut": dg.MetadataValue.text(str(previous_cut or "none (first report)"))}
+def _dsmb_result(trial: TrialResource, since) -> dg.MaterializeResult:
+    previous_cut = since.previous_cut if since is not None else "none (first report)"
+    meta: dict[str, dg.MetadataValue] = {"previous_cut": dg.MetadataValue.text(str(previous_cut))}
     for session, pdf_role in (("closed", "dsmb_pdf"), ("open", "dsmb_open_pdf")):
         pdf = _file_meta(_path(trial, pdf_role))
         meta[f"{session}_pdf"], meta[f"{session}_pdf_sha256"] = pdf["path"], pdf["sha256"]
@@ -171,18 +169,19 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
         error for the second)."""
         with trial.connect() as con:
             tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
-            return (tables, display_tables(tables), *_changes_since_previous_cut(trial, con, tables))
+            return tables, display_tables(tables), _changes_since_previous_cut(trial, con)
 
     def start_dsmb() -> dsmb.PdfRendering:
-        tables, closed, change_tables, previous_cut = inputs()
+        tables, closed, since = inputs()
         with trial.connect() as con:
             svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
-        return _start_dsmb(trial, tables, closed, svgs, change_tables, previous_cut)
+        return _start_dsmb(trial, tables, closed, svgs, since)
 
     def sponsor() -> dg.MaterializeResult:
-        tables, closed, change_tables, _ = inputs()
+        tables, closed, since = inputs()
+        change_tables = changes.layout_changes(since, tables.dose_label) if since is not None else []
         workbooks.write_sponsor_workbook(tables, trial.cfg, trial.cut, _path(trial, "sponsor_xlsx"),
-                                         first=change_tables or [], closed=closed)
+                                         first=change_tables, closed=closed)
         return dg.MaterializeResult(asset_key=sponsor_workbook.key, metadata=_file_meta(_path(trial, "sponsor_xlsx")))
 
     def queries() -> dg.MaterializeResult:
@@ -192,7 +191,7 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
 
     def dsmb_pdfs() -> dg.MaterializeResult:
         rendering.wait()
-        return _dsmb_result(trial, inputs()[3])
+        return _dsmb_result(trial, inputs()[2])
 
     # The PDFs start first, in their child processes; the rest is written here meanwhile. Each
     # deliverable fails on its own, as when each had a step: the others are still written and

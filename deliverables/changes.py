@@ -490,15 +490,6 @@ def compare_with_previous_dir(
 # Display tables
 
 
-@dataclass
-class ChangesSummaryTable(DisplayTable):
-    """The changes summary as displayed, with the :class:`CutChanges` it was laid out from (not shown,
-    not compared). Code that needs the counts takes them from ``changes`` (:func:`summary_lines`),
-    never from the display cells."""
-
-    changes: CutChanges | None = field(default=None, compare=False, repr=False)
-
-
 def layout_changes(
     changes: CutChanges,
     dose_label: Callable[[str | None], str] = lambda d: d or "",
@@ -526,8 +517,7 @@ def layout_changes(
         c = by_key[line.key]
         before, now = changes.totals.get(c.key, (None, None)) if c.total_label else (None, None)
         rows.append([line.label, line.n, c.total_label or "", before, now])
-    summary = ChangesSummaryTable(
-        changes=changes,
+    summary = DisplayTable(
         id="changes_summary",
         title=f"Changes {since}",
         columns=["Category", "Changes (n)", "Measure", f"At {prev}", f"At {changes.current_cut.isoformat()}"],

@@ -28,7 +28,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from clinical.study import StudyConfig
-from deliverables.changes import ChangesSummaryTable, CutChanges, summary_lines
+from deliverables.changes import CutChanges, layout_changes, summary_lines
 from deliverables.tables import (
     SESSIONS,
     DisplayTable,
@@ -168,19 +168,11 @@ def report_chapters(
     return chapters
 
 
-def _changes_ask(changes: CutChanges | list[DisplayTable] | None) -> str | None:
+def _changes_ask(changes: CutChanges | None) -> str | None:
     """One sentence on what changed since the previous cut: the non-zero counts of the changes
-    summary, taken from the :class:`~deliverables.changes.CutChanges` the summary table was laid out
-    from (its ``changes``; or given directly) through ``summary_lines``, the function the table's
-    counts come from, never from the display cells. None without changes tables or on a first report."""
-    if not isinstance(changes, CutChanges):
-        summary = next((t for t in changes or [] if t.id == "changes_summary"), None)
-        if summary is None:
-            return None
-        if not isinstance(summary, ChangesSummaryTable) or summary.changes is None:
-            raise TypeError("changes_summary: not made by deliverables.changes.layout_changes (no CutChanges to count)")
-        changes = summary.changes
-    lines = summary_lines(changes)
+    summary, through ``summary_lines``, the function the summary table's counts come from (never from
+    display cells). None without a previous cut."""
+    lines = summary_lines(changes) if changes is not None else []
     if not lines:
         return None
     changed = [f"{line.label[:1].lower()}{line.label[1:]}: {line.n}" for line in lines if line.n > 0]
@@ -190,7 +182,7 @@ def _changes_ask(changes: CutChanges | list[DisplayTable] | None) -> str | None:
 
 
 def _dsmb_asks(
-    tables: ReportTables, figures: dict[str, Any], changes: list[DisplayTable] | None = None, session: str = "Closed"
+    tables: ReportTables, figures: dict[str, Any], changes: CutChanges | None = None, session: str = "Closed"
 ) -> list[str]:
     s = decision_summary(tables)
     d = tables.escalation_decision
@@ -233,14 +225,13 @@ def render_dsmb_html(
     session: str = "Closed",
     report_date: dt.date | str | None = None,
     figures: dict[str, str] | None = None,
-    changes: list[DisplayTable] | None = None,
-    previous_cut: dt.date | str | None = None,
+    changes: CutChanges | None = None,
     closed: list[DisplayTable] | None = None,
 ) -> str:
     """The DSMB report as a complete HTML document (input of :func:`html_to_pdf`).
 
-    figures: SVGs by key (deliverables.figures.render_figures); changes: the display tables of the
-    changes since ``previous_cut`` (deliverables.changes), None when there is no previous cut;
+    figures: SVGs by key (deliverables.figures.render_figures); changes: the changes since the
+    previous published cut (deliverables.changes.compare_with_previous_dir), None without one;
     closed: the closed session's display tables when already built (``display_tables``; the open
     session's are made from them)."""
     cut = as_date(data_cut)
@@ -250,7 +241,10 @@ def render_dsmb_html(
         raise ValueError(f"session must be 'Open' or 'Closed', got {session!r}")
     # Listings beyond the page budget are summarised here; the sponsor workbook lists them in full.
     shown = pdf_tables(tables, session=sess, closed=closed)
-    chapters = report_chapters(shown, figures, within_budget(changes) if changes is not None else None, sess)
+    if changes is not None and changes.first_report:
+        changes = None
+    change_tables = layout_changes(changes, tables.dose_label) if changes is not None else None
+    chapters = report_chapters(shown, figures, within_budget(change_tables) if change_tables else None, sess)
     headline = key_figures(tables)
     study = cfg.study
     title = f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}"
@@ -265,7 +259,7 @@ def render_dsmb_html(
         "created": f"{cut.isoformat()}T00:00:00+00:00",
         "css": Markup(_stylesheet()),
         "chapters": chapters,
-        "previous_cut": as_date(previous_cut).isoformat() if previous_cut is not None else None,
+        "previous_cut": changes.previous_cut.isoformat() if changes is not None else None,
         "figures": headline,
         "decision": decision_summary(tables),
         "asks": _dsmb_asks(tables, dict(headline), changes, sess),
