@@ -2,7 +2,10 @@
 
 Pure Python (profiles are short); :func:`nca_table` takes a polars DataFrame with columns
 ``subject, time, conc``. Time 0 is the infusion, times in days; ``conc`` 0 means below the LLOQ
-(BLQ); a missing concentration (None/NaN) is dropped (PKNCA ``conc.na = "drop"``).
+(BLQ); a missing concentration (None/NaN) is dropped (PKNCA ``conc.na = "drop"``). A profile with two
+non-missing samples at one time, a missing time or a negative concentration is invalid
+(:class:`NcaError`); ``nca_table(..., errors="collect")`` then gives that subject a row of None
+parameters with the reason (column ``not_derived``) instead of failing the whole table.
 Reference: domain.md section 4 and PKNCA (``R/auc.R``, ``R/interpolate.conc.R``, ``R/cleaners.R``,
 ``R/half.life.R``, ``tests/testthat/test-auc.R``).
 
@@ -297,6 +300,8 @@ def auc_inf_obs(
 
 
 NCA_COLUMNS = [f for f in NcaResult.__dataclass_fields__ if f != "t_end"]
+NOT_DERIVED = "not_derived"  # nca_table(errors="collect"): why a subject's parameters are all None
+ERROR_MODES = ("raise", "collect")
 
 
 def nca_table(
@@ -304,11 +309,29 @@ def nca_table(
     auc_method: str = "linear-up-log-down",
     blq: str = "pknca",
     t_end: float | None = None,
+    errors: str = "raise",
 ) -> pl.DataFrame:
-    """One row of NCA parameters per subject (sorted by subject) from columns subject, time, conc."""
+    """One row of NCA parameters per subject (sorted by subject) from columns subject, time, conc.
+
+    A subject whose profile is invalid (:class:`NcaError` from :func:`nca_profile`: two samples at one
+    time, a missing time, a negative concentration) raises ``NcaError("subject <id>: ...")`` with
+    ``errors="raise"`` (the default). With ``errors="collect"`` that subject still gets its row, with
+    every parameter (``n_obs`` included) None and the reason in the extra column ``not_derived``
+    (None on the other rows), and every other subject is computed as without it. Invalid options
+    (``auc_method``, ``blq``, ``t_end`` <= 0, ``errors``) and missing columns raise in both modes.
+    """
+    if errors not in ERROR_MODES:
+        raise NcaError(f"unknown errors mode {errors!r}; expected one of {', '.join(ERROR_MODES)}")
+    if auc_method not in AUC_METHODS:
+        raise NcaError(f"unknown auc_method {auc_method!r}; expected one of {', '.join(AUC_METHODS)}")
+    if blq not in BLQ_RULES:
+        raise NcaError(f"unknown blq rule {blq!r}; expected one of {', '.join(BLQ_RULES)}")
+    if t_end is not None and not t_end > 0:
+        raise NcaError(f"AUC window end {t_end!r} must be after time 0")
     missing = {"subject", "time", "conc"} - set(df.columns)
     if missing:
         raise NcaError(f"missing column(s): {', '.join(sorted(missing))}")
+    collect = errors == "collect"
     # One pass over plain lists (a polars partition per subject costs more than the NCA itself).
     ordered = df.select("subject", "time", "conc").with_row_index("_i").sort(["subject", "_i"])
     subjects = ordered["subject"].to_list()
@@ -325,11 +348,17 @@ def nca_table(
         try:
             res = nca_profile(times[start:end], concs[start:end], auc_method, blq, t_end)
         except NcaError as exc:
-            raise NcaError(f"subject {subject}: {exc}") from None
-        rows.append({"subject": subject, **{c: getattr(res, c) for c in NCA_COLUMNS}})
+            if not collect:
+                raise NcaError(f"subject {subject}: {exc}") from None
+            rows.append({"subject": subject, **dict.fromkeys(NCA_COLUMNS), NOT_DERIVED: str(exc)})
+        else:
+            row = {"subject": subject, **{c: getattr(res, c) for c in NCA_COLUMNS}}
+            rows.append((row | {NOT_DERIVED: None}) if collect else row)
         start = end
     schema: dict[str, pl.DataType] = {"subject": df.schema["subject"]}
     schema |= {c: pl.Int64 if c in ("n_obs", "lambda_z_n_points") else pl.Float64 for c in NCA_COLUMNS}
+    if collect:
+        schema[NOT_DERIVED] = pl.String
     return pl.DataFrame(rows, schema=schema)
 
 

@@ -9,6 +9,8 @@ import polars as pl
 import pytest
 
 from clinical.nca import (
+    NCA_COLUMNS,
+    NOT_DERIVED,
     NcaError,
     auc_inf_obs,
     cli_nca,
@@ -269,6 +271,64 @@ def test_nca_table_errors():
     bad = pl.DataFrame({"subject": ["a", "a"], "time": [0.0, 0.0], "conc": [1.0, 2.0]})
     with pytest.raises(NcaError, match="subject a: more than one sample"):
         nca_table(bad)
+
+
+def _with_bad_subject():
+    """_df() and subject 01-002 with two levels at day 1 (a date entered twice): the NCA rejects it."""
+    bad = pl.DataFrame({"subject": ["01-002"] * 4, "time": [0.0, 1.0, 1.0, 4.0], "conc": [0.0, 5.0, 7.0, 2.0]})
+    return pl.concat([_df(), bad])
+
+
+def test_nca_table_collect_keeps_the_other_subjects():
+    """errors="collect": the invalid subject gets a row of None parameters and the reason; every other
+    subject's values are exactly those of a table without it."""
+    good = nca_table(_df(), LOG, t_end=8)
+    t = nca_table(_with_bad_subject(), LOG, t_end=8, errors="collect")
+    assert t["subject"].to_list() == ["01-001", "01-002", "02-001"]
+    assert t.columns == good.columns + [NOT_DERIVED]
+    assert t.schema[NOT_DERIVED] == pl.String and t.schema["n_obs"] == pl.Int64 and t.schema["cmax"] == pl.Float64
+    assert t.filter(pl.col("subject") != "01-002").drop(NOT_DERIVED).equals(good)
+    a, bad, b = t.to_dicts()
+    assert a[NOT_DERIVED] is None and b[NOT_DERIVED] is None
+    assert bad == {"subject": "01-002", **dict.fromkeys(NCA_COLUMNS), NOT_DERIVED: "more than one sample at time 1"}
+    # the default still fails the table, naming the subject
+    with pytest.raises(NcaError, match="^subject 01-002: more than one sample at time 1$"):
+        nca_table(_with_bad_subject(), LOG, t_end=8)
+
+
+def test_nca_table_collect_every_invalid_profile_and_a_missing_level():
+    df = pl.DataFrame(
+        {
+            "subject": ["a", "a", "b", "b", "c", "c", "c"],
+            "time": [0.0, 1.0, 0.0, None, 0.0, 1.0, 1.0],
+            "conc": [0.0, -3.0, 0.0, 4.0, 0.0, 6.0, None],  # c: a second level at day 1 that is missing
+        }
+    )
+    t = nca_table(df, errors="collect")
+    assert dict(zip(t["subject"], t[NOT_DERIVED])) == {
+        "a": "concentration -3.0 at time 1 is not a finite value >= 0",
+        "b": "a sample time is missing",
+        "c": None,  # missing levels are dropped first (PKNCA conc.na = "drop"): one sample at day 1
+    }
+    c = t.filter(pl.col("subject") == "c").to_dicts()[0]
+    assert (c["n_obs"], c["cmax"], c["tmax"], c["auclast"]) == (2, 6.0, 1.0, 3.0)
+    assert t.filter(pl.col("subject") != "c").drop("subject", NOT_DERIVED).null_count().row(0) == (2,) * len(NCA_COLUMNS)
+
+
+def test_nca_table_collect_still_raises_for_invalid_options():
+    """Options are the caller's, not one subject's data: they fail the table in both modes."""
+    for kwargs, match in [
+        ({"auc_method": "log"}, "auc_method"),
+        ({"blq": "drop"}, "blq"),
+        ({"t_end": 0}, "AUC window end 0 must be after time 0"),
+        ({"errors": "ignore"}, "errors mode"),
+    ]:
+        with pytest.raises(NcaError, match=match):
+            nca_table(_with_bad_subject(), **{"errors": "collect"} | kwargs)
+    with pytest.raises(NcaError, match="missing column"):
+        nca_table(pl.DataFrame({"subject": ["a"], "time": [0.0]}), errors="collect")
+    empty = nca_table(_df().clear(), errors="collect")
+    assert empty.height == 0 and empty.columns[-1] == NOT_DERIVED
 
 
 def test_format_number():
