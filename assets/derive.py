@@ -133,6 +133,17 @@ def _safety_tables(trial: TrialResource, con, log) -> dict:
     return {"dagster/row_count": counts["teae_summary"], **counts}
 
 
+def _pharmacokinetics(trial: TrialResource, con, log) -> dict:
+    built = build_pk(con, trial.cfg)
+    # A participant whose profile the NCA cannot analyse has NULL parameters (the data query
+    # XF-PC-SAME-DAY names the samples); the run goes on and says who and why.
+    for subjid, reason in built.not_derived.items():
+        log.info(f"PK: NCA parameters of {subjid} not derived (analysis.adpp AVAL NULL): {reason}")
+    reasons = "; ".join(f"{s}: {r}" for s, r in built.not_derived.items())
+    return {"dagster/row_count": built.counts["adpp"], **built.counts,
+            "nca_not_derived": len(built.not_derived), "nca_not_derived_reasons": reasons or "none"}
+
+
 def _data_queries(trial: TrialResource, con, log) -> dict:
     previous = trial.previous_final_dir()
     suites = {f.id: form_suite(f.id, trial.codelists) for f in FORMS}
@@ -244,7 +255,7 @@ DERIVATIONS: list[Derivation] = [
     Derivation(adlb, _counts(lambda trial, con: build_adlb(con, trial.cfg, baseline_visit=trial.cfg.screening_visit),
                              "adlb")),
     Derivation(crs_icans, _counts(lambda trial, con: build_crs_icans(con, trial.cfg), "crs_icans")),
-    Derivation(pharmacokinetics, _counts(lambda trial, con: build_pk(con, trial.cfg), "adpp")),
+    Derivation(pharmacokinetics, _pharmacokinetics),
     Derivation(dlt_review, _counts(lambda trial, con: build_dlt_review(con, trial.cfg, trial.cut), "candidates")),
     Derivation(response, _counts(lambda trial, con: build_response(con, trial.cfg.response), "response")),
     Derivation(eligibility, _counts(lambda trial, con: build_eligibility(con, trial.cfg), "eligibility")),

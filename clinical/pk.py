@@ -16,19 +16,24 @@ AUCLAST, TLAST, CLAST, LAMZ, THALF), AVAL (NULL when not estimable), AVALU, from
 and PKNCA's BLQ rule (leading/trailing BLQ kept as 0, BLQ between quantifiable samples dropped).
 The AUC over the window is PARAMCD ``AUC<pk.auc_window_days>`` (AUC28 for IM83); it is NULL when no
 sample lies on or after the window's end (see clinical/nca.py). A profile with nothing quantifiable
-has CMAX = CLAST = 0 and AUC = 0.
+has CMAX = CLAST = 0 and AUC = 0. A profile the NCA cannot analyse (two samples with a result at one
+NCATIME, i.e. on one date: data query XF-PC-SAME-DAY) keeps its rows with every AVAL NULL; the reason
+is in the derive step's log and metadata (``nca_not_derived``), and the rest is derived as usual.
 ``analysis.pk_summary``: per PARAMCD and DOSE (dose level received, or 'TOTAL' with DOSEN 99) over
-the PK-evaluable participants (ADSL PKEVLFL = 'Y'): N (non-missing values), geometric mean and
-geometric CV% (CMAX, the window AUC and AUCLAST only; NULL when any value is <= 0 or, for the CV,
-N < 2), MEDIAN, MIN, MAX. Every parameter x column row is present.
+the PK-evaluable participants (ADSL PKEVLFL = 'Y'): N (non-missing values: a participant without NCA
+parameters is not counted), geometric mean and geometric CV% (CMAX, the window AUC and AUCLAST only;
+NULL when any value is <= 0 or, for the CV, N < 2), MEDIAN, MIN, MAX. Every parameter x column row is
+present.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 import polars as pl
 
-from clinical.nca import geometric_cv_pct, geometric_mean, median_min_max, nca_table
+from clinical.nca import NOT_DERIVED, geometric_cv_pct, geometric_mean, median_min_max, nca_table
 from clinical.study import StudyConfig
 
 TOTAL = "TOTAL"
@@ -85,8 +90,18 @@ def _write(con: duckdb.DuckDBPyConnection, name: str, df: pl.DataFrame, select_s
         con.unregister(view)
 
 
-def build_pk(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[str, int]:
-    """Write analysis.adpc, analysis.adpp and analysis.pk_summary; return their row counts."""
+@dataclass(frozen=True)
+class PkBuild:
+    """What :func:`build_pk` wrote."""
+
+    counts: dict[str, int]  # rows of analysis.adpc, adpp and pk_summary
+    not_derived: dict[str, str]  # SUBJID -> why the NCA could not analyse the profile (ADPP AVALs NULL)
+
+
+def build_pk(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> PkBuild:
+    """Write analysis.adpc, analysis.adpp and analysis.pk_summary; return their row counts and the
+    participants whose NCA parameters could not be derived, with the reason (never raises for one
+    participant's invalid profile: their parameters are NULL, every other participant is derived)."""
     con.execute("CREATE SCHEMA IF NOT EXISTS analysis")
     con.execute(ADPC_SQL, {"lloq": cfg.pk.lloq, "unit": cfg.pk.unit})
 
@@ -96,7 +111,9 @@ def build_pk(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[str, int]
         "WHERE NCATIME IS NOT NULL ORDER BY SUBJID, NCATIME"
     ).pl()
     samples = samples.with_columns(pl.col("subject").cast(pl.String), pl.col("conc").cast(pl.Float64))
-    nca = nca_table(samples, auc_method=cfg.pk.auc_method, t_end=cfg.pk.auc_window_days)
+    nca = nca_table(samples, auc_method=cfg.pk.auc_method, t_end=cfg.pk.auc_window_days, errors="collect")
+    failed = nca.filter(pl.col(NOT_DERIVED).is_not_null())
+    not_derived = dict(zip(failed["subject"].to_list(), failed[NOT_DERIVED].to_list()))
     # Long form: one row per participant and parameter, in parameter order (built column-wise).
     subjects = nca["subject"].to_list()
     k = len(params)
@@ -162,4 +179,5 @@ def build_pk(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[str, int]
         "CREATE OR REPLACE TABLE analysis.pk_summary AS SELECT * FROM {view} ORDER BY PARAMN, DOSEN",
     )
     tables = ("adpc", "adpp", "pk_summary")
-    return {t: con.execute(f"SELECT count(*) FROM analysis.{t}").fetchall()[0][0] for t in tables}
+    counts = {t: con.execute(f"SELECT count(*) FROM analysis.{t}").fetchall()[0][0] for t in tables}
+    return PkBuild(counts=counts, not_derived=not_derived)

@@ -356,6 +356,24 @@ RULES: tuple[Rule, ...] = (
            LEFT JOIN (SELECT unnest($visit_ids) AS VISIT, unnest($visit_days) AS VISITDY) v ON v.VISIT = p.PCTPT
            WHERE p.PCDAT > i.EXSTDAT AND (v.VISITDY IS NULL OR v.VISITDY < 0)""",
     ),
+    Rule(
+        "XF-PC-SAME-DAY",
+        "WARN",
+        "pc",
+        "analysis/pharmacokinetics",
+        "An infused participant has at most one PK sample with a result per NCA time (analysis.adpc NCATIME, "
+        "the day from infusion): the NCA cannot analyse two levels at one time, so that participant's "
+        "PK parameters are not derived (NULL) until the sample dates are corrected.",
+        # Samples at one NCATIME share their date (NCATIME is ADY, or 0 for the last pre-infusion date):
+        # keyed by that date; the time points listed are the records to check.
+        """SELECT SUBJID, 'PCDAT=' || min(PCDAT) AS RECORD_KEY,
+              'PK samples ' || string_agg(coalesce(PCTPT, '(no time point)'), ', ' ORDER BY PCTPT)
+              || ' share the date ' || min(PCDAT) || ' (day ' || min(ADY) || ', NCA time ' || NCATIME
+              || '): the NCA takes one sample per day, so no PK parameters are derived for the participant' AS DETAIL
+           FROM analysis.adpc
+           WHERE NCATIME IS NOT NULL AND AVAL IS NOT NULL
+           GROUP BY SUBJID, NCATIME HAVING count(*) > 1""",
+    ),
     # ---- eligibility (guard analysis.eligibility, clinical/eligibility.py)
     Rule(
         "XF-ELIG-DEVIATION",

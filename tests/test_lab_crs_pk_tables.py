@@ -128,9 +128,9 @@ PC = [
 ]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    c = duckdb.connect(str(tmp_path_factory.mktemp("db") / "t.duckdb"))
+def _database(path: Path, pc: list[tuple] = PC) -> duckdb.DuckDBPyConnection:
+    """The hand-made tables (ADSL, ADAE, lab, CM and the PK samples ``pc``) in a new database."""
+    c = duckdb.connect(str(path))
     c.execute("CREATE SCHEMA stage; CREATE SCHEMA analysis")
     c.execute(SETUP_SQL)
     c.execute("CREATE TABLE analysis.adsl (SUBJID VARCHAR, TRTSDT DATE, DOSEA VARCHAR, DOSEAN INTEGER, "
@@ -150,8 +150,16 @@ def built(tmp_path_factory):
     c.executemany("INSERT INTO stage.cm VALUES (?, ?, ?, ?, ?, ?, ?)", CM)
     c.execute("CREATE TABLE stage.pc (SUBJID VARCHAR, PCTPT VARCHAR, PCDAT DATE, PCORRES DOUBLE, PCBLQ VARCHAR, "
               "PCLLOQ DOUBLE)")
-    c.executemany("INSERT INTO stage.pc VALUES (?, ?, ?, ?, ?, ?)", PC)
-    counts = {**build_adlb(c, CFG), **build_crs_icans(c, CFG), **build_pk(c, CFG)}
+    c.executemany("INSERT INTO stage.pc VALUES (?, ?, ?, ?, ?, ?)", pc)
+    return c
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    c = _database(tmp_path_factory.mktemp("db") / "t.duckdb")
+    pk = build_pk(c, CFG)
+    assert pk.not_derived == {}
+    counts = {**build_adlb(c, CFG), **build_crs_icans(c, CFG), **pk.counts}
     yield c, counts
     c.close()
 
@@ -347,3 +355,30 @@ def test_pk_summary(con):
     assert (s[("THALF", "TOTAL")]["N"], s[("THALF", "TOTAL")]["MEDIAN"]) == (1, pytest.approx(7.0))
     dl3 = s[("CMAX", "DL3")]
     assert (dl3["DOSEN"], dl3["N"], dl3["GEOMEAN"], dl3["MEDIAN"]) == (3, 0, None, None)
+
+
+def test_pk_profile_the_nca_cannot_analyse(tmp_path, con):
+    """01-002 (no day-0 sample) gets a second sample on its last pre-infusion date: two levels at NCA
+    time 0. Their parameters are NULL with the reason, XF-PC-SAME-DAY names the date and time points,
+    everyone else is derived as before. Two pre-infusion samples of one date are fine when a day-0
+    sample exists (neither is an NCA sample: 01-001)."""
+    from clinical.rules import RULES_BY_ID, run_rule
+
+    extra = [("01-002", "SCREENING", day(T2, -5), None, "Y", 50.0), ("01-001", "LD", day(T1, -20), None, "Y", 50.0)]
+    c = _database(tmp_path / "t.duckdb", PC + extra)
+    try:
+        pk = build_pk(c, CFG)
+        assert pk.not_derived == {"01-002": "more than one sample at time 0"}
+        assert pk.counts == {"adpc": len(PC) - 1 + 2, "adpp": 3 * 8, "pk_summary": 8 * 4}
+        assert _pp(c, "01-002") == dict.fromkeys(["CMAX", "TMAX", "AUC28", "AUCLAST", "TLAST", "CLAST", "LAMZ", "THALF"])
+        assert _pp(c, "01-001") == _pp(con, "01-001") and _pp(c, "01-004") == _pp(con, "01-004")
+        s = {(r["PARAMCD"], r["DOSE"]): r for r in rows(c, "SELECT * FROM analysis.pk_summary")}
+        assert (s[("CMAX", "DL2")]["N"], s[("CMAX", "DL2")]["MEDIAN"]) == (0, None)
+        assert (s[("CMAX", "TOTAL")]["N"], s[("CMAX", "TOTAL")]["MEDIAN"]) == (1, 5000.0)
+        assert run_rule(c, RULES_BY_ID["XF-PC-SAME-DAY"], CFG) == [(
+            "01-002", "PCDAT=2024-07-27",
+            "PK samples LD, SCREENING share the date 2024-07-27 (day -5, NCA time 0): the NCA takes one sample "
+            "per day, so no PK parameters are derived for the participant",
+        )]
+    finally:
+        c.close()

@@ -163,6 +163,10 @@ BREAKING = [
          (("01-001", "AESPID=5"),), "ICANS AE 5 graded 1 by the investigator, 3 by ASTCT"),
     Case("XF-PC-NO-TIMEPOINT", ("UPDATE stage.pc SET PCTPT = 'LEUKAPHERESIS' WHERE SUBJID = '01-001' AND PCTPT = 'D7'",),
          (("01-001", "PCDAT=2024-07-29"),), "PK sample of 2024-07-29 (day 7) has time point LEUKAPHERESIS"),
+    # The D7 sample dated on D4's date: two levels at NCA time 4 (derive does not fail: tests/test_pk_not_derived.py).
+    Case("XF-PC-SAME-DAY", ("UPDATE stage.pc SET PCDAT = PCDAT - 3 WHERE SUBJID = '01-001' AND PCTPT = 'D7'",),
+         (("01-001", "PCDAT=2024-07-26"),),
+         "PK samples D4, D7 share the date 2024-07-26 (day 4, NCA time 4): the NCA takes one sample per day"),
     Case("XF-ELIG-DEVIATION",
          ("UPDATE stage.lb SET LBORRES = 1.2 WHERE SUBJID = '01-001' AND VISIT = 'SCREENING' AND LBTESTCD = 'NEUT'",),
          (("01-001", "CRIT=ANC"),), "inclusion criterion ANC (ANC >= 1.5 x10^9/L): screening value"),
@@ -204,6 +208,9 @@ PASSING = [
          id="configured-cause-any-case"),
     Case("XF-PC-NO-TIMEPOINT", ("UPDATE stage.pc SET PCTPT = 'LEUKAPHERESIS' WHERE SUBJID = '01-001' AND PCTPT = 'D0'",),
          id="infusion-day-sample"),
+    # A second sample of one date without a result: the NCA drops the missing level, nothing collides.
+    Case("XF-PC-SAME-DAY", ("UPDATE stage.pc SET PCDAT = PCDAT - 3, PCORRES = NULL, PCBLQ = NULL "
+                            "WHERE SUBJID = '01-001' AND PCTPT = 'D7'",), id="second-sample-without-result"),
     Case("XF-ELIG-DEVIATION",
          ("UPDATE stage.lb SET LBORRES = 1.5 WHERE SUBJID = '01-001' AND VISIT = 'SCREENING' AND LBTESTCD = 'NEUT'",
           ("UPDATE stage.lb SET LBORRES = 25.65, LBORNRHI = 17.1 WHERE SUBJID = '01-001' AND VISIT = 'SCREENING' "
