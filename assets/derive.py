@@ -102,7 +102,9 @@ def adsl(trial: TrialResource) -> dg.MaterializeResult:
     with trial.connect() as con:
         n = build_adsl(con, trial.cfg, trial.cut)
         infused = con.execute("SELECT count(*) FROM analysis.adsl WHERE SAFFL = 'Y'").fetchone()[0]
-    return dg.MaterializeResult(metadata={"dagster/row_count": n, "infused": infused})
+        after_cut = con.execute("SELECT count(*) FROM cut.after_cut").fetchone()[0]
+    # after_cut: records (and end dates) after the cut-off the analysis leaves out (cut.after_cut).
+    return dg.MaterializeResult(metadata={"dagster/row_count": n, "infused": infused, "records_after_cut": after_cut})
 
 
 # -- the other tables: one step --------------------------------------------------------------------

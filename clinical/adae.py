@@ -35,7 +35,7 @@ WITH a AS (
     impute_first(ae.AESTDAT, $highest, s.TRTSDT) AS ASTDT, impute_flag(ae.AESTDAT, $highest) AS ASTDTF,
     impute_last(ae.AEENDAT, $highest, least(s.DTHDT, s.EOSDT)) AS AENDT, impute_flag(ae.AEENDAT, $highest) AS AENDTF,
     CASE WHEN $anchor = 'infusion' THEN s.TRTSDT ELSE s.LDSTDT END AS ANCHOR
-  FROM stage.ae ae JOIN analysis.adsl s USING (SUBJID)
+  FROM cut.ae ae JOIN analysis.adsl s USING (SUBJID)
 )
 SELECT
   STUDYID_ADSL.STUDYID, a.SUBJID, a.AESPID, a.AETERM, a.AEDECOD, a.AEBODSYS, a.AECAT,

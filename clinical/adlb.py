@@ -1,6 +1,6 @@
 """Laboratory analysis tables: ``analysis.adlb``, ``analysis.lab_toxicity``, ``analysis.lab_summary``.
 
-``analysis.adlb`` (ADLB-like): one row per staged lab result (``stage.lb``) of every participant,
+``analysis.adlb`` (ADLB-like): one row per staged lab result (``cut.lb``) of every participant,
 infused or not (screen failures included; their ADY, DOSEA are empty).
   ADY      LBDAT - TRTSDT (protocol day, day 0 = infusion); NULL when not infused.
   VISITDY  the visit's nominal day from the study configuration (NULL for unscheduled-day visits).
@@ -62,7 +62,7 @@ CREATE OR REPLACE TABLE analysis.adlb AS
 WITH
 visits AS (SELECT unnest($visit_ids) AS VISIT, unnest($visit_days) AS VISITDY),
 terms AS (SELECT unnest($term_tests) AS PARAMCD, unnest($term_names) AS ATOXTERM, unnest($term_dirs) AS ATOXDIR),
-base AS (SELECT SUBJID, LBTESTCD, LBORRES AS BASE FROM stage.lb WHERE VISIT = $baseline_visit),
+base AS (SELECT SUBJID, LBTESTCD, LBORRES AS BASE FROM cut.lb WHERE VISIT = $baseline_visit),
 lb AS MATERIALIZED (
   SELECT l.*, b.BASE, s.TRTSDT, s.DOSEA, s.DOSEAN, s.SAFFL,
          CASE WHEN l.VISIT = $baseline_visit THEN 'Y' END AS ABLFL,
@@ -70,7 +70,7 @@ lb AS MATERIALIZED (
          -- whose grading reads a baseline (so that the distinct inputs below stay few)
          CASE WHEN l.VISIT IS DISTINCT FROM $baseline_visit AND list_contains($base_tests, l.LBTESTCD)
               THEN b.BASE END AS GBASE
-  FROM stage.lb l
+  FROM cut.lb l
   LEFT JOIN base b USING (SUBJID, LBTESTCD)
   LEFT JOIN analysis.adsl s USING (SUBJID)
 ),

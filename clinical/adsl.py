@@ -1,7 +1,9 @@
 """ADSL-like subject-level analysis table ``analysis.adsl``: one row per screened participant.
 
 Population flags follow the participant funnel and are cumulative by construction (a participant
-is lymphodepleted only if leukapheresed, and so on), so flow counts can never increase:
+is lymphodepleted only if leukapheresed, and so on), so flow counts can never increase. An infused
+participant has passed every step before the infusion even when a record of one is missing or says
+otherwise (a data query then asks for it): the safety population is everyone enrolled and infused.
 
   SCRNFL   screened (in demographics)
   ENRLFL   enrolled: eligible and assigned to a dose level
@@ -22,6 +24,12 @@ blank -> NULL at ingest): spellings that differ only in case are one country, wr
 participants' forms write it (ties: the first in sort order), so "CHINA" on one form and "China" on
 nine are one row "China" everywhere; a spelling nobody entered is never made up.
 
+Every date is as at the data cut-off: ADSL and every analysis table read the forms through the
+``cut`` views (clinical/datacut.py), so an infusion, end of study or death after the cut-off is not
+in the cut. DTHDT is the date of death, or -- when the disposition is death without one -- the end
+of study date (DTHDTSRC says which: DS.DTHDAT or DS.DSSTDAT; a data query asks for the date), so a
+death is never uncounted for want of its date.
+
 DLTFL is the adjudicated DLT: an AE the investigator flagged as DLT (AEDLT = Y) with onset inside
 the DLT window (day 0 to the configured window). Candidate DLTs derived from the rules are a
 separate listing (issue 5); the 3+3 uses the adjudicated flag.
@@ -33,6 +41,7 @@ import datetime as dt
 
 import duckdb
 
+from clinical.datacut import apply_data_cut
 from clinical.study import StudyConfig
 
 # Age groups (label, highest age in the group; None: no upper limit). The registry's categories: its
@@ -112,12 +121,12 @@ CREATE OR REPLACE TABLE analysis.adsl AS
 WITH
 ie_fail AS (
   SELECT i.SUBJID, string_agg(i.IETESTCD, '; ' ORDER BY c.CRITN) AS SCRFLRS
-  FROM stage.ie i LEFT JOIN analysis.criteria c ON c.CRIT = i.IETESTCD
+  FROM cut.ie i LEFT JOIN analysis.criteria c ON c.CRIT = i.IETESTCD
   WHERE i.IEYN = 'N' GROUP BY i.SUBJID),
-ld AS (SELECT SUBJID, min(EXSTDAT) AS LDSTDT, max(EXSTDAT) AS LDENDT FROM stage.ld GROUP BY SUBJID),
+ld AS (SELECT SUBJID, min(EXSTDAT) AS LDSTDT, max(EXSTDAT) AS LDENDT FROM cut.ld GROUP BY SUBJID),
 dlt AS (
   SELECT a.SUBJID, min(impute_first(a.AESTDAT, $highest, i.EXSTDAT)) AS DLTDT
-  FROM stage.ae a JOIN stage.inf i USING (SUBJID)
+  FROM cut.ae a JOIN cut.inf i USING (SUBJID)
   WHERE a.AEDLT = 'Y'
     AND impute_first(a.AESTDAT, $highest, i.EXSTDAT) BETWEEN i.EXSTDAT AND i.EXSTDAT + $window
   GROUP BY a.SUBJID),
@@ -125,16 +134,19 @@ dlt AS (
 -- last date the participant was known to be in contact (admiral's LSTALVDT idea; complete dates only).
 seen AS (
   SELECT SUBJID, max(D) AS LASTASDT FROM (
-    SELECT SUBJID, LBDAT AS D FROM stage.lb UNION ALL SELECT SUBJID, PCDAT FROM stage.pc
-    UNION ALL SELECT SUBJID, RSDAT FROM stage.rs) GROUP BY SUBJID),
+    SELECT SUBJID, LBDAT AS D FROM cut.lb UNION ALL SELECT SUBJID, PCDAT FROM cut.pc
+    UNION ALL SELECT SUBJID, RSDAT FROM cut.rs) GROUP BY SUBJID),
 -- One spelling per country (see COUNTRY above): the most used of the spellings equal ignoring case.
 ct AS (
   SELECT lower(COUNTRY) AS KEY, first(COUNTRY ORDER BY N DESC, COUNTRY) AS SPELLING
-  FROM (SELECT COUNTRY, count(*) AS N FROM stage.dm WHERE COUNTRY IS NOT NULL GROUP BY COUNTRY)
+  FROM (SELECT COUNTRY, count(*) AS N FROM cut.dm WHERE COUNTRY IS NOT NULL GROUP BY COUNTRY)
   GROUP BY lower(COUNTRY)),
 pk AS (
-  SELECT p.SUBJID, count(*) FILTER (WHERE p.PCBLQ = 'N' AND p.PCDAT >= i.EXSTDAT) AS n_quant
-  FROM stage.pc p JOIN stage.inf i USING (SUBJID) GROUP BY p.SUBJID),
+  -- Quantifiable as analysis.adpc reads a sample (clinical/pk.py BLQFL): a result at or above its LLOQ
+  -- that the site did not record as below it.
+  SELECT p.SUBJID, count(*) FILTER (WHERE p.PCBLQ IS DISTINCT FROM 'Y' AND p.PCORRES >= coalesce(p.PCLLOQ, $lloq)
+                                          AND p.PCDAT >= i.EXSTDAT) AS n_quant
+  FROM cut.pc p JOIN cut.inf i USING (SUBJID) GROUP BY p.SUBJID),
 base AS (
   SELECT
     dm.STUDYID, dm.SITEID, dm.SUBJID, dm.STUDYID || '-' || dm.SUBJID AS USUBJID,
@@ -147,19 +159,22 @@ base AS (
     inf.EXSTDAT AS TRTSDT, inf.DOSELVL AS DOSEA, da.DOSEN AS DOSEAN, da.DOSELBL AS DOSEALBL,
     inf.EXDOSE AS CELLS, inf.EXDOSE / nullif(da.CELLS, 0) - 1 AS DOSEDEV,
     inf.EXSTDAT + $window AS DLTWEND,
-    ds.DSDECOD AS EOSSTT, ds.DSSTDAT AS EOSDT, ds.DTHDAT AS DTHDT, ds.DTHCAUS,
+    ds.DSDECOD AS EOSSTT, ds.DSSTDAT AS EOSDT,
+    coalesce(ds.DTHDAT, CASE WHEN ds.DSDECOD = 'DEATH' THEN ds.DSSTDAT END) AS DTHDT,
+    CASE WHEN ds.DTHDAT IS NOT NULL THEN 'DS.DTHDAT' WHEN ds.DSDECOD = 'DEATH' AND ds.DSSTDAT IS NOT NULL
+         THEN 'DS.DSSTDAT' END AS DTHDTSRC, ds.DTHCAUS,
     iefail.SCRFLRS, dlt.DLTDT, coalesce(pk.n_quant, 0) AS PKNQUANT, seen.LASTASDT
-  FROM stage.dm dm
+  FROM cut.dm dm
   LEFT JOIN (SELECT SUBJID, RFICDAT AS RFICDT, ENRLDAT AS ENRLDT, ENRLYN,
-                    CASE WHEN ENRLYN = 'Y' THEN DOSELVL END AS DOSEP FROM stage.enrol) en USING (SUBJID)
+                    CASE WHEN ENRLYN = 'Y' THEN DOSELVL END AS DOSEP FROM cut.enrol) en USING (SUBJID)
   LEFT JOIN analysis.dose_levels dp ON dp.DOSE = en.DOSEP
-  LEFT JOIN stage.sc sc USING (SUBJID)
-  LEFT JOIN stage.apher ap ON ap.SUBJID = dm.SUBJID AND en.DOSEP IS NOT NULL
-  LEFT JOIN stage.mfg mf USING (SUBJID)
+  LEFT JOIN cut.sc sc USING (SUBJID)
+  LEFT JOIN cut.apher ap ON ap.SUBJID = dm.SUBJID AND en.DOSEP IS NOT NULL
+  LEFT JOIN cut.mfg mf USING (SUBJID)
   LEFT JOIN ld USING (SUBJID)
-  LEFT JOIN stage.inf inf USING (SUBJID)
+  LEFT JOIN cut.inf inf USING (SUBJID)
   LEFT JOIN analysis.dose_levels da ON da.DOSE = inf.DOSELVL
-  LEFT JOIN stage.ds ds USING (SUBJID)
+  LEFT JOIN cut.ds ds USING (SUBJID)
   LEFT JOIN ie_fail iefail USING (SUBJID)
   LEFT JOIN dlt USING (SUBJID)
   LEFT JOIN pk USING (SUBJID)
@@ -170,16 +185,17 @@ flags AS (
   SELECT *,
     'Y' AS SCRNFL,
     CASE WHEN DOSEP IS NOT NULL THEN 'Y' ELSE 'N' END AS ENRLFL,
-    -- A stage whose form the study does not collect (configuration forms:) holds no one back.
-    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected) THEN 'Y' ELSE 'N' END AS APHFL,
-    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected)
-              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected) THEN 'Y' ELSE 'N' END AS MFGFL,
-    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected)
-              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected)
-              AND (LDSTDT IS NOT NULL OR NOT $ld_collected) THEN 'Y' ELSE 'N' END AS LDFL,
-    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected)
-              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected)
-              AND (LDSTDT IS NOT NULL OR NOT $ld_collected) AND TRTSDT IS NOT NULL THEN 'Y' ELSE 'N' END AS SAFFL,
+    -- A stage whose form the study does not collect (configuration forms:) holds no one back. An
+    -- infused participant has been through every step before: a missing or failed record of one
+    -- (a query, XF rules) never takes them out of the safety population or the flow.
+    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected OR TRTSDT IS NOT NULL) THEN 'Y' ELSE 'N' END AS APHFL,
+    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected OR TRTSDT IS NOT NULL)
+              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected OR TRTSDT IS NOT NULL)
+         THEN 'Y' ELSE 'N' END AS MFGFL,
+    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected OR TRTSDT IS NOT NULL)
+              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected OR TRTSDT IS NOT NULL)
+              AND (LDSTDT IS NOT NULL OR NOT $ld_collected OR TRTSDT IS NOT NULL) THEN 'Y' ELSE 'N' END AS LDFL,
+    CASE WHEN DOSEP IS NOT NULL AND TRTSDT IS NOT NULL THEN 'Y' ELSE 'N' END AS SAFFL,
     CASE WHEN DLTDT IS NOT NULL THEN 'Y' ELSE 'N' END AS DLTFL,
     -- Last date the participant is known to be on study, used for window completion.
     least(coalesce(EOSDT, $cut), coalesce(DTHDT, $cut), $cut) AS ONSTDT
@@ -206,6 +222,8 @@ ORDER BY SUBJID
 
 
 def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.date) -> int:
+    # Every derivation reads the forms as at the cut-off (cut.*), ADSL first.
+    apply_data_cut(con, data_cut, cfg.data_cut.apply)
     write_reference_tables(con, cfg)
     con.execute(
         ADSL_SQL,
@@ -214,6 +232,7 @@ def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.da
             "cut": data_cut,
             "tolerance": cfg.escalation.dose_tolerance,
             "highest": cfg.safety.date_imputation,
+            "lloq": cfg.pk.lloq,
             **{f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")},
             **{f"age{i}": highest for i, (_, highest) in enumerate(AGE_GROUPS, start=1) if highest is not None},
             **{f"agegr{i}": label for i, (label, _) in enumerate(AGE_GROUPS, start=1)},

@@ -13,7 +13,7 @@ of the safety population (SAFFL = 'Y').
   ADY       onset day, ASTDT - TRTSDT (day 0 = infusion).
   DURATION  AENDT - ASTDT + 1 days; NULL when ongoing (no end date) or when either date is partial
             (imputed: ASTDTF/AENDTF set), since an imputed day cannot give a duration in days.
-  TOCIFL    'Y' when tocilizumab (stage.cm CMCLAS TOCILIZUMAB) was given for the event: linked by
+  TOCIFL    'Y' when tocilizumab (cut.cm CMCLAS TOCILIZUMAB) was given for the event: linked by
             CMAESPID = AESPID, or any tocilizumab whose dates overlap the event (start on or before
             the event's end, or the event ongoing; and end on or after the event's start, or ongoing).
             Medication dates use the same partial-date imputation as the AEs; a medication without a
@@ -54,7 +54,7 @@ ev AS (SELECT * FROM analysis.adae WHERE AECAT IN ('CRS', 'ICANS') AND SAFFL = '
 cm AS (
   SELECT SUBJID, CMSPID, CMTRT, CMCLAS, CMAESPID,
          impute_first(CMSTDAT, 'D', NULL) AS CMSTDT, impute_last(CMENDAT, 'D', NULL) AS CMENDT
-  FROM stage.cm WHERE CMCLAS IN ('TOCILIZUMAB', 'CORTICOSTEROID')),
+  FROM cut.cm WHERE CMCLAS IN ('TOCILIZUMAB', 'CORTICOSTEROID')),
 tx AS (
   SELECT ev.SUBJID, ev.AESPID,
          bool_or(cm.CMCLAS = 'TOCILIZUMAB') AS TOCI, bool_or(cm.CMCLAS = 'CORTICOSTEROID') AS STER

@@ -51,7 +51,7 @@ def _source_values_sql(cfg: StudyConfig) -> str:
         )
     parts.append(
         "SELECT SUBJID, 'lb' AS SOURCE, LBTESTCD AS PARAM, LBORRES::VARCHAR AS VALUE, LBORRES AS VALUEN, "
-        "LBORNRHI AS ULN, LBORRESU AS LABUNIT FROM stage.lb WHERE VISIT = $screening_visit"
+        "LBORNRHI AS ULN, LBORRESU AS LABUNIT FROM cut.lb WHERE VISIT = $screening_visit"
     )
     return " UNION ALL ".join(parts)
 
@@ -69,7 +69,7 @@ crit AS (
 vals AS ({values}),
 subj AS (
   SELECT s.SUBJID, s.SITEID, CASE WHEN e.ENRLYN = 'Y' THEN 'Y' ELSE 'N' END AS ENRLYN, sc.LIVERMET
-  FROM analysis.adsl s LEFT JOIN stage.enrol e USING (SUBJID) LEFT JOIN stage.sc sc USING (SUBJID)),
+  FROM analysis.adsl s LEFT JOIN cut.enrol e USING (SUBJID) LEFT JOIN cut.sc sc USING (SUBJID)),
 j AS (
   SELECT s.SUBJID, s.SITEID, s.ENRLYN, c.CRIT, c.CRITN, c.CRITLBL, c.SOURCE, c.PARAM, c.OP, c.BASIS,
          coalesce(c.UNIT, v.LABUNIT) AS UNIT,
@@ -109,7 +109,7 @@ SELECT
   m.NOTEVAL,
   ie.IEYN
 FROM m
-LEFT JOIN stage.ie ie ON ie.SUBJID = m.SUBJID AND ie.IETESTCD = m.CRIT
+LEFT JOIN cut.ie ie ON ie.SUBJID = m.SUBJID AND ie.IETESTCD = m.CRIT
 ORDER BY m.SUBJID, m.CRITN
 """
 

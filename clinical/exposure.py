@@ -25,7 +25,7 @@ WITH planned AS (
 ld AS (
   SELECT l.SUBJID, l.EXTRT, count(DISTINCT l.EXSTDAT) AS LDDAYS, round(sum(l.EXDOSE), 3) AS LDCUM,
          p.DAILY * p.DAYS AS LDPLAN
-  FROM stage.ld l JOIN planned p USING (EXTRT) GROUP BY ALL
+  FROM cut.ld l JOIN planned p USING (EXTRT) GROUP BY ALL
 ),
 ld_wide AS (
   SELECT SUBJID,
@@ -42,7 +42,7 @@ SELECT s.SUBJID, s.DOSEP, s.DOSEA, s.DOSEAN, s.LDSTDT, s.LDENDT, s.TRTSDT,
        s.TRTSDT - s.APHDT AS V2VDAYS
 FROM analysis.adsl s
 LEFT JOIN ld_wide w USING (SUBJID)
-LEFT JOIN stage.mfg m USING (SUBJID)
+LEFT JOIN cut.mfg m USING (SUBJID)
 LEFT JOIN analysis.dose_levels d ON d.DOSE = s.DOSEP
 WHERE s.LDFL = 'Y' OR s.SAFFL = 'Y'
 ORDER BY s.SUBJID

@@ -1,6 +1,6 @@
 """CAR-T cellular kinetics: ``analysis.adpc``, ``analysis.adpp`` and ``analysis.pk_summary``.
 
-``analysis.adpc``: one row per PK sample (``stage.pc``) of the infused participants (SAFFL = 'Y').
+``analysis.adpc``: one row per PK sample (``cut.pc``) of the infused participants (SAFFL = 'Y').
   ADY      PCDAT - TRTSDT in days (day 0 = infusion); the NCA time unit is the day.
   LLOQ     the sample's assay LLOQ (PCLLOQ), or the configured ``pk.lloq`` when blank.
   BLQFL    'Y' when the site recorded the sample below the LLOQ (PCBLQ = 'Y') or its value is below
@@ -44,7 +44,7 @@ CREATE OR REPLACE TABLE analysis.adpc AS
 WITH p AS (
   SELECT pc.SUBJID, pc.PCTPT, pc.PCDAT, pc.PCDAT - s.TRTSDT AS ADY, pc.PCORRES, pc.PCBLQ,
          coalesce(pc.PCLLOQ, $lloq) AS LLOQ, s.TRTSDT, s.DOSEA, s.DOSEAN, s.PKEVLFL
-  FROM stage.pc pc JOIN analysis.adsl s USING (SUBJID)
+  FROM cut.pc pc JOIN analysis.adsl s USING (SUBJID)
   WHERE s.SAFFL = 'Y'),
 f AS (
   SELECT *,

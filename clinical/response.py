@@ -1,9 +1,9 @@
 """Tumour response (RECIST 1.1): ``analysis.adrs``, ``analysis.response`` and ``analysis.response_summary``.
 
-Read from ``stage.rs`` (investigator's overall response per assessment), ``analysis.adsl`` and
+Read from ``cut.rs`` (investigator's overall response per assessment), ``analysis.adsl`` and
 ``analysis.dose_levels``. Only infused participants (safety population, SAFFL = 'Y') are analysed.
 
-``analysis.adrs``: one row per assessment (``stage.rs``) of an infused participant.
+``analysis.adrs``: one row per assessment (``cut.rs``) of an infused participant.
   DOSEA, DOSEAN  dose level received (from ADSL).
   VISIT, RSDAT   visit and date of the assessment as recorded.
   ADY            RSDAT - TRTSDT in days (day 0 = infusion).
@@ -69,7 +69,7 @@ CREATE OR REPLACE TABLE analysis.adrs AS
 WITH r AS (
   SELECT s.SUBJID, s.DOSEA, s.DOSEAN, r.VISIT, r.RSDAT, r.RSDAT - s.TRTSDT AS ADY,
          upper(trim(r.RSORRES)) AS AVALC
-  FROM stage.rs r JOIN analysis.adsl s USING (SUBJID)
+  FROM cut.rs r JOIN analysis.adsl s USING (SUBJID)
   WHERE s.SAFFL = 'Y' AND s.TRTSDT IS NOT NULL AND r.RSDAT IS NOT NULL),
 p AS (
   SELECT *, min(RSDAT) FILTER (WHERE AVALC = 'PD' AND ADY >= 1) OVER (PARTITION BY SUBJID) AS PDDT
@@ -156,7 +156,7 @@ def build_response(con: duckdb.DuckDBPyConnection, rc: Response = DEFAULT_RESPON
     """Write analysis.adrs, analysis.response and analysis.response_summary with the study's response
     settings ``rc`` (``StudyConfig.response``); return their row counts.
 
-    Needs ``stage.rs``, ``analysis.adsl`` and ``analysis.dose_levels``.
+    Needs ``cut.rs``, ``analysis.adsl`` and ``analysis.dose_levels``.
     """
     con.execute(ADRS_SQL)
     con.execute(

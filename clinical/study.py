@@ -228,6 +228,15 @@ class Response(_Strict):
     confirm_days: int = Field(default=28, ge=1)
 
 
+class DataCut(_Strict):
+    """What the analysis of a data cut reads (clinical/datacut.py). Default, as is common practice:
+    the data as they stood at the cut-off -- records dated after it are not analysed and end dates
+    after it are blank (ongoing at the cut); they are listed in ``cut.after_cut``. ``apply: false``
+    analyses every staged record as it is."""
+
+    apply: bool = True
+
+
 # ADSL population flags a form can be expected of (deliverables: form completeness).
 PopulationFlag = Literal["SCRNFL", "ENRLFL", "APHFL", "MFGFL", "LDFL", "SAFFL"]
 POPULATION_FLAGS: tuple[str, ...] = get_args(PopulationFlag)
@@ -292,6 +301,7 @@ class StudyConfig(_Strict):
     input: Input = Input()
     data_quality: DataQuality = DataQuality()
     response: Response = Response()
+    data_cut: DataCut = DataCut()
     # Filled by load_study, not by the file: sha256 of the file's bytes, for the audit trail.
     config_sha256: str = ""
     config_path: str = ""

@@ -17,7 +17,7 @@ D = dt.date
 def _con(ae_rows):
     con = duckdb.connect()
     con.execute(SETUP_SQL)
-    con.execute("CREATE SCHEMA stage")
+    con.execute("CREATE SCHEMA cut")
     con.execute(
         """CREATE TABLE analysis.adsl AS SELECT * FROM (VALUES
              ('IM83', '01-001', DATE '2025-03-10', DATE '2025-03-05', 'DL1', 1, 'Y', DATE '2025-04-07',
@@ -26,13 +26,13 @@ def _con(ae_rows):
            t(STUDYID, SUBJID, TRTSDT, LDSTDT, DOSEA, DOSEAN, SAFFL, DLTWEND, DTHDT, EOSDT)"""
     )
     con.execute(
-        """CREATE TABLE stage.ae (SUBJID VARCHAR, AESPID BIGINT, AETERM VARCHAR, AEDECOD VARCHAR, AEBODSYS VARCHAR,
+        """CREATE TABLE cut.ae (SUBJID VARCHAR, AESPID BIGINT, AETERM VARCHAR, AEDECOD VARCHAR, AEBODSYS VARCHAR,
              AECAT VARCHAR, AESTDAT VARCHAR, AEENDAT VARCHAR, AETOXGR BIGINT, AESER VARCHAR, AEREL VARCHAR,
              AEOUT VARCHAR, AEDLT VARCHAR, AEFEVER VARCHAR, AEHYPOT VARCHAR, AEHYPOX VARCHAR, AEICE BIGINT,
              AECONSC VARCHAR, AESEIZ VARCHAR, AEMOTOR VARCHAR, AEEDEMA VARCHAR)"""
     )
     con.executemany(
-        "INSERT INTO stage.ae VALUES (?, ?, ?, ?, 'SOC', 'OTHER', ?, ?, ?, 'N', ?, 'RECOVERED/RESOLVED', ?,"
+        "INSERT INTO cut.ae VALUES (?, ?, ?, ?, 'SOC', 'OTHER', ?, ?, ?, 'N', ?, 'RECOVERED/RESOLVED', ?,"
         " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
         ae_rows,
     )

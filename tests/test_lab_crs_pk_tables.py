@@ -131,26 +131,26 @@ PC = [
 def _database(path: Path, pc: list[tuple] = PC) -> duckdb.DuckDBPyConnection:
     """The hand-made tables (ADSL, ADAE, lab, CM and the PK samples ``pc``) in a new database."""
     c = duckdb.connect(str(path))
-    c.execute("CREATE SCHEMA stage; CREATE SCHEMA analysis")
+    c.execute("CREATE SCHEMA cut; CREATE SCHEMA analysis")
     c.execute(SETUP_SQL)
     c.execute("CREATE TABLE analysis.adsl (SUBJID VARCHAR, TRTSDT DATE, DOSEA VARCHAR, DOSEAN INTEGER, "
               "SAFFL VARCHAR, PKEVLFL VARCHAR)")
     c.executemany("INSERT INTO analysis.adsl VALUES (?, ?, ?, ?, ?, ?)", ADSL)
-    c.execute("CREATE TABLE stage.lb (SUBJID VARCHAR, VISIT VARCHAR, LBDAT DATE, LBTESTCD VARCHAR, LBORRES DOUBLE, "
+    c.execute("CREATE TABLE cut.lb (SUBJID VARCHAR, VISIT VARCHAR, LBDAT DATE, LBTESTCD VARCHAR, LBORRES DOUBLE, "
               "LBORRESU VARCHAR, LBORNRLO DOUBLE, LBORNRHI DOUBLE)")
-    c.executemany("INSERT INTO stage.lb VALUES (?, ?, ?, ?, ?, ?, ?, ?)", LB)
+    c.executemany("INSERT INTO cut.lb VALUES (?, ?, ?, ?, ?, ?, ?, ?)", LB)
     c.execute("""CREATE TABLE analysis.adae (SUBJID VARCHAR, AESPID INTEGER, AETERM VARCHAR, AEDECOD VARCHAR,
       AECAT VARCHAR, ASTDT DATE, ASTDTF VARCHAR, AENDT DATE, AENDTF VARCHAR, ADY BIGINT, ATOXGR INTEGER,
       AESER VARCHAR, AEOUT VARCHAR, AEDLT VARCHAR, AEFEVER VARCHAR, AEHYPOT VARCHAR, AEHYPOX VARCHAR,
       AEICE INTEGER, AECONSC VARCHAR, AESEIZ VARCHAR, AEMOTOR VARCHAR, AEEDEMA VARCHAR, DOSEA VARCHAR,
       DOSEAN INTEGER, SAFFL VARCHAR, TRTSDT DATE, TRTEMFL VARCHAR)""")
     c.executemany(f"INSERT INTO analysis.adae ({AE_COLS}) VALUES ({', '.join(['?'] * 27)})", AE)
-    c.execute("CREATE TABLE stage.cm (SUBJID VARCHAR, CMSPID INTEGER, CMTRT VARCHAR, CMCLAS VARCHAR, "
+    c.execute("CREATE TABLE cut.cm (SUBJID VARCHAR, CMSPID INTEGER, CMTRT VARCHAR, CMCLAS VARCHAR, "
               "CMSTDAT VARCHAR, CMENDAT VARCHAR, CMAESPID INTEGER)")
-    c.executemany("INSERT INTO stage.cm VALUES (?, ?, ?, ?, ?, ?, ?)", CM)
-    c.execute("CREATE TABLE stage.pc (SUBJID VARCHAR, PCTPT VARCHAR, PCDAT DATE, PCORRES DOUBLE, PCBLQ VARCHAR, "
+    c.executemany("INSERT INTO cut.cm VALUES (?, ?, ?, ?, ?, ?, ?)", CM)
+    c.execute("CREATE TABLE cut.pc (SUBJID VARCHAR, PCTPT VARCHAR, PCDAT DATE, PCORRES DOUBLE, PCBLQ VARCHAR, "
               "PCLLOQ DOUBLE)")
-    c.executemany("INSERT INTO stage.pc VALUES (?, ?, ?, ?, ?, ?)", pc)
+    c.executemany("INSERT INTO cut.pc VALUES (?, ?, ?, ?, ?, ?)", pc)
     return c
 
 

@@ -21,7 +21,7 @@ def _db(adsl: list[tuple], rs: list[tuple]) -> duckdb.DuckDBPyConnection:
     """adsl rows: (SUBJID, DOSEA, SAFFL, TRTSDT day or None, EOSSTT, EOSDT day, DTHDT day, LSTCNDT day);
     rs rows: (SUBJID, VISIT, RSDAT day, RSORRES). Days are offsets from D0."""
     con = duckdb.connect(":memory:")
-    con.execute("CREATE SCHEMA stage; CREATE SCHEMA analysis")
+    con.execute("CREATE SCHEMA cut; CREATE SCHEMA analysis")
     con.execute(
         "CREATE TABLE analysis.dose_levels (DOSE VARCHAR, DOSEN INTEGER, DOSELBL VARCHAR, CELLS DOUBLE)"
     )
@@ -34,7 +34,7 @@ def _db(adsl: list[tuple], rs: list[tuple]) -> duckdb.DuckDBPyConnection:
            EOSSTT VARCHAR, EOSDT DATE, DTHDT DATE, LSTCNDT DATE)"""
     )
     con.execute(
-        "CREATE TABLE stage.rs (_export_id VARCHAR, _file VARCHAR, _line BIGINT, SUBJID VARCHAR, VISIT VARCHAR, "
+        "CREATE TABLE cut.rs (_export_id VARCHAR, _file VARCHAR, _line BIGINT, SUBJID VARCHAR, VISIT VARCHAR, "
         "RSDAT DATE, RSORRES VARCHAR)"
     )
     dosen = {"DL1": 1, "DL2": 2, "DL3": 3, None: None}
@@ -46,7 +46,7 @@ def _db(adsl: list[tuple], rs: list[tuple]) -> duckdb.DuckDBPyConnection:
              day(lst if lst is not None else 0)],
         )
     for i, (subj, visit, d, res) in enumerate(rs):
-        con.execute("INSERT INTO stage.rs VALUES ('x', 'rs.csv', ?, ?, ?, ?, ?)", [i + 2, subj, visit, day(d), res])
+        con.execute("INSERT INTO cut.rs VALUES ('x', 'rs.csv', ?, ?, ?, ?, ?)", [i + 2, subj, visit, day(d), res])
     return con
 
 
@@ -166,7 +166,7 @@ def test_adsl_last_contact_covers_assessments_death_and_infusion(demo_run):
     try:
         bad = con.execute(
             """SELECT s.SUBJID FROM analysis.adsl s
-               LEFT JOIN (SELECT SUBJID, max(RSDAT) AS R FROM stage.rs GROUP BY SUBJID) r USING (SUBJID)
+               LEFT JOIN (SELECT SUBJID, max(RSDAT) AS R FROM cut.rs GROUP BY SUBJID) r USING (SUBJID)
                WHERE s.LSTCNDT IS NULL AND s.TRTSDT IS NOT NULL
                   OR s.LSTCNDT < greatest(s.TRTSDT, s.DTHDT, r.R)"""
         ).fetchall()
