@@ -11,8 +11,9 @@ of the safety population (SAFFL = 'Y').
             event with outcome FATAL is grade 5 (death from the event; ASTCT G5).
   AGREE     'Y' when ATOXGR = ASTCTGR, else 'N' (a query for the site).
   ADY       onset day, ASTDT - TRTSDT (day 0 = infusion).
-  DURATION  AENDT - ASTDT + 1 days; NULL when ongoing (no end date) or when either date is partial
-            (imputed: ASTDTF/AENDTF set), since an imputed day cannot give a duration in days.
+  DURATION  AENDT - ASTDT + 1 days; NULL when ongoing (no end date), when either date is partial
+            (imputed: ASTDTF/AENDTF set), since an imputed day cannot give a duration in days, or when
+            the end is before the start (XF-CHRON-AE-END asks for the dates).
   TOCIFL    'Y' when tocilizumab (cut.cm CMCLAS TOCILIZUMAB) was given for the event: linked by
             CMAESPID = AESPID, or any tocilizumab whose dates overlap the event (start on or before
             the event's end, or the event ongoing; and end on or after the event's start, or ongoing).
@@ -72,7 +73,7 @@ g AS (
   FROM ev e LEFT JOIN tx USING (SUBJID, AESPID))
 SELECT
   SUBJID, AESPID, AECAT, AETERM, AEDECOD, DOSEA, DOSEAN, TRTSDT, ASTDT, ASTDTF, AENDT, AENDTF, ADY,
-  CASE WHEN AENDT IS NOT NULL AND ASTDTF IS NULL AND AENDTF IS NULL THEN AENDT - ASTDT + 1 END AS DURATION,
+  CASE WHEN AENDT >= ASTDT AND ASTDTF IS NULL AND AENDTF IS NULL THEN AENDT - ASTDT + 1 END AS DURATION,
   ATOXGR, ASTCTGR, CASE WHEN ATOXGR = ASTCTGR THEN 'Y' ELSE 'N' END AS AGREE,
   AEFEVER, AEHYPOT, AEHYPOX, AEICE, AECONSC, AESEIZ, AEMOTOR, AEEDEMA,
   CASE WHEN TOCI THEN 'Y' ELSE 'N' END AS TOCIFL,

@@ -189,3 +189,38 @@ def test_pk_evaluable_counts_samples_as_the_concentration_table_does(con):
     con.execute("UPDATE stage.pc SET PCBLQ = 'N', PCORRES = 10, PCLLOQ = 50 WHERE SUBJID = ?", [subjid])
     _derive(con)
     assert _adsl(con, subjid, "SAFFL", "PKEVLFL") == ("Y", "N")
+
+
+# -- dates and ranges that cannot be right give no number, only the data query ----------------------
+
+
+def test_a_crs_ending_before_it_starts_has_no_duration(con):
+    from clinical.crs_icans import build_crs_icans
+
+    _derive(con)
+    subjid, spid = con.execute(
+        "SELECT SUBJID, AESPID FROM analysis.adae WHERE AECAT = 'CRS' AND AENDT IS NOT NULL AND AENDTF IS NULL "
+        "AND ASTDTF IS NULL ORDER BY SUBJID, AESPID LIMIT 1").fetchone()
+    con.execute("UPDATE stage.ae SET AEENDAT = strftime(CAST(AESTDAT AS DATE) - 3, '%Y-%m-%d') "
+                "WHERE SUBJID = ? AND AESPID = ?", [subjid, spid])
+    _derive(con)
+    build_crs_icans(con, CFG)
+    assert con.execute("SELECT DURATION FROM analysis.crs_icans WHERE SUBJID = ? AND AESPID = ?",
+                       [subjid, spid]).fetchone() == (None,)
+    assert con.execute("SELECT min(DUR_MIN) FROM analysis.crs_icans_summary").fetchone()[0] >= 1
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE stage.lb SET LBORNRLO = LBORNRHI + 1 WHERE SUBJID = $s AND LBTESTCD = 'CREAT'",
+    "UPDATE stage.lb SET LBORNRHI = 0, LBORNRLO = 0 WHERE SUBJID = $s AND LBTESTCD = 'CREAT'",
+])
+def test_a_lab_range_that_cannot_be_one_gives_no_grade(con, statement):
+    from clinical.adlb import build_adlb
+
+    _derive(con)
+    subjid = con.execute("SELECT min(SUBJID) FROM cut.lb WHERE LBTESTCD = 'CREAT'").fetchone()[0]
+    con.execute(statement, {"s": subjid})
+    build_adlb(con, CFG)
+    grades = con.execute("SELECT DISTINCT ATOXGR FROM analysis.adlb WHERE SUBJID = ? AND PARAMCD = 'CREAT'",
+                         [subjid]).fetchall()
+    assert grades == [(None,)]
