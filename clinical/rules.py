@@ -112,6 +112,8 @@ def _after_death_sql() -> str:
 
 _AE_KEY = record_key_sql(form("ae"), alias="a.")
 _LD_KEY = record_key_sql(form("ld"), alias="l.")
+_LB_KEY = record_key_sql(form("lb"), alias="l.")
+_PC_KEY = record_key_sql(form("pc"), alias="p.")
 
 RULES: tuple[Rule, ...] = (
     # ---- participants and enrolment (guard ADSL: every report depends on it)
@@ -136,6 +138,52 @@ RULES: tuple[Rule, ...] = (
         "SELECT i.SUBJID, '' AS RECORD_KEY, 'infused on ' || i.EXSTDAT || ' but not enrolled with a dose level' AS DETAIL "
         "FROM stage.inf i LEFT JOIN stage.enrol e USING (SUBJID) "
         "WHERE e.ENRLYN IS DISTINCT FROM 'Y' OR e.DOSELVL IS NULL",
+    ),
+    Rule(
+        "XF-ENROL-NO-DOSE",
+        "WARN",
+        "enrol",
+        "analysis/adsl",
+        "An enrolled participant (ENRLYN = Y) has an assigned dose level (DOSELVL): without one the participant "
+        "is not counted as enrolled (ADSL ENRLFL) nor in any dose level (an infused one also fails "
+        "XF-INF-NOT-ENROLLED).",
+        "SELECT e.SUBJID, '' AS RECORD_KEY, 'enrolled (ENRLYN = Y'"
+        " || coalesce(', enrolment date ' || e.ENRLDAT, ', no enrolment date') || ', consent ' || e.RFICDAT"
+        " || ') without an assigned dose level (DOSELVL blank)' AS DETAIL "
+        "FROM stage.enrol e WHERE e.ENRLYN = 'Y' AND nullif(trim(e.DOSELVL), '') IS NULL",
+    ),
+    Rule(
+        "XF-INF-NO-PRIOR-STEP",
+        "WARN",
+        "inf",
+        "analysis/adsl",
+        "An infused participant has a leukapheresis done (apher PRYN = Y), a product release with status "
+        "RELEASED or OUT OF SPECIFICATION (mfg RELSTAT) and a lymphodepletion record (ld): the population "
+        "flags of the participant flow rest on these records. A form the study does not collect "
+        "(configuration forms:) is not required, as in ADSL.",
+        # $<form>_collected: as ADSL's population flags (clinical.adsl.build_adsl).
+        """SELECT SUBJID, '' AS RECORD_KEY,
+              'infused on ' || EXSTDAT || ' but ' || MISSING AS DETAIL
+           FROM (
+             SELECT i.SUBJID, i.EXSTDAT, concat_ws('; ',
+                 CASE WHEN NOT $apher_collected THEN NULL
+                      WHEN a.SUBJID IS NULL THEN 'no leukapheresis record (apher)'
+                      WHEN a.PRYN IS DISTINCT FROM 'Y'
+                      THEN 'leukapheresis not done (apher PRYN = ' || coalesce(a.PRYN, 'blank') || ')' END,
+                 CASE WHEN NOT $mfg_collected THEN NULL
+                      WHEN m.SUBJID IS NULL THEN 'no product release record (mfg)'
+                      WHEN m.RELSTAT IS NULL OR m.RELSTAT NOT IN ('RELEASED', 'OUT OF SPECIFICATION')
+                      THEN 'product release status ' || coalesce(m.RELSTAT, 'blank')
+                           || coalesce(' on ' || m.RELDAT, '') || ' (mfg RELSTAT, lot ' || coalesce(m.LOTID, 'blank')
+                           || '), not RELEASED or OUT OF SPECIFICATION' END,
+                 CASE WHEN NOT $ld_collected THEN NULL
+                      WHEN NOT EXISTS (SELECT 1 FROM stage.ld l WHERE l.SUBJID = i.SUBJID)
+                      THEN 'no lymphodepletion record (ld)' END) AS MISSING
+             FROM stage.inf i
+             LEFT JOIN stage.apher a USING (SUBJID)
+             LEFT JOIN stage.mfg m USING (SUBJID)
+             WHERE i.EXSTDAT IS NOT NULL)
+           WHERE MISSING <> ''""",
     ),
     # ---- chronology of the treatment course
     Rule(
@@ -170,6 +218,37 @@ RULES: tuple[Rule, ...] = (
         "'infusion ' || i.EXSTDAT || ' not after lymphodepletion end ' || max(l.EXSTDAT) AS DETAIL "
         "FROM stage.inf i JOIN stage.ld l USING (SUBJID) "
         "GROUP BY i.SUBJID, i.EXSTDAT HAVING i.EXSTDAT <= max(l.EXSTDAT)",
+    ),
+    Rule(
+        "XF-CHRON-INF-EOS",
+        "WARN",
+        "ds",
+        "analysis/adsl",
+        "CAR-T infusion <= end of study (ds DSSTDAT): an end of study before the infusion ends the "
+        "participant's time on study (DLT window, follow-up) before it began.",
+        "SELECT d.SUBJID, '' AS RECORD_KEY, "
+        "'end of study ' || d.DSSTDAT || ' (' || coalesce(d.DSDECOD, 'no disposition') || ') before infusion ' "
+        "|| i.EXSTDAT AS DETAIL "
+        "FROM stage.ds d JOIN stage.inf i USING (SUBJID) WHERE d.DSSTDAT < i.EXSTDAT",
+    ),
+    Rule(
+        "XF-DS-DEATH-DATE",
+        "WARN",
+        "ds",
+        "analysis/adsl",
+        "A disposition of death (DSDECOD = DEATH) has a date of death (DTHDAT), and a date of death is "
+        "recorded only with the disposition DEATH (the death date and the end-of-study status of the analysis "
+        "come from these two fields).",
+        """SELECT d.SUBJID, '' AS RECORD_KEY,
+              CASE WHEN d.DSDECOD = 'DEATH'
+                   THEN 'disposition DEATH (end of study ' || coalesce(d.DSSTDAT::VARCHAR, 'blank')
+                        || ') without a date of death (DTHDAT)'
+                   ELSE 'date of death ' || d.DTHDAT || ' recorded with disposition '
+                        || coalesce(d.DSDECOD, 'blank') || ' (end of study ' || coalesce(d.DSSTDAT::VARCHAR, 'blank')
+                        || '), not DEATH' END AS DETAIL
+           FROM stage.ds d
+           WHERE (d.DSDECOD = 'DEATH' AND d.DTHDAT IS NULL)
+              OR (d.DTHDAT IS NOT NULL AND d.DSDECOD IS DISTINCT FROM 'DEATH')""",
     ),
     Rule(
         "XF-CHRON-AFTER-DEATH",
@@ -340,6 +419,21 @@ RULES: tuple[Rule, ...] = (
         "|| ' by ASTCT from the recorded items' AS DETAIL "
         "FROM analysis.crs_icans c WHERE c.AECAT = 'ICANS' AND c.AGREE = 'N'",
     ),
+    # ---- labs (guard ADLB: CTCAE grades and x ULN use the lab's own normal range)
+    Rule(
+        "XF-LB-RANGE-INVERTED",
+        "WARN",
+        "lb",
+        "analysis/adlb",
+        "A lab normal range's lower limit (LBORNRLO) is not above its upper limit (LBORNRHI): the grades "
+        "and the x ULN values derived from an inverted range are wrong.",
+        f"""SELECT l.SUBJID, {_LB_KEY} AS RECORD_KEY,
+              l.LBTESTCD || ' at ' || l.VISIT || ' (sample ' || coalesce(l.LBDAT::VARCHAR, 'undated') || ', result '
+              || coalesce(l.LBORRES::VARCHAR, 'blank') || coalesce(' ' || l.LBORRESU, '') || '): normal range lower limit '
+              || l.LBORNRLO || ' above upper limit ' || l.LBORNRHI AS DETAIL
+           FROM stage.lb l
+           WHERE TRY_CAST(l.LBORNRLO AS DOUBLE) > TRY_CAST(l.LBORNRHI AS DOUBLE)""",
+    ),
     # ---- PK
     Rule(
         "XF-PC-NO-TIMEPOINT",
@@ -355,6 +449,22 @@ RULES: tuple[Rule, ...] = (
            FROM stage.pc p JOIN stage.inf i USING (SUBJID)
            LEFT JOIN (SELECT unnest($visit_ids) AS VISIT, unnest($visit_days) AS VISITDY) v ON v.VISIT = p.PCTPT
            WHERE p.PCDAT > i.EXSTDAT AND (v.VISITDY IS NULL OR v.VISITDY < 0)""",
+    ),
+    Rule(
+        "XF-PC-BEFORE-INFUSION",
+        "WARN",
+        "pc",
+        "analysis/pharmacokinetics",
+        "A PK sample with a post-infusion nominal time point (a visit with a protocol day > 0) is not dated "
+        "before the infusion day (the mirror of XF-PC-NO-TIMEPOINT): the analysis would take it as a "
+        "pre-infusion level.",
+        # Keyed by the time point (the form key): the date is what is most likely corrected.
+        f"""SELECT p.SUBJID, {_PC_KEY} AS RECORD_KEY,
+              'PK sample ' || p.PCTPT || ' (protocol day ' || v.VISITDY || ') dated ' || p.PCDAT
+              || ', before infusion ' || i.EXSTDAT || ' (day ' || (p.PCDAT - i.EXSTDAT) || ')' AS DETAIL
+           FROM stage.pc p JOIN stage.inf i USING (SUBJID)
+           JOIN (SELECT unnest($visit_ids) AS VISIT, unnest($visit_days) AS VISITDY) v ON v.VISIT = p.PCTPT
+           WHERE p.PCDAT < i.EXSTDAT AND v.VISITDY > 0""",
     ),
     Rule(
         "XF-PC-SAME-DAY",
@@ -429,6 +539,8 @@ def rule_parameters(cfg: StudyConfig) -> dict[str, object]:
         "dose_tolerance": cfg.escalation.dose_tolerance,
         "visit_ids": [v.id for v in cfg.visits],
         "visit_days": [v.day for v in cfg.visits],
+        # A form the study does not collect (configuration forms:) is loaded empty: as in ADSL, not required.
+        **{f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")},
         "death_causes_not_ae": [c.strip().upper() for c in cfg.safety.death_causes_not_ae],
     }
 

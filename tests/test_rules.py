@@ -112,6 +112,19 @@ BREAKING = [
          (("01-001", ""),), "not enrolled with a dose level"),
     Case("XF-INF-NOT-ENROLLED", ("UPDATE stage.enrol SET ENRLYN = 'N' WHERE SUBJID = '01-003'",),
          (("01-003", ""),), id="enrlyn-n"),
+    # Enrolled, not infused (leukapheresis not done), dose level blank.
+    Case("XF-ENROL-NO-DOSE", ("UPDATE stage.enrol SET DOSELVL = NULL WHERE SUBJID = '01-004'",),
+         (("01-004", ""),), "enrolled (ENRLYN = Y, enrolment date 2024-08-18, consent 2024-08-11) without an assigned "
+         "dose level (DOSELVL blank)"),
+    Case("XF-INF-NO-PRIOR-STEP", ("UPDATE stage.apher SET PRYN = 'N' WHERE SUBJID = '01-001'",),
+         (("01-001", ""),), "infused on 2024-07-22 but leukapheresis not done (apher PRYN = N)"),
+    Case("XF-INF-NO-PRIOR-STEP",
+         ("DELETE FROM stage.apher WHERE SUBJID = '01-001'",
+          "UPDATE stage.mfg SET RELSTAT = 'FAILED' WHERE SUBJID = '01-003'",
+          "DELETE FROM stage.ld WHERE SUBJID = '01-003'",
+          "DELETE FROM stage.mfg WHERE SUBJID = '01-005'"),
+         (("01-001", ""), ("01-003", ""), ("01-005", "")), "infused on 2024-07-22 but no leukapheresis record (apher)",
+         id="missing-records-and-failed-release"),
     Case("XF-CHRON-CONSENT-APHER",
          ("UPDATE stage.enrol SET RFICDAT = DATE '2024-06-30' WHERE SUBJID = '01-001'",),
          (("01-001", ""),), "leukapheresis 2024-06-29 before informed consent 2024-06-30"),
@@ -119,6 +132,13 @@ BREAKING = [
          (("01-001", ""),), "lymphodepletion start 2024-07-17 before leukapheresis 2024-07-18"),
     Case("XF-CHRON-LD-INF", ("UPDATE stage.inf SET EXSTDAT = DATE '2024-07-19' WHERE SUBJID = '01-001'",),
          (("01-001", ""),), "infusion 2024-07-19 not after lymphodepletion end 2024-07-19"),
+    Case("XF-CHRON-INF-EOS", ("UPDATE stage.ds SET DSSTDAT = DATE '2024-08-26' WHERE SUBJID = '01-003'",),
+         (("01-003", ""),), "end of study 2024-08-26 (PROGRESSIVE DISEASE) before infusion 2024-08-27"),
+    Case("XF-DS-DEATH-DATE", ("UPDATE stage.ds SET DTHDAT = NULL WHERE SUBJID = '01-001'",),
+         (("01-001", ""),), "disposition DEATH (end of study 2024-08-16) without a date of death (DTHDAT)"),
+    Case("XF-DS-DEATH-DATE", ("UPDATE stage.ds SET DTHDAT = DATE '2024-12-04' WHERE SUBJID = '01-003'",),
+         (("01-003", ""),), "date of death 2024-12-04 recorded with disposition PROGRESSIVE DISEASE (end of study "
+         "2024-12-04), not DEATH", id="death-date-other-disposition"),
     Case("XF-CHRON-AFTER-DEATH", ("UPDATE stage.cm SET CMSTDAT = '2024-09' WHERE SUBJID = '01-001' AND CMSPID = 1",),
          (("01-001", "cm CMSPID=1"),), "CMSTDAT 2024-09 after death on 2024-08-16"),
     Case("XF-CHRON-AFTER-DEATH",
@@ -163,10 +183,16 @@ BREAKING = [
          (("01-001", "AESPID=5"),), "ICANS AE 5 graded 1 by the investigator, 3 by ASTCT"),
     Case("XF-PC-NO-TIMEPOINT", ("UPDATE stage.pc SET PCTPT = 'LEUKAPHERESIS' WHERE SUBJID = '01-001' AND PCTPT = 'D7'",),
          (("01-001", "PCDAT=2024-07-29"),), "PK sample of 2024-07-29 (day 7) has time point LEUKAPHERESIS"),
+    Case("XF-PC-BEFORE-INFUSION", ("UPDATE stage.pc SET PCDAT = DATE '2024-07-19' WHERE SUBJID = '01-001' AND PCTPT = 'D7'",),
+         (("01-001", "PCTPT=D7"),), "PK sample D7 (protocol day 7) dated 2024-07-19, before infusion 2024-07-22 (day -3)"),
     # The D7 sample dated on D4's date: two levels at NCA time 4 (derive does not fail: tests/test_pk_not_derived.py).
     Case("XF-PC-SAME-DAY", ("UPDATE stage.pc SET PCDAT = PCDAT - 3 WHERE SUBJID = '01-001' AND PCTPT = 'D7'",),
          (("01-001", "PCDAT=2024-07-26"),),
          "PK samples D4, D7 share the date 2024-07-26 (day 4, NCA time 4): the NCA takes one sample per day"),
+    Case("XF-LB-RANGE-INVERTED",
+         ("UPDATE stage.lb SET LBORNRLO = 50, LBORNRHI = 9 WHERE SUBJID = '01-001' AND VISIT = 'D7' AND LBTESTCD = 'ALT'",),
+         (("01-001", "VISIT=D7, LBTESTCD=ALT"),),
+         "ALT at D7 (sample 2024-07-29, result 34.0 U/L): normal range lower limit 50.0 above upper limit 9.0"),
     Case("XF-ELIG-DEVIATION",
          ("UPDATE stage.lb SET LBORRES = 1.2 WHERE SUBJID = '01-001' AND VISIT = 'SCREENING' AND LBTESTCD = 'NEUT'",),
          (("01-001", "CRIT=ANC"),), "inclusion criterion ANC (ANC >= 1.5 x10^9/L): screening value"),
@@ -191,6 +217,19 @@ PASSING = [
          id="partial-month-of-death"),
     Case("XF-CHRON-AFTER-DEATH", ("UPDATE stage.ae SET AEENDAT = '2024-08-16' WHERE SUBJID = '01-001' AND AESPID = 1",),
          id="ends-on-day-of-death"),
+    Case("XF-ENROL-NO-DOSE", ("UPDATE stage.enrol SET ENRLYN = 'N', DOSELVL = NULL WHERE SUBJID = '01-004'",),
+         id="not-enrolled"),
+    # An out-of-specification product released for infusion counts (as in ADSL).
+    Case("XF-INF-NO-PRIOR-STEP", ("UPDATE stage.mfg SET RELSTAT = 'OUT OF SPECIFICATION' WHERE SUBJID = '01-001'",),
+         id="out-of-specification"),
+    Case("XF-CHRON-INF-EOS", ("UPDATE stage.ds SET DSSTDAT = DATE '2024-08-27' WHERE SUBJID = '01-003'",),
+         id="end-on-infusion-day"),
+    Case("XF-DS-DEATH-DATE", ("UPDATE stage.ds SET DSDECOD = 'DEATH', DTHDAT = DATE '2024-12-04', "
+                              "DTHCAUS = 'Disease progression' WHERE SUBJID = '01-003'",), id="death-with-date"),
+    Case("XF-LB-RANGE-INVERTED",
+         ("UPDATE stage.lb SET LBORNRLO = 50, LBORNRHI = 50 WHERE SUBJID = '01-001' AND VISIT = 'D7' AND LBTESTCD = 'ALT'",
+          "UPDATE stage.lb SET LBORNRLO = NULL WHERE SUBJID = '01-001' AND VISIT = 'D7' AND LBTESTCD = 'AST'"),
+         id="equal-limits-or-one-missing"),
     Case("XF-LD-DOSE", ("UPDATE stage.ld SET EXDOSE = 27.0 WHERE SUBJID = '01-001' AND EXTRT = 'FLUDARABINE'",
                         "UPDATE stage.ld SET EXDOSE = 330.0, EXDOSU = 'MG/M2' WHERE SUBJID = '01-001' AND EXTRT = 'CYCLOPHOSPHAMIDE'"),
          id="exactly-10-percent"),
@@ -209,6 +248,9 @@ PASSING = [
     Case("XF-PC-NO-TIMEPOINT", ("UPDATE stage.pc SET PCTPT = 'LEUKAPHERESIS' WHERE SUBJID = '01-001' AND PCTPT = 'D0'",),
          id="infusion-day-sample"),
     # A second sample of one date without a result: the NCA drops the missing level, nothing collides.
+    # A day-0 sample dated the day before infusion (pre-dose): not a post-infusion time point.
+    Case("XF-PC-BEFORE-INFUSION", ("UPDATE stage.pc SET PCDAT = DATE '2024-07-21' WHERE SUBJID = '01-001' AND PCTPT = 'D0'",),
+         id="day-0-sample-day-before"),
     Case("XF-PC-SAME-DAY", ("UPDATE stage.pc SET PCDAT = PCDAT - 3, PCORRES = NULL, PCBLQ = NULL "
                             "WHERE SUBJID = '01-001' AND PCTPT = 'D7'",), id="second-sample-without-result"),
     Case("XF-ELIG-DEVIATION",
@@ -295,6 +337,24 @@ def test_thresholds_come_from_the_study_configuration(broken, cfg):
     con = broken("UPDATE stage.inf SET EXDOSE = 7.5e8 WHERE SUBJID = '01-001'")
     assert run_rule(con, RULES_BY_ID["XF-DOSE-TOLERANCE"], cfg)
     assert run_rule(con, RULES_BY_ID["XF-DOSE-TOLERANCE"], looser) == []
+
+
+def test_forms_not_collected_are_not_required(broken, cfg):
+    """XF-INF-NO-PRIOR-STEP asks for leukapheresis, release and lymphodepletion only where the study
+    collects the form (configuration forms:), as ADSL's population flags do."""
+    rule = RULES_BY_ID["XF-INF-NO-PRIOR-STEP"]
+    edits = ("DELETE FROM stage.apher", "DELETE FROM stage.mfg", "DELETE FROM stage.ld")
+    con = broken(*edits)
+    infused = [(s, "") for (s,) in con.execute("SELECT SUBJID FROM stage.inf ORDER BY SUBJID").fetchall()]
+    failing = run_rule(con, rule, cfg)
+    assert [(s, k) for s, k, _ in failing] == infused
+    assert "no leukapheresis record (apher); no product release record (mfg); no lymphodepletion record (ld)" in failing[0][2]
+    not_collected = cfg.model_copy(update={"forms": [f.id for f in FORMS if f.id not in ("apher", "mfg", "ld")]})
+    con = broken(*edits, config=not_collected)
+    assert run_rule(con, rule, not_collected) == []
+    only_ld = cfg.model_copy(update={"forms": [f.id for f in FORMS if f.id not in ("apher", "mfg")]})
+    assert [d for _, _, d in run_rule(con, rule, only_ld)][0].endswith(
+        "but no lymphodepletion record (ld)")
 
 
 def test_rules_paste_no_protocol_values(cfg):
