@@ -310,6 +310,10 @@ def form_completeness_rows(con: duckdb.DuckDBPyConnection, expected_forms: dict[
         "SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
     if ("raw", "quarantine") not in have or ("analysis", "adsl") not in have:
         return []
+    # Records the analysis leaves out as dated after the cut-off (clinical/datacut.py).
+    cut = ("cut", "after_cut") in have
+    after_cut = ("(SELECT count(*) FROM cut.after_cut c WHERE c.FORM = ? AND c.ACTION LIKE 'not analysed%')"
+                 if cut else "NULL::BIGINT")
     parts, params = [], []
     for n, form in enumerate(FORM_IDS, start=1):
         if ("raw", form) not in have or ("stage", form) not in have:
@@ -324,9 +328,10 @@ def form_completeness_rows(con: duckdb.DuckDBPyConnection, expected_forms: dict[
             SELECT {n} AS FORMN, ?::VARCHAR AS FORM, ?::VARCHAR AS POPULATION,
                    (SELECT count(*) FROM raw.{form}) AS RECEIVED, (SELECT count(*) FROM stage.{form}) AS ACCEPTED,
                    (SELECT count(DISTINCT line) FROM raw.quarantine q WHERE q.form = ?) AS QUARANTINED,
+                   {after_cut} AS AFTER_CUT,
                    (SELECT count(DISTINCT SUBJID) FROM stage.{form}) AS SUBJECTS,
                    {expected} AS EXPECTED, {with_rec} AS EXPECTED_WITH""")
-        params += [form, flag, form]
+        params += [form, flag, form] + ([form] if cut else [])
     if not parts:
         return []
     return _rows(con, " UNION ALL ".join(parts) + " ORDER BY FORMN", params)
@@ -1059,7 +1064,8 @@ def layout_form_completeness(t: ReportTables) -> DisplayTable:
     for r in t.form_completeness:
         exp = r["EXPECTED"]
         rows.append([
-            f"{titles.get(r['FORM'], r['FORM'])} ({r['FORM']})", r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"], r["SUBJECTS"],
+            f"{titles.get(r['FORM'], r['FORM'])} ({r['FORM']})", r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"],
+            r["AFTER_CUT"], r["SUBJECTS"],
             POPULATION_LABELS.get(r["POPULATION"], "") if r["POPULATION"] else "(none)",
             exp,
             "" if exp is None else fmt_npct(r["EXPECTED_WITH"], pct_half_up(r["EXPECTED_WITH"], exp)) if exp else "",
@@ -1067,14 +1073,15 @@ def layout_form_completeness(t: ReportTables) -> DisplayTable:
     return DisplayTable(
         id="form_completeness",
         title="Form completeness at the data cut-off",
-        columns=["Form", "Records received", "Accepted", "Quarantined", "Participants with a record",
+        columns=["Form", "Records received", "Accepted", "Quarantined", "After the cut-off", "Participants with a record",
                  "Expected of", "Expected (n)", "Expected with a record"],
         rows=rows,
         footnote="Records received: rows of the export file; accepted: rows that passed ingest; quarantined: rows "
-        "held back with a reason (the data-queries workbook lists them). Expected of: the population (ADSL flag, "
+        "held back with a reason (the data-queries workbook lists them); after the cut-off: accepted records dated "
+        "after the data cut-off, not analysed in this report (cut.after_cut). Expected of: the population (ADSL flag, "
         "study configuration data_quality.expected_forms) that should have at least one record of the form by "
         "the data cut; forms without one (adverse events, medications, disposition) are counted only. "
-        "Sources: raw.<form>, stage.<form>, raw.quarantine, analysis.adsl.",
+        "Sources: raw.<form>, stage.<form>, raw.quarantine, cut.after_cut, analysis.adsl.",
         sheet="Form completeness",
         empty_text="Form counts are not available in this database.",
     )

@@ -335,11 +335,18 @@ def test_form_completeness_counts_expected_participants_without_a_record():
     con.execute("""CREATE TABLE raw.quarantine AS SELECT * FROM (VALUES ('apher', 3, 'R1'), ('apher', 3, 'R2'))
                    t(form, line, rule)""")
     rows = form_completeness_rows(con, {"apher": "ENRLFL"})
-    assert [(r["FORM"], r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"], r["SUBJECTS"], r["EXPECTED"], r["EXPECTED_WITH"])
-            for r in rows] == [("apher", 2, 1, 1, 1, 2, 1), ("ae", 1, 1, 0, 1, None, None)]
+    assert [(r["FORM"], r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"], r["AFTER_CUT"], r["SUBJECTS"], r["EXPECTED"],
+             r["EXPECTED_WITH"]) for r in rows] == [("apher", 2, 1, 1, None, 1, 2, 1), ("ae", 1, 1, 0, None, 1, None, None)]
     d = layout_form_completeness(_tables(form_completeness=rows))
-    assert d.rows[0] == ["Leukapheresis (apher)", 2, 1, 1, 1, "Enrolled", 2, "1 (50.0%)"]
-    assert d.rows[1][5:] == ["(none)", None, ""]
+    assert d.rows[0] == ["Leukapheresis (apher)", 2, 1, 1, None, 1, "Enrolled", 2, "1 (50.0%)"]
+    assert d.rows[1][6:] == ["(none)", None, ""]
+    # The records the data cut leaves out (clinical/datacut.py), per form: an AE after the cut-off.
+    con.execute("CREATE SCHEMA cut")
+    con.execute("""CREATE TABLE cut.after_cut AS SELECT * FROM (VALUES
+                     ('ae', 'not analysed: dated after the data cut-off'),
+                     ('ae', 'blank at the cut: AEENDAT after the data cut-off')) t(FORM, ACTION)""")
+    assert [(r["FORM"], r["AFTER_CUT"]) for r in form_completeness_rows(con, {"apher": "ENRLFL"})] == [
+        ("apher", 0), ("ae", 1)]
     with pytest.raises(ValueError, match="unknown flag"):
         form_completeness_rows(con, {"apher": "ENRLFL'; DROP TABLE x; --"})
 
