@@ -158,9 +158,9 @@ RULES: tuple[Rule, ...] = (
         "inf",
         "analysis/adsl",
         "An infused participant has a leukapheresis done (apher PRYN = Y), a product release with status "
-        "RELEASED or OUT OF SPECIFICATION (mfg RELSTAT) and a lymphodepletion record (ld): the population "
-        "flags of the participant flow rest on these records. A form the study does not collect "
-        "(configuration forms:) is not required, as in ADSL.",
+        "RELEASED or OUT OF SPECIFICATION (mfg RELSTAT) and a lymphodepletion record (ld). ADSL keeps an "
+        "infused participant in the flow and the safety population without them, so this query is what asks "
+        "for the record. A form the study does not collect (configuration forms:) is not required, as in ADSL.",
         # $<form>_collected: as ADSL's population flags (clinical.adsl.build_adsl).
         """SELECT SUBJID, '' AS RECORD_KEY,
               'infused on ' || EXSTDAT || ' but ' || MISSING AS DETAIL
@@ -237,8 +237,9 @@ RULES: tuple[Rule, ...] = (
         "ds",
         "analysis/adsl",
         "A disposition of death (DSDECOD = DEATH) has a date of death (DTHDAT), and a date of death is "
-        "recorded only with the disposition DEATH (the death date and the end-of-study status of the analysis "
-        "come from these two fields).",
+        "recorded only with the disposition DEATH. ADSL counts a death without its date with the end-of-study "
+        "date (DTHDTSRC = DS.DSSTDAT); a date of death with another disposition gives a death date and an "
+        "end-of-study status that disagree.",
         """SELECT d.SUBJID, '' AS RECORD_KEY,
               CASE WHEN d.DSDECOD = 'DEATH'
                    THEN 'disposition DEATH (end of study ' || coalesce(d.DSSTDAT::VARCHAR, 'blank')
@@ -421,18 +422,23 @@ RULES: tuple[Rule, ...] = (
     ),
     # ---- labs (guard ADLB: CTCAE grades and x ULN use the lab's own normal range)
     Rule(
-        "XF-LB-RANGE-INVERTED",
+        "XF-LB-RANGE-ORDER",
         "WARN",
         "lb",
         "analysis/adlb",
-        "A lab normal range's lower limit (LBORNRLO) is not above its upper limit (LBORNRHI): the grades "
-        "and the x ULN values derived from an inverted range are wrong.",
+        "A lab normal range can be one: its lower limit (LBORNRLO) is not above its upper limit (LBORNRHI) "
+        "and the upper limit is above 0. ADLB grades no result against a range that cannot be one (no "
+        "CTCAE grade until the range is corrected).",
+        # The same condition as ADLB's (clinical/adlb.py GLO/GHI), so every ungraded range is queried.
         f"""SELECT l.SUBJID, {_LB_KEY} AS RECORD_KEY,
               l.LBTESTCD || ' at ' || l.VISIT || ' (sample ' || coalesce(l.LBDAT::VARCHAR, 'undated') || ', result '
-              || coalesce(l.LBORRES::VARCHAR, 'blank') || coalesce(' ' || l.LBORRESU, '') || '): normal range lower limit '
-              || l.LBORNRLO || ' above upper limit ' || l.LBORNRHI AS DETAIL
+              || coalesce(l.LBORRES::VARCHAR, 'blank') || coalesce(' ' || l.LBORRESU, '') || '): normal range '
+              || CASE WHEN l.LBORNRLO::DOUBLE > l.LBORNRHI::DOUBLE
+                      THEN 'lower limit ' || l.LBORNRLO || ' above upper limit ' || l.LBORNRHI
+                      ELSE 'upper limit ' || l.LBORNRHI || ' not above 0 (lower limit '
+                           || coalesce(l.LBORNRLO::VARCHAR, 'blank') || ')' END AS DETAIL
            FROM stage.lb l
-           WHERE TRY_CAST(l.LBORNRLO AS DOUBLE) > TRY_CAST(l.LBORNRHI AS DOUBLE)""",
+           WHERE l.LBORNRLO::DOUBLE > l.LBORNRHI::DOUBLE OR l.LBORNRHI::DOUBLE <= 0""",
     ),
     # ---- PK
     Rule(
