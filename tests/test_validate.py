@@ -28,14 +28,12 @@ if str(TESTS) not in sys.path:
 
 from test_rules import CUT, EXPORT_ID, STUDY, build_fixture_db, derive  # noqa: E402
 
-# Two failing WARN rules of derive_rules: an AE without its MedDRA codes (one record), and two PK
+# Three failing WARN rules of derive_rules: an AE without its MedDRA codes (one record), and two PK
 # samples of one date with time points that are not post-infusion (two records of XF-PC-NO-TIMEPOINT,
-# keyed by the sample date: one record key). The participant's lymphodepletion is not entered yet,
-# so they are outside the safety population and their samples outside the NCA (which refuses two
-# samples at one time).
+# keyed by the sample date: one record key), which the NCA cannot take either (XF-PC-SAME-DAY: that
+# participant's PK parameters are not derived, the rest are).
 EDITS = (
     "UPDATE stage.ae SET AEBODSYS = NULL WHERE SUBJID = '01-001' AND AESPID = 4",
-    "DELETE FROM stage.ld WHERE SUBJID = '01-001'",
     "UPDATE stage.pc SET PCTPT = 'LEUKAPHERESIS' WHERE SUBJID = '01-001' AND PCTPT = 'D7'",
     "UPDATE stage.pc SET PCTPT = 'SCREENING', PCDAT = '2024-07-29' WHERE SUBJID = '01-001' AND PCTPT = 'D10'",
 )
@@ -104,7 +102,8 @@ def test_derive_rules_warn_checks_agree_with_the_query_table(trial):
         assert result.severity == dg.AssetCheckSeverity.WARN
         assert result.passed == (rule.id not in queries), rule.id
         assert {(r["SUBJID"], r["RECORD_KEY"]) for r in first} == {(s, k) for s, k, _ in queries.get(rule.id, [])}, rule.id
-    assert {rid for rid, q in queries.items() if RULES_BY_ID.get(rid) in warn} == {"XF-AE-NOT-CODED", "XF-PC-NO-TIMEPOINT"}
+    assert {rid for rid, q in queries.items() if RULES_BY_ID.get(rid) in warn} == {
+        "XF-AE-NOT-CODED", "XF-PC-NO-TIMEPOINT", "XF-PC-SAME-DAY"}
 
 
 def test_a_failing_warn_rule_has_the_same_count_in_the_check_and_the_table(trial):
