@@ -322,13 +322,7 @@ def _checks(form: Form, settings: IngestSettings, has_study: bool) -> tuple[list
             params["markup"] = MARKUP_TEXT
             add(f.name, "TEXT-MARKUP", f"regexp_matches({col}, $markup)",
                 f"{f.label}: contains HTML markup or script")
-    key = ", ".join(f'"{k}"' for k in form.key)
-    n = len(checks)
-    params[f"m{n}"] = f"key ({', '.join(form.key)}) occurs on more than one row"
-    checks.append(
-        f"SELECT _line, \"SUBJID\", '{'+'.join(form.key)}', 'DUPLICATE-KEY', concat_ws('|', {key}), $m{n} "
-        f"FROM (SELECT *, count(*) OVER (PARTITION BY {key}) AS k FROM {table}) WHERE k > 1"
-    )
+    checks.append(_duplicate_check(form, table, params, len(checks)))
     if has_study and "STUDYID" not in {f.name for f in form.fields}:
         n = len(checks)
         params[f"m{n}"] = f"record of another study (the study is {settings.study_id})"
@@ -338,6 +332,35 @@ def _checks(form: Form, settings: IngestSettings, has_study: bool) -> tuple[list
             f"FROM _src WHERE {STUDY} IS NOT NULL AND {STUDY} <> $study_id"
         )
     return checks, params
+
+
+def _duplicate_check(form: Form, table: str, params: dict[str, object], n: int) -> str:
+    """Rows sharing the form key. A row whose every loaded field equals an earlier row's (NULLs
+    equal; the provenance _export_id, _file and _line aside) is the same record exported again: the
+    first copy (lowest line) stays eligible for staging and each later copy is quarantined
+    DUPLICATE-RECORD, naming the line it copies. Rows that share the key with different content
+    (each record counted once) cannot be chosen between: every first copy is quarantined DUPLICATE-KEY.
+
+    The window over the key runs on every row, as it always did; the window over the content and the
+    count of records per key run only on the rows whose key occurs more than once."""
+    key = ", ".join(f'"{k}"' for k in form.key)
+    content = ", ".join(f'"{f.name}"' for f in form.loaded_fields)
+    params[f"m{n}"] = f"key ({', '.join(form.key)}) occurs on more than one row"
+    params[f"m{n}a"] = "exact copy of line "
+    params[f"m{n}b"] = "; the first copy is loaded"
+    params[f"m{n}c"] = "; not loaded: other rows with this key differ (DUPLICATE-KEY)"
+    # first_line: the lowest line with the row's content (PARTITION BY puts NULLs together: IS NOT
+    # DISTINCT FROM); records: the distinct contents (first copies) under the row's key.
+    return (
+        f"SELECT _line, \"SUBJID\", '{'+'.join(form.key)}', "
+        f"CASE WHEN _line > first_line THEN 'DUPLICATE-RECORD' ELSE 'DUPLICATE-KEY' END, concat_ws('|', {key}), "
+        f"CASE WHEN _line = first_line THEN $m{n} "
+        f"ELSE $m{n}a || first_line || CASE WHEN records > 1 THEN $m{n}c ELSE $m{n}b END END "
+        f"FROM (SELECT *, count(*) FILTER (WHERE _line = first_line) OVER (PARTITION BY {key}) AS records "
+        f"FROM (SELECT *, min(_line) OVER (PARTITION BY {content}) AS first_line "
+        f"FROM (SELECT *, count(*) OVER (PARTITION BY {key}) AS k FROM {table}) WHERE k > 1)) "
+        f"WHERE _line > first_line OR records > 1"
+    )
 
 
 def load_records(

@@ -239,18 +239,30 @@ def test_numbers_with_units_or_commas_are_quarantined(tmp_path):
 
 
 def test_duplicated_key_rows_are_all_quarantined(tmp_path):
-    same = "01-001,2025-03-01,DL1,500000000\n"
-    con, res = load(tmp_path, "inf", INF + same + same + "01-002,2025-03-02,DL1,500000000\n")
+    # Two different infusions under one key: we cannot choose, both are held.
+    con, res = load(tmp_path, "inf", INF + "01-001,2025-03-01,DL1,500000000\n01-001,2025-03-08,DL1,500000000\n"
+                    + "01-002,2025-03-02,DL1,500000000\n")
     assert (res.rows_received, res.rows_staged) == (3, 1)
     assert quarantined(con) == [(2, "SUBJID", "DUPLICATE-KEY"), (3, "SUBJID", "DUPLICATE-KEY")]
 
 
+def test_an_exactly_repeated_row_is_one_record(tmp_path):
+    # The same record exported twice: the first copy is staged, the copy quarantined (tests/test_ingest_duplicates.py).
+    same = "01-001,2025-03-01,DL1,500000000\n"
+    con, res = load(tmp_path, "inf", INF + same + same + "01-002,2025-03-02,DL1,500000000\n")
+    assert (res.rows_received, res.rows_staged) == (3, 2)
+    assert quarantined(con) == [(3, "SUBJID", "DUPLICATE-RECORD")]
+
+
 def test_same_subject_under_two_ids_whitespace(tmp_path):
-    # Leading/trailing spaces are trimmed, so " 01-001" is 01-001: a duplicate of it in a one-row-per-subject form.
+    # Leading/trailing spaces are trimmed, so " 01-001" is 01-001: the same key in a one-row-per-subject form
+    # (an exact copy of line 2 once trimmed; with other content, both rows would be DUPLICATE-KEY).
     row = "IM83,01,{},30,M,ASIAN,NOT HISPANIC OR LATINO,China\n"
     con, _ = load(tmp_path, "dm", DM + row.format("01-001") + row.format(" 01-001 ") + row.format("01- 002"))
-    assert quarantined(con) == [(2, "SUBJID", "DUPLICATE-KEY"), (3, "SUBJID", "DUPLICATE-KEY"), (4, "SUBJID", "SUBJID-VARIANT")]
+    assert quarantined(con) == [(3, "SUBJID", "DUPLICATE-RECORD"), (4, "SUBJID", "SUBJID-VARIANT")]
     assert "written with other case or spaces" in con.execute("SELECT message FROM raw.quarantine WHERE line = 4").fetchone()[0]
+    con, _ = load(tmp_path, "dm", DM + row.format("01-001") + row.format(" 01-001 ").replace(",30,", ",31,"))
+    assert quarantined(con) == [(2, "SUBJID", "DUPLICATE-KEY"), (3, "SUBJID", "DUPLICATE-KEY")]
 
 
 def test_same_subject_under_two_ids_case(tmp_path):
