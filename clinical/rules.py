@@ -617,7 +617,10 @@ INGEST_RULES: dict[str, tuple[Severity, str]] = {
     "INGEST-PII-IN-TEXT": ("WARN", ("Free text holds no direct identifier (ID-card number, phone number, e-mail): "
                                    "removed at ingest and quarantined.")),
     "INGEST-OTHER-STUDY": ("WARN", "A record belongs to this study (STUDYID); else quarantined."),
-    "INGEST-DUPLICATE-KEY": ("WARN", "The form key occurs on one record only; every record sharing a key is quarantined."),
+    "INGEST-DUPLICATE-KEY": ("WARN", ("The form key occurs on one record only; rows sharing a key with different "
+                                     "content are all quarantined (exact copies count once).")),
+    "INGEST-DUPLICATE-RECORD": ("WARN", ("A record is exported once: a later exact copy of a row (every loaded field "
+                                        "equal) is quarantined, the first copy loaded.")),
 }
 
 
