@@ -1073,11 +1073,11 @@ def layout_form_completeness(t: ReportTables) -> DisplayTable:
     return DisplayTable(
         id="form_completeness",
         title="Form completeness at the data cut-off",
-        columns=["Form", "Records received", "Accepted", "Quarantined", "After the cut-off", "Participants with a record",
+        columns=["Form", "Records received", "Accepted", "Quarantined", "After cut-off", "Participants with a record",
                  "Expected of", "Expected (n)", "Expected with a record"],
         rows=rows,
         footnote="Records received: rows of the export file; accepted: rows that passed ingest; quarantined: rows "
-        "held back with a reason (the data-queries workbook lists them); after the cut-off: accepted records dated "
+        "held back with a reason (the data-queries workbook lists them); after cut-off: accepted records dated "
         "after the data cut-off, not analysed in this report (cut.after_cut). Expected of: the population (ADSL flag, "
         "study configuration data_quality.expected_forms) that should have at least one record of the form by "
         "the data cut; forms without one (adverse events, medications, disposition) are counted only. "
