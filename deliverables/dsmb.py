@@ -181,6 +181,24 @@ def _changes_ask(changes: CutChanges | None) -> str | None:
     return "Review the changes since the previous data cut (section 2): " + "; ".join(changed) + "."
 
 
+# Forms whose quarantined records change who was infused, which AEs and which deaths are analysed.
+SAFETY_FORMS = ("inf", "ae", "ds")
+
+
+def _quarantine_ask(tables: ReportTables) -> str | None:
+    """A note when records of the safety forms are held in quarantine (not analysed until the site
+    answers the data query): the counts per form, from the form-completeness table."""
+    from clinical.crf import FORMS
+
+    titles = {f.id: f.title for f in FORMS}
+    held = [f"{titles[r['FORM']]}: {r['QUARANTINED']}" for r in tables.form_completeness
+            if r["FORM"] in SAFETY_FORMS and r["QUARANTINED"]]
+    if not held:
+        return None
+    return ("Note that records of the safety forms are held in quarantine and are not analysed in this report until "
+            f"the site answers the data query ({'; '.join(held)}; data quality section, data-queries workbook).")
+
+
 def _dsmb_asks(
     tables: ReportTables, figures: dict[str, Any], changes: CutChanges | None = None, session: str = "Closed"
 ) -> list[str]:
@@ -193,9 +211,9 @@ def _dsmb_asks(
         review += f" ({figures['Infused (safety population)']} participant(s) infused)"
     where = "listed below" if session == "Closed" else "summarised below (listed in the closed session report)"
     asks.append(review + f", in particular the dose-limiting toxicities, serious adverse events and deaths {where}.")
-    since = _changes_ask(changes)
-    if since:
-        asks.append(since)
+    for note in (_changes_ask(changes), _quarantine_ask(tables)):
+        if note:
+            asks.append(note)
     if d is None:
         asks.append("The escalation decision was not available for this report: no escalation step can be endorsed.")
     else:

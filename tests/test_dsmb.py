@@ -607,3 +607,21 @@ def test_pdfs_rendered_in_parallel_are_the_bytes_of_a_single_rendering(tables, c
     rendering = start_pdfs(jobs, DATA_CUT)
     rendering.kill()
     assert all(child.poll() is not None for _, child in rendering.children)
+
+
+def test_the_dsmb_is_told_when_safety_records_are_held_in_quarantine(tables, cfg):
+    """An infusion, AE or disposition record in quarantine changes who was infused, which AEs and which
+    deaths are analysed: the summary's requests say how many per form; other forms do not."""
+    from dataclasses import replace
+
+    from deliverables.dsmb import _quarantine_ask
+
+    assert _quarantine_ask(tables) is None  # the demo holds nothing back
+    held = [{"FORMN": n, "FORM": form, "POPULATION": None, "RECEIVED": 9, "ACCEPTED": 9 - q, "QUARANTINED": q,
+             "AFTER_CUT": 0, "SUBJECTS": 3, "EXPECTED": None, "EXPECTED_WITH": None}
+            for n, (form, q) in enumerate((("lb", 5), ("inf", 1), ("ae", 2), ("ds", 0)), start=1)]
+    ask = _quarantine_ask(replace(tables, form_completeness=held))
+    assert ask == ("Note that records of the safety forms are held in quarantine and are not analysed in this report "
+                   "until the site answers the data query (CAR-T infusion: 1; Adverse events: 2; data quality "
+                   "section, data-queries workbook).")
+    assert ask in render_dsmb_html(replace(tables, form_completeness=held), cfg, DATA_CUT)
