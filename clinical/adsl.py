@@ -181,27 +181,31 @@ base AS (
   LEFT JOIN seen USING (SUBJID)
   LEFT JOIN ct ON ct.KEY = lower(dm.COUNTRY)
 ),
+-- Each step of the funnel reached on its own record. A stage whose form the study does not collect
+-- (configuration forms:) holds no one back.
+steps AS (
+  SELECT *,
+    DOSEP IS NOT NULL AND TRTSDT IS NOT NULL AS INF_,
+    PRYN = 'Y' OR NOT $apher_collected AS APH_,
+    MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected AS REL_,
+    LDSTDT IS NOT NULL OR NOT $ld_collected AS LD_
+  FROM base),
 flags AS (
   SELECT *,
     'Y' AS SCRNFL,
     CASE WHEN DOSEP IS NOT NULL THEN 'Y' ELSE 'N' END AS ENRLFL,
-    -- A stage whose form the study does not collect (configuration forms:) holds no one back. An
-    -- infused participant has been through every step before: a missing or failed record of one
-    -- (a query, XF rules) never takes them out of the safety population or the flow.
-    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected OR TRTSDT IS NOT NULL) THEN 'Y' ELSE 'N' END AS APHFL,
-    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected OR TRTSDT IS NOT NULL)
-              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected OR TRTSDT IS NOT NULL)
-         THEN 'Y' ELSE 'N' END AS MFGFL,
-    CASE WHEN DOSEP IS NOT NULL AND (PRYN = 'Y' OR NOT $apher_collected OR TRTSDT IS NOT NULL)
-              AND (MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected OR TRTSDT IS NOT NULL)
-              AND (LDSTDT IS NOT NULL OR NOT $ld_collected OR TRTSDT IS NOT NULL) THEN 'Y' ELSE 'N' END AS LDFL,
-    CASE WHEN DOSEP IS NOT NULL AND TRTSDT IS NOT NULL THEN 'Y' ELSE 'N' END AS SAFFL,
+    -- Cumulative; an infused participant has been through every step before: a missing or failed
+    -- record of one (a query: XF-INF-NO-PRIOR-STEP) never takes them out of the flow.
+    CASE WHEN DOSEP IS NOT NULL AND (INF_ OR APH_) THEN 'Y' ELSE 'N' END AS APHFL,
+    CASE WHEN DOSEP IS NOT NULL AND (INF_ OR (APH_ AND REL_)) THEN 'Y' ELSE 'N' END AS MFGFL,
+    CASE WHEN DOSEP IS NOT NULL AND (INF_ OR (APH_ AND REL_ AND LD_)) THEN 'Y' ELSE 'N' END AS LDFL,
+    CASE WHEN INF_ THEN 'Y' ELSE 'N' END AS SAFFL,
     CASE WHEN DLTDT IS NOT NULL THEN 'Y' ELSE 'N' END AS DLTFL,
     -- Last date the participant is known to be on study, used for window completion.
     least(coalesce(EOSDT, $cut), coalesce(DTHDT, $cut), $cut) AS ONSTDT
-  FROM base
+  FROM steps
 )
-SELECT * EXCLUDE (PRYN, ONSTDT, PKNQUANT, LASTASDT),
+SELECT * EXCLUDE (PRYN, ONSTDT, PKNQUANT, LASTASDT, INF_, APH_, REL_, LD_),
   CASE WHEN SAFFL = 'Y' AND DOSEA = DOSEP AND abs(DOSEDEV) <= $tolerance
             AND (DLTFL = 'Y' OR ONSTDT >= DLTWEND) THEN 'Y' ELSE 'N' END AS DLTEVLFL,
   CASE WHEN SAFFL = 'N' THEN 'Not infused'
@@ -221,6 +225,12 @@ ORDER BY SUBJID
 """.replace("<agegr1>", _agegr1_sql())
 
 
+def collected_params(cfg: StudyConfig) -> dict[str, bool]:
+    """$apher_collected, $mfg_collected, $ld_collected: whether the study collects the funnel's
+    forms (a form it does not collect is loaded empty and holds no one back)."""
+    return {f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")}
+
+
 def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.date) -> int:
     # Every derivation reads the forms as at the cut-off (cut.*), ADSL first.
     apply_data_cut(con, data_cut, cfg.data_cut.apply)
@@ -233,7 +243,7 @@ def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.da
             "tolerance": cfg.escalation.dose_tolerance,
             "highest": cfg.safety.date_imputation,
             "lloq": cfg.pk.lloq,
-            **{f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")},
+            **collected_params(cfg),
             **{f"age{i}": highest for i, (_, highest) in enumerate(AGE_GROUPS, start=1) if highest is not None},
             **{f"agegr{i}": label for i, (label, _) in enumerate(AGE_GROUPS, start=1)},
         },

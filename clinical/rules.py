@@ -37,7 +37,7 @@ from typing import Literal
 
 import duckdb
 
-from clinical.adsl import partial_range_sql
+from clinical.adsl import collected_params, partial_range_sql
 from clinical.crf import FORMS, Form, form
 from clinical.expectation_runner import REPO_ROOT, form_suite
 from clinical.study import StudyConfig
@@ -546,7 +546,7 @@ def rule_parameters(cfg: StudyConfig) -> dict[str, object]:
         "visit_ids": [v.id for v in cfg.visits],
         "visit_days": [v.day for v in cfg.visits],
         # A form the study does not collect (configuration forms:) is loaded empty: as in ADSL, not required.
-        **{f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")},
+        **collected_params(cfg),
         "death_causes_not_ae": [c.strip().upper() for c in cfg.safety.death_causes_not_ae],
     }
 
