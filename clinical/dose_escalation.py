@@ -48,6 +48,7 @@ def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[s
         variant=cfg.escalation.variant,
         require_six_at_mtd=cfg.escalation.require_six_at_mtd,
         cohort_size=cfg.escalation.cohort_size,
+        stop_at_two_dlts=cfg.escalation.stop_at_two_dlts,
     )
     determined = status.determined
     ids = cfg.dose_ids

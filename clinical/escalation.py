@@ -14,7 +14,9 @@ DLTs at ``d`` (the algorithm of ``escalation::three_plus_three``, ``R/three_plus
 at dose d               V1 ``escalation-only`` (Storer/Reiner)     V2 ``korn`` (Korn 1994, "6 at the MTD")
 ======================  ========================================  ========================================
 n < 3, or 3 < n < 6     stay at d, continue (cohort in progress;   same
-                        V5: even with >=2 DLT already, as in [S4])
+                        V5: even with >=2 DLT already, as in [S4];
+                        with ``stop_at_two_dlts``, >=2 DLT is
+                        x >= 2 below, as clinical practice has it)
 n = 3, x = 0            escalate to d+1; stop and recommend d if   same
                         d is the top dose (V3) or d+1 already has
                         >=6 treated or >=2 DLT
@@ -288,8 +290,12 @@ def recommend(
     variant: str = "escalation-only",
     require_six_at_mtd: bool = False,
     strict: bool = True,
+    stop_at_two_dlts: bool = False,
 ) -> Decision:
-    """The 3+3 decision after the given cohorts (see the rule table in the module docstring)."""
+    """The 3+3 decision after the given cohorts (see the rule table in the module docstring).
+
+    ``stop_at_two_dlts`` (V5): a dose with >= 2 DLTs exceeds the MTD at once, even when its cohort is
+    still in progress; by default the cohort continues, as in the R ``escalation`` package."""
     path = _as_cohorts(cohorts)
     _check_args(num_doses, variant)
     _check_range(path, num_doses)
@@ -298,7 +304,7 @@ def recommend(
         if problems:
             raise EscalationError(f"not a valid 3+3 path '{format_outcomes(path)}': " + "; ".join(problems))
     status = dose_status(path, num_doses)
-    decision = _three_plus_three(path, status, num_doses, variant)
+    decision = _three_plus_three(path, status, num_doses, variant, stop_at_two_dlts)
     if require_six_at_mtd and not decision.continue_trial and decision.next_dose is not None:
         n = status[decision.next_dose - 1].treated
         if n < MAX_PER_DOSE:
@@ -315,7 +321,9 @@ def recommend(
     return decision
 
 
-def _three_plus_three(path: list[Cohort], status: list[DoseStatus], num_doses: int, variant: str) -> Decision:
+def _three_plus_three(
+    path: list[Cohort], status: list[DoseStatus], num_doses: int, variant: str, stop_at_two_dlts: bool = False
+) -> Decision:
     # Mirrors escalation::three_plus_three (R/three_plus_three.R) branch by branch.
     if not path:
         return Decision(1, True, None, "no evaluable participants yet: start at dose 1")
@@ -362,6 +370,8 @@ def _three_plus_three(path: list[Cohort], status: list[DoseStatus], num_doses: i
     if n > MAX_PER_DOSE:
         raise BeyondThreePlusThree(f"dose {d} has {n} participants; the 3+3 rules stop at {MAX_PER_DOSE} per dose")
     if n < COHORT_SIZE or COHORT_SIZE < n < MAX_PER_DOSE:
+        if x >= 2 and stop_at_two_dlts:  # V5: >= 2 DLTs settle the dose; no one else is treated at it
+            return too_toxic()
         note = " (>=2 DLT already: the dose will exceed the MTD whatever the rest show)" if x >= 2 else ""
         return stay(f"cohort in progress: continue at dose {d}{note}")
     if n == COHORT_SIZE:
@@ -476,6 +486,7 @@ def decide_from_participants(
     require_six_at_mtd: bool = False,
     *,
     cohort_size: int = COHORT_SIZE,
+    stop_at_two_dlts: bool = False,
 ) -> EscalationStatus:
     """Escalation status from participant records.
 
@@ -501,7 +512,8 @@ def decide_from_participants(
     mature = pending == 0
     determined = True
     try:
-        decision = recommend(cohorts, num_doses, variant, require_six_at_mtd, strict=False)
+        decision = recommend(cohorts, num_doses, variant, require_six_at_mtd, strict=False,
+                             stop_at_two_dlts=stop_at_two_dlts)
     except BeyondThreePlusThree as exc:
         determined = False
         decision = Decision(None, False, None, _undetermined_reason(deviations, exc))

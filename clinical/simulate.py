@@ -1313,7 +1313,8 @@ class _Sim:
             else:
                 close = max(p.d0 for p in ev) + 7
             decision = recommend(parse_outcomes(" ".join(tokens)), self.nd, variant=cfg.escalation.variant,
-                                 require_six_at_mtd=cfg.escalation.require_six_at_mtd)
+                                 require_six_at_mtd=cfg.escalation.require_six_at_mtd,
+                                 stop_at_two_dlts=cfg.escalation.stop_at_two_dlts)
             decisions.append({
                 "cohort": cohort_no,
                 "outcomes": " ".join(tokens),

@@ -69,6 +69,10 @@ class Escalation(_Strict):
     cohort_size: int = Field(default=3, ge=1)
     max_per_dose: int = Field(default=6, ge=1)
     require_six_at_mtd: bool = False
+    # V5: a dose with >= 2 DLTs exceeds the MTD at once, its cohort in progress or not (clinical practice:
+    # no one else is treated at a dose already known to be too toxic). false: the cohort continues, as
+    # in the R escalation package.
+    stop_at_two_dlts: bool = True
     wait_for_window_close: bool = True
     dlt_window_days: int = Field(gt=0)
     dose_tolerance: float = Field(ge=0, lt=1)

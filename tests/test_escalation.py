@@ -619,3 +619,33 @@ def test_cli_no_strict_accepts_invalid_path(capsys):
     assert cli_escalate(["--doses", "5", "--no-strict", "1NNN 1NNN"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["next_dose"], out["continue"]) == (2, True)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "variant", "want"),
+    [
+        # (next dose, continue, MTD) with stop_at_two_dlts; the R escalation package continues the cohort.
+        ("1NNN 2TT", "escalation-only", (1, False, 1)),
+        ("1NNN 2NNT 2T", "escalation-only", (1, False, 1)),  # 2 DLTs among 4 at dose 2
+        ("1NNN 2TT", "korn", (1, True, None)),  # de-escalate to expand dose 1 (3 treated)
+        ("1TT", "escalation-only", (None, False, None)),  # the lowest dose: no dose recommended
+        ("1NNN 2NT", "escalation-only", (2, True, None)),  # one DLT: the cohort continues
+    ],
+)
+def test_two_dlts_settle_a_dose_at_once_when_the_study_says_so(outcomes, variant, want):
+    d = recommend(outcomes, 3, variant, strict=False, stop_at_two_dlts=True)
+    assert (d.next_dose, d.continue_trial, d.mtd) == want
+    if "2T" in outcomes and outcomes.count("T") >= 2 and variant == "escalation-only":
+        assert "exceeds the MTD" in d.reason
+        r = recommend(outcomes, 3, variant, strict=False)  # the package's rule: continue at dose 2
+        assert (r.next_dose, r.continue_trial) == (2, True)
+
+
+def test_two_dlts_among_four_evaluable_participants_stop_the_escalation():
+    """The QC case: 3NTN then a DLT in the expansion at the top dose -- no one else is treated at it."""
+    recs = [ParticipantOutcome(1, True, False, False, None, i) for i in range(3)]
+    recs += [ParticipantOutcome(2, True, False, False, None, 3 + i) for i in range(3)]
+    recs += [ParticipantOutcome(3, True, t, False, None, 6 + i) for i, t in enumerate((False, True, False, True))]
+    status = decide_from_participants(recs, 3, stop_at_two_dlts=True)
+    assert (status.decision.next_dose, status.decision.continue_trial, status.decision.mtd) == (2, False, 2)
+    assert decide_from_participants(recs, 3).decision.next_dose == 3  # the package's rule
