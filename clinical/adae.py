@@ -6,7 +6,9 @@
   (ASTDTF/AENDTF) names the highest component imputed ('D' day, 'M' month). The configuration's
   ``safety.date_imputation`` sets the highest level: 'M' (default, admiral's template) or 'D' (a
   year-only date stays missing, as in the CDISC pilot ADAE).
-- WORSTFL: the participant's worst-graded occurrence of each preferred term.
+- WORSTFL: the participant's worst-graded treatment-emergent occurrence of each preferred term
+  ('N' on every other record).
+- TRTEMFL is 'Y' or blank, as ADaM record-level flags are (population flags are 'Y'/'N').
 - RELFL: related to the product when the causality is among ``safety.related_values``, or missing
   (conservative, until the site answers the query).
 - ADY: protocol day relative to infusion, day 0 = infusion (CAR-T convention).
@@ -58,8 +60,9 @@ SELECT
        WHEN a.ASTDT >= a.ANCHOR AND ($end_days IS NULL OR a.ASTDT <= a.ANCHOR + $end_days) THEN 'Y'
        END AS TRTEMFL,
   CASE WHEN a.AEDLT = 'Y' AND a.ASTDT BETWEEN a.TRTSDT AND a.DLTWEND THEN 'Y' ELSE 'N' END AS DLTFL,
-  -- The participant's worst-graded occurrence of each preferred term (first by onset on ties).
-  CASE WHEN row_number() OVER (PARTITION BY a.SUBJID, coalesce(a.AEDECOD, a.AETERM)
+  -- The participant's worst-graded treatment-emergent occurrence of each preferred term (first by
+  -- onset on ties); TRTEMFL is the column above (DuckDB reads a select-list alias).
+  CASE WHEN TRTEMFL = 'Y' AND row_number() OVER (PARTITION BY a.SUBJID, coalesce(a.AEDECOD, a.AETERM), TRTEMFL
                                ORDER BY a.AETOXGR DESC, a.ASTDT NULLS LAST, a.AESPID) = 1
        THEN 'Y' ELSE 'N' END AS WORSTFL
 FROM a

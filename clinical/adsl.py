@@ -187,7 +187,8 @@ steps AS (
   SELECT *,
     DOSEP IS NOT NULL AND TRTSDT IS NOT NULL AS INF_,
     PRYN = 'Y' OR NOT $apher_collected AS APH_,
-    MFGSTAT IN ('RELEASED', 'OUT OF SPECIFICATION') OR NOT $mfg_collected AS REL_,
+    -- an out-of-specification product counts as released only once infused (INF_ below)
+    MFGSTAT = 'RELEASED' OR NOT $mfg_collected AS REL_,
     LDSTDT IS NOT NULL OR NOT $ld_collected AS LD_
   FROM base),
 flags AS (

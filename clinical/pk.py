@@ -7,9 +7,10 @@
            LLOQ; PCBLQ keeps what the site recorded.
   AVAL     PCORRES, 0 when BLQFL = 'Y' (NCA convention: BLQ = 0); NULL when no result.
   NCATIME  the time used by the NCA: ADY for samples on or after day 0. A participant without a
-           day-0 sample gets the last pre-infusion sample as the time-0 (pre-dose) level; other
-           pre-infusion samples are not used (an AUC from the first sample would otherwise start at
-           screening).
+           day-0 sample gets the last pre-infusion sample as the time-0 (pre-dose) level when it is
+           below the LLOQ (BLQFL = 'Y', as a pre-infusion CAR-T level should be); a quantifiable one
+           is not used, so it can never be the Cmax. Other pre-infusion samples are not used (an AUC
+           from the first sample would otherwise start at screening).
 ``analysis.adpp``: one row per participant with NCA samples and PARAMCD (CMAX, TMAX, AUC<window>,
 AUCLAST, TLAST, CLAST, LAMZ, THALF), AVAL (NULL when not estimable), AVALU, from
 :func:`clinical.nca.nca_table` with ``auc_method = pk.auc_method``, ``t_end = pk.auc_window_days``
@@ -54,7 +55,7 @@ f AS (
   FROM p)
 SELECT SUBJID, PCTPT, PCDAT, ADY, PCORRES, PCBLQ, BLQFL,
        CASE WHEN BLQFL = 'Y' THEN 0.0 ELSE PCORRES END AS AVAL, $unit AS AVALU, LLOQ,
-       CASE WHEN ADY >= 0 THEN ADY WHEN NOT HAS_D0 AND ADY = LAST_PRE THEN 0 END AS NCATIME,
+       CASE WHEN ADY >= 0 THEN ADY WHEN NOT HAS_D0 AND ADY = LAST_PRE AND BLQFL = 'Y' THEN 0 END AS NCATIME,
        TRTSDT, DOSEA, DOSEAN, PKEVLFL
 FROM f
 ORDER BY SUBJID, PCDAT

@@ -59,8 +59,8 @@ def _adae(con):
 
 def test_admiral_imputation_day_numbering_period_and_te_flag():
     got = _adae(_con(ROWS))
-    assert got[("01-001", 1)] == (D(2025, 2, 1), None, D(2025, 2, 3), None, -37, -37, "PRE-TREATMENT", None, "N", "N", "Y")
-    assert got[("01-001", 2)] == (D(2025, 3, 6), None, D(2025, 3, 7), None, -4, -4, "LYMPHODEPLETION", None, "N", "N", "Y")
+    assert got[("01-001", 1)] == (D(2025, 2, 1), None, D(2025, 2, 3), None, -37, -37, "PRE-TREATMENT", None, "N", "N", "N")
+    assert got[("01-001", 2)] == (D(2025, 3, 6), None, D(2025, 3, 7), None, -4, -4, "LYMPHODEPLETION", None, "N", "N", "N")
     # Infusion (2025-03-10) lies in March 2025: admiral's min_dates imputes the start to the infusion date.
     assert got[("01-001", 3)] == (D(2025, 3, 10), "D", None, None, 0, 1, "POST-INFUSION", "Y", "Y", "N", "N")
     assert got[("01-001", 4)] == (D(2025, 3, 12), None, D(2025, 3, 31), "D", 2, 3, "POST-INFUSION", "Y", "Y", "Y", "Y")

@@ -58,7 +58,8 @@ def test_the_demo_export_has_nothing_after_the_cut(con):
 
 def test_an_infusion_after_the_cut_off_is_not_in_the_cut(con):
     _derive(con)
-    subjid, _ = _infused(con)[0]
+    subjid = con.execute("SELECT SUBJID FROM analysis.adsl WHERE SAFFL = 'Y' AND MFGSTAT = 'RELEASED' "
+                         "ORDER BY TRTSDT DESC, SUBJID LIMIT 1").fetchone()[0]
     n_infused = len(_infused(con))
     con.execute("UPDATE stage.inf SET EXSTDAT = DATE '2026-01-05' WHERE SUBJID = ?", [subjid])
     _derive(con)
@@ -224,3 +225,34 @@ def test_a_lab_range_that_cannot_be_one_gives_no_grade(con, statement):
     grades = con.execute("SELECT DISTINCT ATOXGR FROM analysis.adlb WHERE SUBJID = ? AND PARAMCD = 'CREAT'",
                          [subjid]).fetchall()
     assert grades == [(None,)]
+
+
+def test_an_out_of_specification_product_counts_as_released_only_when_infused(con):
+    _derive(con)
+    infused, _ = _infused(con)[0]
+    waiting = con.execute(
+        "SELECT min(SUBJID) FROM analysis.adsl WHERE MFGFL = 'Y' AND SAFFL = 'N' AND MFGSTAT = 'RELEASED'").fetchone()[0]
+    con.execute("UPDATE stage.mfg SET RELSTAT = 'OUT OF SPECIFICATION' WHERE SUBJID IN (?, ?)", [infused, waiting])
+    _derive(con)
+    assert _adsl(con, infused, "MFGFL", "LDFL", "SAFFL") == ("Y", "Y", "Y")
+    assert _adsl(con, waiting, "MFGFL", "LDFL", "SAFFL") == ("N", "N", "N")
+
+
+def test_a_quantifiable_pre_infusion_level_is_never_the_cmax(con):
+    """Without a day-0 sample the last pre-infusion sample is the time-0 level only when below the LLOQ."""
+    from clinical.pk import build_pk
+
+    _derive(con)
+    subjid = con.execute("SELECT min(SUBJID) FROM analysis.adsl WHERE PKEVLFL = 'Y'").fetchone()[0]
+    # The day-0 sample becomes a quantifiable pre-infusion sample (leukapheresis, 3 days before).
+    con.execute("""UPDATE stage.pc SET PCTPT = 'LEUKAPHERESIS', PCDAT = PCDAT - 3, PCORRES = 99999, PCBLQ = 'N'
+                   WHERE SUBJID = ? AND PCTPT = 'D0'""", [subjid])
+    assert con.execute("SELECT count(*) FROM stage.pc WHERE SUBJID = ? AND PCORRES = 99999", [subjid]).fetchone()[0] == 1
+    _derive(con)
+    build_pk(con, CFG)
+    assert con.execute("SELECT count(*) FROM analysis.adpc WHERE SUBJID = ? AND ADY < 0 AND NCATIME IS NOT NULL",
+                       [subjid]).fetchone()[0] == 0
+    cmax, tmax = con.execute(
+        "SELECT max(AVAL) FILTER (WHERE PARAMCD = 'CMAX'), max(AVAL) FILTER (WHERE PARAMCD = 'TMAX') "
+        "FROM analysis.adpp WHERE SUBJID = ?", [subjid]).fetchone()
+    assert cmax < 99999 and tmax > 0
