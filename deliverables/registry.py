@@ -33,7 +33,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -2073,9 +2073,53 @@ def precheck(
                     where,
                     f"{total_ae} all-cause deaths among infused participants but {total_flow} 'Death' reasons in the participant flow",
                 )
+    _release_readiness(rs, cfg, add)
     return sorted(
         out, key=lambda f: (f.severity != "ERROR", f.rule, f.where, f.message)
     )
+
+
+# Contact details that cannot be real: reserved example domains, a run of zeros as the number.
+_PLACEHOLDER_EMAIL = re.compile(r"@(.+\.)?example\.(org|com|net)$", re.IGNORECASE)
+_PLACEHOLDER_PHONE = re.compile(r"0{6,}")
+
+
+def _release_readiness(rs: dict[str, Any], cfg: StudyConfig | None, add: Callable[[str, str, str, str], None]) -> None:
+    """What stops this draft from being released as it is, though PRS would accept it: placeholder
+    contact details and the draft's own notice (public text; a partial upload replaces these
+    sections in PRS), participants still on study at the cut (interim results; the record's status
+    must agree), and a STARTED total other than the record's planned enrolment."""
+    more = rs.get("moreInfoModule", {})
+    poc = more.get("pointOfContact") or {}
+    if _PLACEHOLDER_EMAIL.search(poc.get("email") or "") or _PLACEHOLDER_PHONE.search(poc.get("phone") or ""):
+        add("5", "WARNING", "More Information: Results Point of Contact",
+            f"placeholder contact ({poc.get('email')}, {poc.get('phone')}): enter the real one in the study "
+            "configuration (registry.point_of_contact) before upload; a partial upload replaces the contact in PRS")
+    lim = (more.get("limitationsAndCaveats") or {}).get("description") or ""
+    if lim.startswith("DRAFT"):
+        add("21", "WARNING", "More Information: Limitations and Caveats",
+            "holds this draft's notice ('DRAFT ... not reviewed or released'), which would be posted: replace it "
+            "with the study's limitations before upload")
+    flow = rs.get("participantFlowModule") or {}
+    ongoing = sum(
+        _int(r.get("numSubjects")) or 0
+        for p in flow.get("periods", []) for dw in p.get("dropWithdraws", [])
+        if dw.get("comment") == OTHER_COMMENTS["ONGOING AT DATA CUT"]
+        for r in dw.get("reasons", [])
+    )
+    if ongoing:
+        add("21", "WARNING", "Participant Flow",
+            f"{ongoing} participant(s) still on study at the data cut-off: these are interim results; the record's "
+            "overall status and completion date must agree before results are submitted")
+    started = sum(
+        _int(a.get("numSubjects")) or 0
+        for p in flow.get("periods", [])[:1] for m in p.get("milestones", []) if m.get("type") == "STARTED"
+        for a in m.get("achievements", [])
+    )
+    if cfg is not None and flow and started != cfg.study.planned_enrolment:
+        add("18", "WARNING", "Participant Flow",
+            f"total STARTED {started} differs from the planned enrolment {cfg.study.planned_enrolment} of the "
+            "record: the record's enrollment becomes the actual number when results are submitted")
 
 
 # --------------------------------------------------------------------------------------------------

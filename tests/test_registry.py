@@ -1265,6 +1265,39 @@ def test_precheck_clean_on_fixture(db):
     assert any(f.rule == "5" and "Certain Agreements" in f.message for f in findings)
 
 
+def test_precheck_says_what_stops_a_release(db):
+    """PRS accepts the draft, but it is not ready to upload: placeholder contact, the draft's own notice
+    in public text, participants still on study (interim results), STARTED other than the record's
+    planned enrolment. With real values none of these is reported."""
+    rs = build(db)
+    started = sum(int(a["numSubjects"]) for m in rs["participantFlowModule"]["periods"][0]["milestones"]
+                  if m["type"] == "STARTED" for a in m["achievements"])
+    ongoing = sum(int(r["numSubjects"]) for dw in rs["participantFlowModule"]["periods"][0]["dropWithdraws"]
+                  if dw.get("comment") == "Ongoing at data cut-off" for r in dw["reasons"])
+    got = {(f.rule, f.where): f.message for f in precheck(rs, [], cfg=CFG)}
+    assert got[("5", "More Information: Results Point of Contact")].startswith(
+        "placeholder contact (clinicaltrials@example.org, +86-10-00000000)")
+    assert "DRAFT" in got[("21", "More Information: Limitations and Caveats")]
+    assert got[("18", "Participant Flow")] == (
+        f"total STARTED {started} differs from the planned enrolment {CFG.study.planned_enrolment} of the record: "
+        "the record's enrollment becomes the actual number when results are submitted")
+    assert ongoing > 0
+    assert got[("21", "Participant Flow")].startswith(f"{ongoing} participant(s) still on study at the data cut-off")
+
+    real = CFG.model_copy(update={
+        "study": CFG.study.model_copy(update={"planned_enrolment": started}),
+        "registry": CFG.registry.model_copy(update={"point_of_contact": CFG.registry.point_of_contact.model_copy(
+            update={"email": "ct@sponsor.cn", "phone": "+86-10-12345678"})}),
+    })
+    final = build(db, real)
+    final["moreInfoModule"]["limitationsAndCaveats"]["description"] = "Small phase 1 sample."
+    for p in final["participantFlowModule"]["periods"]:
+        p["dropWithdraws"] = [dw for dw in p["dropWithdraws"] if dw.get("comment") != "Ongoing at data cut-off"]
+    wheres = {(f.rule, f.where) for f in precheck(final, [], cfg=real)}
+    assert not wheres & {("5", "More Information: Results Point of Contact"), ("18", "Participant Flow"),
+                         ("21", "More Information: Limitations and Caveats"), ("21", "Participant Flow")}
+
+
 def test_precheck_rule27_reasons_not_summing(db):
     con = duckdb.connect(str(db))
     con.execute(
