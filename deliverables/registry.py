@@ -2178,7 +2178,7 @@ Not reviewed; not for submission. Numbers come from the analysis tables shared w
 <table><tr><th></th>{% for g in b.groups %}<th>{{ g.title }}</th>{% endfor %}</tr>
 {% for d in b.denoms %}<tr><td>Overall Number of Baseline Participants ({{ d.units }})</td>{% for g in b.groups %}<td class="n">{{ cell(d.counts, g.id, 'value') }}</td>{% endfor %}</tr>{% endfor %}
 {% for m in b.measures %}
-<tr><th colspan="{{ b.groups|length + 1 }}">{{ m.title }} &mdash; {{ m.paramType }}{% if m.dispersionType %} ({{ m.dispersionType }}){% endif %}, {{ m.unitOfMeasure }}</th></tr>
+<tr><th colspan="{{ b.groups|length + 1 }}">{{ m.title }} &mdash; {{ m.paramType | prs }}{% if m.dispersionType %} ({{ m.dispersionType | prs }}){% endif %}, {{ m.unitOfMeasure }}</th></tr>
 {% for c in m.classes %}{% for cat in c.categories %}
 <tr><td>{{ c.title or '' }}{% if c.title and cat.title %} / {% endif %}{{ cat.title or '' }}</td>{% for g in b.groups %}<td class="n">{{ value(cat.measurements, g.id) }}</td>{% endfor %}</tr>
 {% endfor %}{% endfor %}
@@ -2190,10 +2190,10 @@ Not reviewed; not for submission. Numbers come from the analysis tables shared w
 {% if om %}
 <h2>Outcome Measures</h2>
 {% for m in om.outcomeMeasures %}
-<h3>{{ loop.index }}. {{ m.type }}: {{ m.title }}</h3>
+<h3>{{ loop.index }}. {{ m.type | prs }}: {{ m.title }}</h3>
 <dl><dt>Description</dt><dd>{{ m.description }}</dd><dt>Time Frame</dt><dd>{{ m.timeFrame }}</dd>
 <dt>Population</dt><dd>{{ m.populationDescription }}</dd>
-<dt>Measure type</dt><dd>{{ m.paramType }}{% if m.dispersionType %} ({{ m.dispersionType }}){% endif %}; unit {{ m.unitOfMeasure }}</dd></dl>
+<dt>Measure type</dt><dd>{{ m.paramType | prs }}{% if m.dispersionType %} ({{ m.dispersionType | prs }}){% endif %}; unit {{ m.unitOfMeasure }}</dd></dl>
 <table><tr><th></th>{% for g in m.groups %}<th>{{ g.title }}</th>{% endfor %}</tr>
 {% for d in m.denoms %}<tr><td>Number analysed ({{ d.units }})</td>{% for g in m.groups %}<td class="n">{{ cell(d.counts, g.id, 'value') }}</td>{% endfor %}</tr>{% endfor %}
 {% for c in m.classes %}{% for cat in c.categories %}<tr><td>{{ c.title or '' }}{{ cat.title or '' }}</td>{% for g in m.groups %}<td class="n">{{ value(cat.measurements, g.id) }}</td>{% endfor %}</tr>{% endfor %}{% endfor %}
@@ -2218,7 +2218,7 @@ Not reviewed; not for submission. Numbers come from the analysis tables shared w
 <table><tr><th>Organ system</th><th>Term</th>{% for g in ae.eventGroups %}<th>{{ g.title }}<br>affected/at risk (events)</th>{% endfor %}</tr>
 {% for e in events %}<tr><td>{{ e.organSystem }}</td><td>{{ e.term }}</td>{% for g in ae.eventGroups %}{% set s = stat(e.stats, g.id) %}<td class="n">{% if s %}{{ s.numAffected }}/{{ s.numAtRisk }}{% if s.numEvents is not none %} ({{ s.numEvents }}){% endif %}{% endif %}</td>{% endfor %}</tr>
 {% endfor %}</table>
-<p>Vocabulary: {{ events[0].sourceVocabulary }}; assessment: {{ events[0].assessmentType }}.</p>
+<p>Vocabulary: {{ events[0].sourceVocabulary }}; assessment: {{ events[0].assessmentType | prs }}.</p>
 {% else %}<p>None.</p>{% endif %}
 {% endfor %}
 {% endif %}
@@ -2265,6 +2265,9 @@ def _stat(stats: list[dict], group_id: str) -> dict | None:
 _ENV = jinja2.Environment(
     autoescape=True, undefined=jinja2.ChainableUndefined, keep_trailing_newline=True
 )
+# The draft shows the wording of the PRS screens a registry officer keys into, not the API codes.
+_PRS_WORDING = {**PARAM_DISPLAY, **BASELINE_DISPERSION_DISPLAY, **OUTCOME_TYPE_DISPLAY, **ASSESSMENT_DISPLAY}
+_ENV.filters["prs"] = lambda code: _PRS_WORDING.get(code, code)
 _HTML = _ENV.from_string(_TEMPLATE)
 
 

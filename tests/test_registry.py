@@ -1425,3 +1425,11 @@ def test_pipeline_database_draft(demo_run):
     assert sum(int(a["numSubjects"]) for a in started["achievements"]) == enrolled
     at_risk = [g["seriousNumAtRisk"] for g in rs["adverseEventsModule"]["eventGroups"]]
     assert at_risk == [infused[d.id] for d in CFG.dose_levels]
+
+
+def test_draft_shows_the_prs_screen_wording_not_api_codes(db):
+    html = render_draft_html(build(db), [], CFG, DATA_CUT)
+    for code, shown in (("COUNT_OF_PARTICIPANTS", "Count of Participants"), ("FULL_RANGE", "Full Range"),
+                        ("SYSTEMATIC_ASSESSMENT", "Systematic Assessment")):
+        assert code not in html and shown in html
+    assert "1. Primary: " in html and "PRIMARY:" not in html
