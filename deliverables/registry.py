@@ -270,11 +270,15 @@ def _anchor_text(cfg: StudyConfig) -> str:
     )
 
 
+def _last_visit_text(cfg: StudyConfig) -> str:
+    last = max((v for v in cfg.visits if v.day is not None), key=lambda v: v.day)
+    return f"{last.label}, Day {last.day}"
+
+
 def _follow_up_end_text(cfg: StudyConfig) -> str:
     if cfg.safety.treatment_emergent_end_days is not None:
         return f"Day {cfg.safety.treatment_emergent_end_days} after infusion"
-    last = max((v for v in cfg.visits if v.day is not None), key=lambda v: v.day)
-    return f"the end of protocol follow-up ({last.label}, Day {last.day})"
+    return f"the end of protocol follow-up ({_last_visit_text(cfg)})"
 
 
 def _dose_levels(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -334,11 +338,17 @@ def _flow_module(
             for d in doses
         ]
 
+    # What a milestone counts where its title does not say it all (ADSL's population flags).
+    comments = {
+        "released": "Includes an out-of-specification product that was infused.",
+        "completed": f"Completed protocol follow-up ({_last_visit_text(cfg)} after infusion).",
+    }
     milestones = [{"type": "STARTED", "achievements": achievements(n["enrolled"])}]
     for stage, title in CUSTOM_MILESTONES:
-        milestones.append({"type": title, "achievements": achievements(n[stage])})
+        milestones.append({"type": title, **({"comment": comments[stage]} if stage in comments else {}),
+                           "achievements": achievements(n[stage])})
     milestones.append(
-        {"type": "COMPLETED", "achievements": achievements(n["completed"])}
+        {"type": "COMPLETED", "comment": comments["completed"], "achievements": achievements(n["completed"])}
     )
     not_completed = {
         d["DOSE"]: n["enrolled"].get(d["DOSE"], 0) - n["completed"].get(d["DOSE"], 0)
@@ -2163,7 +2173,7 @@ Not reviewed; not for submission. Numbers come from the analysis tables shared w
 {% for p in pf.periods %}
 <h3>Period: {{ p.title }}</h3>
 <table><tr><th>Milestone</th>{% for g in pf.groups %}<th>{{ g.title }}</th>{% endfor %}</tr>
-{% for m in p.milestones %}<tr><td>{{ m.type }}</td>{% for g in pf.groups %}<td class="n">{{ cell(m.achievements, g.id, 'numSubjects') }}</td>{% endfor %}</tr>{% endfor %}
+{% for m in p.milestones %}<tr><td>{{ m.type }}{% if m.comment %}<br><small>{{ m.comment }}</small>{% endif %}</td>{% for g in pf.groups %}<td class="n">{{ cell(m.achievements, g.id, 'numSubjects') }}</td>{% endfor %}</tr>{% endfor %}
 </table>
 <table><tr><th>Reason not completed</th>{% for g in pf.groups %}<th>{{ g.title }}</th>{% endfor %}</tr>
 {% for dw in p.dropWithdraws %}<tr><td>{{ dw.type }}{% if dw.comment %}: {{ dw.comment }}{% endif %}</td>{% for g in pf.groups %}<td class="n">{{ cell(dw.reasons, g.id, 'numSubjects') }}</td>{% endfor %}</tr>{% endfor %}

@@ -1433,3 +1433,16 @@ def test_draft_shows_the_prs_screen_wording_not_api_codes(db):
                         ("SYSTEMATIC_ASSESSMENT", "Systematic Assessment")):
         assert code not in html and shown in html
     assert "1. Primary: " in html and "PRIMARY:" not in html
+
+
+def test_milestones_say_what_they_count(db):
+    """COMPLETED and 'Product released' carry the definition a reader needs, in the JSON and the PRS XML."""
+    rs = build(db)
+    got = {m["type"]: m.get("comment") for m in rs["participantFlowModule"]["periods"][0]["milestones"]}
+    assert got["COMPLETED"] == "Completed protocol follow-up (Month 12, Day 365 after infusion)."
+    assert got["Product released"] == "Includes an out-of-specification product that was infused."
+    assert got["STARTED"] is None and got["Leukapheresed"] is None
+    xml = results_xml(rs, CFG)
+    assert b"<comment>Completed protocol follow-up (Month 12, Day 365 after infusion).</comment>" in xml
+    if XSD.exists():
+        assert validate_xml(xml, XSD) == []
