@@ -7,7 +7,8 @@ infused or not (screen failures included; their ADY, DOSEA are empty).
   PARAMCD  LBTESTCD; AVAL, AVALU, ANRLO, ANRHI the result, its unit and the site's normal range.
   BASE     the participant's value of the same test at the baseline visit (``baseline_visit``,
            SCREENING by default): the last value before lymphodepletion in this protocol. ABLFL marks
-           that record.
+           that record. A baseline-visit sample dated on or after the start of lymphodepletion (or of
+           the infusion, without one) is no baseline: BASE is then empty (XF-LB-BASELINE-LATE).
   ATOXGR   CTCAE grade (version ``safety.ctcae_version``) from the one cut-point table in
            clinical/grading.py, applied by the generated ``ctcae_grade`` macro; NULL when not
            gradable (no rule for the test, no value, or a range limit the grade needs is missing; a
@@ -64,10 +65,15 @@ CREATE OR REPLACE TABLE analysis.adlb AS
 WITH
 visits AS (SELECT unnest($visit_ids) AS VISIT, unnest($visit_days) AS VISITDY),
 terms AS (SELECT unnest($term_tests) AS PARAMCD, unnest($term_names) AS ATOXTERM, unnest($term_dirs) AS ATOXDIR),
-base AS (SELECT SUBJID, LBTESTCD, LBORRES AS BASE FROM cut.lb WHERE VISIT = $baseline_visit),
+-- The baseline visit's sample counts as baseline only when taken before lymphodepletion (or, without
+-- one, before infusion): a screening sample dated later is no baseline (XF-LB-BASELINE-LATE asks for it).
+base AS (
+  SELECT l.SUBJID, l.LBTESTCD, l.LBORRES AS BASE
+  FROM cut.lb l LEFT JOIN analysis.adsl s USING (SUBJID)
+  WHERE l.VISIT = $baseline_visit AND NOT coalesce(l.LBDAT >= coalesce(s.LDSTDT, s.TRTSDT), FALSE)),
 lb AS MATERIALIZED (
   SELECT l.*, b.BASE, s.TRTSDT, s.DOSEA, s.DOSEAN, s.SAFFL,
-         CASE WHEN l.VISIT = $baseline_visit THEN 'Y' END AS ABLFL,
+         CASE WHEN l.VISIT = $baseline_visit AND b.SUBJID IS NOT NULL THEN 'Y' END AS ABLFL,
          -- the baseline as the grader sees it: not for the baseline record itself, and only for tests
          -- whose grading reads a baseline (so that the distinct inputs below stay few)
          CASE WHEN l.VISIT IS DISTINCT FROM $baseline_visit AND list_contains($base_tests, l.LBTESTCD)
@@ -77,8 +83,8 @@ lb AS MATERIALIZED (
          CASE WHEN l.LBORNRLO > l.LBORNRHI OR l.LBORNRHI <= 0 THEN NULL ELSE l.LBORNRLO END AS GLO,
          CASE WHEN l.LBORNRLO > l.LBORNRHI OR l.LBORNRHI <= 0 THEN NULL ELSE l.LBORNRHI END AS GHI
   FROM cut.lb l
-  LEFT JOIN base b USING (SUBJID, LBTESTCD)
-  LEFT JOIN analysis.adsl s USING (SUBJID)
+  LEFT JOIN base b ON b.SUBJID = l.SUBJID AND b.LBTESTCD = l.LBTESTCD
+  LEFT JOIN analysis.adsl s ON s.SUBJID = l.SUBJID
 ),
 -- Each distinct grader input is graded once: lab values repeat (a million results of a 10,000-participant
 -- export have ~20,000 distinct test/value/range/baseline combinations).

@@ -440,6 +440,25 @@ RULES: tuple[Rule, ...] = (
            FROM stage.lb l
            WHERE l.LBORNRLO::DOUBLE > l.LBORNRHI::DOUBLE OR l.LBORNRHI::DOUBLE <= 0""",
     ),
+    Rule(
+        "XF-LB-BASELINE-LATE",
+        "WARN",
+        "lb",
+        "analysis/adlb",
+        "The baseline visit's lab sample is taken before lymphodepletion starts (or, without one, before the "
+        "infusion). ADLB takes no baseline from a later sample, so the grades that read a baseline and the "
+        "change from baseline wait for the date to be corrected.",
+        # One query per sample date (every test of the sample shares it), not one per test.
+        """SELECT l.SUBJID, 'VISIT=' || l.VISIT || ', LBDAT=' || l.LBDAT AS RECORD_KEY,
+              l.VISIT || ' lab sample (' || count(*) || ' test(s)) dated ' || l.LBDAT || ', on or after the start of '
+              || CASE WHEN ld.LDSTDT IS NOT NULL THEN 'lymphodepletion ' || ld.LDSTDT ELSE 'the infusion ' || i.EXSTDAT END
+              AS DETAIL
+           FROM stage.lb l
+           LEFT JOIN (SELECT SUBJID, min(EXSTDAT) AS LDSTDT FROM stage.ld GROUP BY SUBJID) ld USING (SUBJID)
+           LEFT JOIN stage.inf i USING (SUBJID)
+           WHERE l.VISIT = $baseline_visit AND l.LBDAT >= coalesce(ld.LDSTDT, i.EXSTDAT)
+           GROUP BY l.SUBJID, l.VISIT, l.LBDAT, ld.LDSTDT, i.EXSTDAT""",
+    ),
     # ---- PK
     Rule(
         "XF-PC-NO-TIMEPOINT",
@@ -545,6 +564,7 @@ def rule_parameters(cfg: StudyConfig) -> dict[str, object]:
         "dose_tolerance": cfg.escalation.dose_tolerance,
         "visit_ids": [v.id for v in cfg.visits],
         "visit_days": [v.day for v in cfg.visits],
+        "baseline_visit": cfg.screening_visit,  # ADLB's baseline visit (assets/derive.py)
         # A form the study does not collect (configuration forms:) is loaded empty: as in ADSL, not required.
         **collected_params(cfg),
         "death_causes_not_ae": [c.strip().upper() for c in cfg.safety.death_causes_not_ae],

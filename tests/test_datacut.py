@@ -256,3 +256,22 @@ def test_a_quantifiable_pre_infusion_level_is_never_the_cmax(con):
         "SELECT max(AVAL) FILTER (WHERE PARAMCD = 'CMAX'), max(AVAL) FILTER (WHERE PARAMCD = 'TMAX') "
         "FROM analysis.adpp WHERE SUBJID = ?", [subjid]).fetchone()
     assert cmax < 99999 and tmax > 0
+
+
+def test_a_screening_sample_taken_after_lymphodepletion_started_is_no_baseline(con):
+    from clinical.adlb import build_adlb
+
+    _derive(con)
+    subjid, ld = con.execute("SELECT min(SUBJID), min_by(LDSTDT, SUBJID) FROM analysis.adsl WHERE LDSTDT IS NOT NULL").fetchone()
+    build_adlb(con, CFG)
+    n = con.execute("SELECT count(*) FROM analysis.adlb WHERE SUBJID = ? AND ABLFL = 'Y'", [subjid]).fetchone()[0]
+    assert n > 0 and con.execute(
+        "SELECT count(*) FROM analysis.adlb WHERE SUBJID = ? AND BASE IS NOT NULL", [subjid]).fetchone()[0] > 0
+    con.execute("UPDATE stage.lb SET LBDAT = ? WHERE SUBJID = ? AND VISIT = 'SCREENING'", [ld, subjid])
+    build_adlb(con, CFG)
+    assert con.execute("SELECT count(*) FILTER (WHERE ABLFL = 'Y'), count(BASE) FROM analysis.adlb WHERE SUBJID = ?",
+                       [subjid]).fetchone() == (0, 0)
+    # the day before lymphodepletion is a baseline again
+    con.execute("UPDATE stage.lb SET LBDAT = ? WHERE SUBJID = ? AND VISIT = 'SCREENING'", [ld - dt.timedelta(days=1), subjid])
+    build_adlb(con, CFG)
+    assert con.execute("SELECT count(*) FROM analysis.adlb WHERE SUBJID = ? AND ABLFL = 'Y'", [subjid]).fetchone()[0] == n

@@ -134,8 +134,10 @@ def _database(path: Path, pc: list[tuple] = PC) -> duckdb.DuckDBPyConnection:
     c.execute("CREATE SCHEMA cut; CREATE SCHEMA analysis")
     c.execute(SETUP_SQL)
     c.execute("CREATE TABLE analysis.adsl (SUBJID VARCHAR, TRTSDT DATE, DOSEA VARCHAR, DOSEAN INTEGER, "
-              "SAFFL VARCHAR, PKEVLFL VARCHAR)")
-    c.executemany("INSERT INTO analysis.adsl VALUES (?, ?, ?, ?, ?, ?)", ADSL)
+              "SAFFL VARCHAR, PKEVLFL VARCHAR, LDSTDT DATE)")
+    # lymphodepletion from day -5 of the infusion (ADLB's baseline is a sample before it)
+    c.executemany("INSERT INTO analysis.adsl VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  [(*r, day(r[1], -5) if r[1] else None) for r in ADSL])
     c.execute("CREATE TABLE cut.lb (SUBJID VARCHAR, VISIT VARCHAR, LBDAT DATE, LBTESTCD VARCHAR, LBORRES DOUBLE, "
               "LBORRESU VARCHAR, LBORNRLO DOUBLE, LBORNRHI DOUBLE)")
     c.executemany("INSERT INTO cut.lb VALUES (?, ?, ?, ?, ?, ?, ?, ?)", LB)
