@@ -1,8 +1,10 @@
-"""The data cut (clinical/datacut.py): the analysis reads the forms as they stood at the cut-off.
+"""The data cut (clinical/datacut.py), and EDC data that are valid value by value but not together.
 
 On the simulated demo export (every record on or before the 2025-12-31 cut-off), each test adds
-what an export pulled after the cut-off can hold and checks ADSL / ADAE and ``cut.after_cut``
-exactly; with ``data_cut.apply: false`` every staged record is analysed as before.
+what an export pulled after the cut-off can hold, or an inconsistency an EDC can deliver (a missing
+earlier record of an infused participant, a death without its date, a range whose limits are swapped,
+a screening sample dated after lymphodepletion), and checks ADSL / ADAE / ADLB / PK and
+``cut.after_cut`` exactly; with ``data_cut.apply: false`` every staged record is analysed as before.
 """
 
 import datetime as dt
