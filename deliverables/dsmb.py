@@ -181,6 +181,22 @@ def _changes_ask(changes: CutChanges | None) -> str | None:
     return "Review the changes since the previous data cut (section 2): " + "; ".join(changed) + "."
 
 
+# The abbreviations the report uses, defined on its contents page.
+ABBREVIATIONS = (
+    ("AE", "adverse event"), ("ASTCT", "American Society for Transplantation and Cellular Therapy (CRS and ICANS grading)"),
+    ("AUC", "area under the concentration-time curve"), ("CAR-T", "chimeric antigen receptor T cells"),
+    ("CRS", "cytokine release syndrome"), ("CTCAE", "NCI Common Terminology Criteria for Adverse Events"),
+    ("CV", "coefficient of variation"), ("DL", "dose level"), ("DLT", "dose-limiting toxicity"),
+    ("ICANS", "immune effector cell-associated neurotoxicity syndrome"), ("LLOQ", "lower limit of quantification"),
+    ("MedDRA", "Medical Dictionary for Regulatory Activities"), ("MTD", "maximum tolerated dose"),
+    ("NE", "not evaluable"), ("qPCR", "quantitative polymerase chain reaction"),
+    ("RECIST", "Response Evaluation Criteria in Solid Tumours"), ("SAE", "serious adverse event"),
+    ("SOC", "MedDRA system organ class"), ("TEAE", "treatment-emergent adverse event"),
+    ("Tmax", "time of the maximum level"),
+)
+# The closed session holds participant-level data by dose level: its readers are the board itself.
+CLOSED_CONFIDENTIALITY = "Confidential - closed session: DSMB members only"
+
 # Forms whose quarantined records change who was infused, which AEs and which deaths are analysed.
 SAFETY_FORMS = ("inf", "ae", "ds")
 
@@ -276,6 +292,8 @@ def render_dsmb_html(
         "session": sess,
         "created": f"{cut.isoformat()}T00:00:00+00:00",
         "css": Markup(_stylesheet()),
+        "abbreviations": ABBREVIATIONS,
+        "confidentiality": CLOSED_CONFIDENTIALITY if sess == "Closed" else study.confidentiality,
         "chapters": chapters,
         "previous_cut": changes.previous_cut.isoformat() if changes is not None else None,
         "figures": headline,
