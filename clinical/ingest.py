@@ -9,9 +9,11 @@ form, all set-based SQL:
                  allow-listed fields (the contract's fields that are not direct identifiers) are
                  loaded: identifier columns are dropped before anything reaches DuckDB, a date of
                  birth only fills a blank age at consent first, and ID-card numbers, phone numbers
-                 and e-mail addresses typed into free text are removed and quarantined.
+                 and e-mail addresses typed into free text are removed and queried (the record
+                 itself is staged with the text replaced).
   stage.<form>   the records that pass the rules, with typed columns.
-  raw.quarantine one row per (record, rule) that keeps a record out of staging: file, line, column,
+  raw.quarantine one row per (record, rule) that keeps a record out of staging (or, for PII-IN-TEXT,
+                 records what was removed from it): file, line, column,
                  rule, the offending value (a preview when long) and a message. Nothing is dropped
                  silently, and quarantined rows become data queries.
 
@@ -73,14 +75,19 @@ FORMULA_TEXT = r"^([=+@\t\r]|-[^0-9. ])"
 # Markup or script in free text.
 MARKUP_TEXT = r"(?i)(<\s*/?\s*[a-z!?][^>]*>|javascript\s*:)"
 WHITESPACE = " \t\r\n\u00a0\u3000"  # trimmed from both ends (with no-break and ideographic spaces)
+# A direct identifier in free text is replaced and queried; the record itself is staged (the one rule
+# whose quarantine entry does not hold its record back).
+PII_RULE = "PII-IN-TEXT"
 PREVIEW = 500  # characters of a long value kept in quarantine (the archive keeps every byte)
 REMOVED = "[removed at ingest]"
 
 # Direct identifiers typed into free text: removed before DuckDB, quarantined with the kind only.
 PII_PATTERNS: dict[str, str] = {
     "a national ID-card number": r"(^|[^0-9])[1-9][0-9]{5}(18|19|20)[0-9]{2}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx]([^0-9]|$)",
-    "a mobile phone number": r"(^|[^0-9])(\+?86[- ]?)?1[3-9][0-9]{9}([^0-9]|$)",
-    "a telephone number": r"(^|[^0-9])0[0-9]{2,3}-[0-9]{7,8}([^0-9]|$)",
+    # Written as one run of digits or in groups (138-1234-5678, 138 1234 5678, +86 138 1234 5678).
+    "a mobile phone number": r"(^|[^0-9])(\+?86[- ]?)?1[3-9][0-9][- ]?[0-9]{4}[- ]?[0-9]{4}([^0-9]|$)",
+    # Area code with or without brackets (020-87654321, (010) 1234 5678, 0755 8765 4321).
+    "a telephone number": r"(^|[^0-9])(\(0[0-9]{2,3}\)|0[0-9]{2,3})[- ]?[0-9]{3,4}[- ]?[0-9]{4}([^0-9]|$)",
     "an e-mail address": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z]{2,}",
 }
 
@@ -199,7 +206,7 @@ def _remove_pii(frame: pl.DataFrame, text_fields: list[str]) -> tuple[pl.DataFra
         pl.col(LINE),
         pl.col("SUBJID"),
         pl.col("column"),
-        pl.lit("PII-IN-TEXT").alias("rule"),
+        pl.lit(PII_RULE).alias("rule"),
         pl.lit(REMOVED).alias("value"),
         ("looks like " + pl.col("kind") + ": a direct identifier, removed at ingest and never stored").alias("message"),
     )
@@ -432,14 +439,16 @@ def load_records(
         con.execute(
             f"""CREATE OR REPLACE TABLE stage.{form.id} AS
                 SELECT _export_id, _file, _line, {typed} FROM raw.{form.id} r
-                ANTI JOIN (SELECT line FROM raw.quarantine WHERE export_id = $export_id AND form = $form) q ON r._line = q.line
+                ANTI JOIN (SELECT line FROM raw.quarantine WHERE export_id = $export_id AND form = $form
+                           AND rule <> $kept) q ON r._line = q.line
                 ORDER BY {key}, _line""",
-            {"export_id": export_id, "form": form.id},
+            {"export_id": export_id, "form": form.id, "kept": PII_RULE},
         )
         staged = con.execute(f"SELECT count(*) FROM stage.{form.id}").fetchone()[0]
         held = [line for (line,) in con.execute(
-            "SELECT DISTINCT line FROM raw.quarantine WHERE export_id = $export_id AND form = $form AND line IS NOT NULL",
-            {"export_id": export_id, "form": form.id},
+            "SELECT DISTINCT line FROM raw.quarantine WHERE export_id = $export_id AND form = $form AND line IS NOT NULL "
+            "AND rule <> $kept",
+            {"export_id": export_id, "form": form.id, "kept": PII_RULE},
         ).fetchall()]
         con.execute("COMMIT")
     except BaseException:

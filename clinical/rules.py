@@ -635,7 +635,7 @@ INGEST_RULES: dict[str, tuple[Severity, str]] = {
     "INGEST-TEXT-FORMULA": ("WARN", "Free text does not start like a spreadsheet formula (=, +, -, @); else quarantined."),
     "INGEST-TEXT-MARKUP": ("WARN", "Free text contains no HTML markup or script; else quarantined."),
     "INGEST-PII-IN-TEXT": ("WARN", ("Free text holds no direct identifier (ID-card number, phone number, e-mail): "
-                                   "removed at ingest and quarantined.")),
+                                   "removed at ingest and queried; the record is staged with the text replaced.")),
     "INGEST-OTHER-STUDY": ("WARN", "A record belongs to this study (STUDYID); else quarantined."),
     "INGEST-DUPLICATE-KEY": ("WARN", ("The form key occurs on one record only; rows sharing a key with different "
                                      "content are all quarantined (exact copies count once).")),

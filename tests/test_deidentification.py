@@ -149,6 +149,29 @@ def test_a_phone_number_in_free_text_is_removed_and_queried(hostile):
     assert con.execute("SELECT count(*) FROM raw.ae WHERE AETERM = '[removed at ingest]'").fetchone() == (1,)
     rule, value, message = con.execute("SELECT rule, value, message FROM raw.quarantine WHERE rule = 'PII-IN-TEXT'").fetchone()
     assert (rule, value) == ("PII-IN-TEXT", "[removed at ingest]") and "a mobile phone number" in message
+    # The record itself is analysed, with the text replaced: only the identifier is held back.
+    assert con.execute("SELECT count(*) FROM stage.ae WHERE AETERM = '[removed at ingest]'").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("Fatigue (daughter's mobile 138-1234-5678)", "a mobile phone number"),
+    ("call 138 1234 5678", "a mobile phone number"),
+    ("+86 138 1234 5678 after 6pm", "a mobile phone number"),
+    ("home (010) 1234 5678", "a telephone number"),
+    ("clinic 0755 8765 4321", "a telephone number"),
+    ("Grade 3 neutropenia on 2024-07-25, ANC 0.5 x10^9/L, lot 2024-0612-0031", None),
+])
+def test_phone_numbers_written_in_groups_are_found(text, kind):
+    import polars as pl
+
+    from clinical.ingest import REMOVED, _remove_pii
+
+    frame = pl.DataFrame({"_line": [2], "SUBJID": ["01-001"], "AETERM": [text]})
+    cleaned, found = _remove_pii(frame, ["AETERM"])
+    if kind is None:
+        assert found.height == 0 and cleaned["AETERM"][0] == text
+    else:
+        assert cleaned["AETERM"][0] == REMOVED and found["message"][0].startswith(f"looks like {kind}")
 
 
 def test_chinese_free_text_survives_to_every_output_that_shows_it(hostile):
