@@ -74,8 +74,8 @@ def ingest_rule_ids_in_code(root: Path | None = None) -> dict[str, Severity]:
 
     Blocking: a literal ``(rule X)`` in a message, or the rule argument of ``file_error(file, "X", ...)``.
     Quarantine: the rule argument of the check builder ``add(column, "X", ...)``; the rule of a
-    ``return predicate, "X"``; ``pl.lit("X").alias("rule")``; ``{"rule": ["X"] ...}``; and a quoted
-    hyphenated id in SQL text (``'DUPLICATE-KEY'``).
+    ``return predicate, "X"``; ``pl.lit("X").alias("rule")``; ``{"rule": ["X"] ...}``; a constant
+    ``<NAME>_RULE = "X"``; and a quoted hyphenated id in SQL text (``'DUPLICATE-KEY'``).
     """
     blocking: set[str] = set()
     quarantine: set[str] = set()
@@ -106,6 +106,11 @@ def ingest_rule_ids_in_code(root: Path | None = None) -> dict[str, Severity]:
             elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple) and len(node.value.elts) == 2:
                 rid = _const(node.value.elts[1])
                 if rid and re.fullmatch(_RULE_ID, rid) and len(rid) > 2:
+                    quarantine.add(rid)
+            elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id.endswith("_RULE")
+                                                      for t in node.targets):
+                rid = _const(node.value)  # a rule id named once, e.g. PII_RULE = "PII-IN-TEXT"
+                if rid and re.fullmatch(_RULE_ID, rid):
                     quarantine.add(rid)
             elif isinstance(node, ast.Dict):
                 for k, v in zip(node.keys, node.values):
