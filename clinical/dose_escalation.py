@@ -7,6 +7,9 @@
                                 FALSE when the treated participants are no 3+3 path the engine can
                                 decide on (e.g. more than 6 at a dose, as in a benchmark export):
                                 NEXT_DOSE, CONTINUE_TRIAL and MTD are then NULL and REASON says why.
+                                While DLT windows are open (MATURE FALSE), NODLT_* and DLT_* are
+                                the decision (next dose, continue, MTD) if every open window closes
+                                without a DLT, and if the first of them (infusion order) has one.
 
 Participants count at their assigned dose level (DOSEP). Infused participants who are not
 DLT-evaluable for a reason other than an open window are excluded and replaced, as the SAP's 3+3
@@ -18,7 +21,7 @@ from __future__ import annotations
 import duckdb
 import polars as pl
 
-from clinical.escalation import ParticipantOutcome, decide_from_participants
+from clinical.escalation import ParticipantOutcome, decide_from_participants, pending_branches
 from clinical.study import StudyConfig
 
 
@@ -42,14 +45,16 @@ def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[s
     ]
     # Bad input (dose out of range, unsupported cohort size) raises EscalationError; a path beyond the
     # 3+3 rules (> 6 at a dose) comes back with status.determined False.
-    status = decide_from_participants(
-        records,
-        num_doses=len(cfg.dose_levels),
-        variant=cfg.escalation.variant,
-        require_six_at_mtd=cfg.escalation.require_six_at_mtd,
-        cohort_size=cfg.escalation.cohort_size,
-        stop_at_two_dlts=cfg.escalation.stop_at_two_dlts,
-    )
+    rules = {
+        "num_doses": len(cfg.dose_levels),
+        "variant": cfg.escalation.variant,
+        "require_six_at_mtd": cfg.escalation.require_six_at_mtd,
+        "cohort_size": cfg.escalation.cohort_size,
+        "stop_at_two_dlts": cfg.escalation.stop_at_two_dlts,
+    }
+    status = decide_from_participants(records, **rules)
+    # While windows are open: the decision if they all close without a DLT, and if the first has one.
+    no_dlt, one_dlt = pending_branches(records, **rules) if status.determined else (None, None)
     determined = status.determined
     ids = cfg.dose_ids
     engine = pl.DataFrame(
@@ -85,10 +90,18 @@ def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[s
     con.execute(
         """CREATE OR REPLACE TABLE analysis.escalation_decision (
              VARIANT VARCHAR, OUTCOMES VARCHAR, NEXT_DOSE VARCHAR, CONTINUE_TRIAL BOOLEAN, MTD VARCHAR,
-             MATURE BOOLEAN, REASON VARCHAR, DETERMINED BOOLEAN)"""
+             MATURE BOOLEAN, REASON VARCHAR, DETERMINED BOOLEAN,
+             NODLT_NEXT_DOSE VARCHAR, NODLT_CONTINUE BOOLEAN, NODLT_MTD VARCHAR,
+             DLT_NEXT_DOSE VARCHAR, DLT_CONTINUE BOOLEAN, DLT_MTD VARCHAR)"""
     )
+
+    def branch(d) -> list:
+        if d is None:
+            return [None, None, None]
+        return [ids[d.next_dose - 1] if d.next_dose else None, d.continue_trial, ids[d.mtd - 1] if d.mtd else None]
+
     con.execute(
-        "INSERT INTO analysis.escalation_decision VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO analysis.escalation_decision VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             cfg.escalation.variant,
             status.outcomes,
@@ -98,6 +111,8 @@ def build_escalation(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[s
             status.mature,
             decision.reason,
             determined,
+            *branch(no_dlt),
+            *branch(one_dlt),
         ],
     )
     outcomes = status.outcomes if len(status.outcomes) <= 200 else f"{status.outcomes[:200]}... ({len(status.cohorts)} cohorts)"

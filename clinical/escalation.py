@@ -79,7 +79,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 VARIANTS = ("escalation-only", "korn")
@@ -552,6 +552,35 @@ def _undetermined_reason(deviations: Sequence[str], error: BeyondThreePlusThree)
         f"no 3+3 decision: the participants treated do not follow a 3+3 path ({shown}"
         f"{f'; and {more} more' if more > 0 else ''}); the next step is for the DSMB to decide on the data"
     )
+
+
+def pending_branches(
+    records: Sequence[ParticipantOutcome],
+    num_doses: int,
+    variant: str = "escalation-only",
+    require_six_at_mtd: bool = False,
+    *,
+    cohort_size: int = COHORT_SIZE,
+    stop_at_two_dlts: bool = False,
+) -> tuple[Decision | None, Decision | None]:
+    """What the open DLT windows decide: the decision if every pending participant completes the
+    window without a DLT, and if the first of them (infusion order) has one. (None, None) when no
+    window is open; None for a branch the 3+3 rules cannot decide."""
+    pending = sorted((r for r in records if r.evaluable and not r.dlt and r.window_open), key=lambda r: r.order)
+    if not pending:
+        return None, None
+
+    def decide(first_has_dlt: bool) -> Decision | None:
+        resolved = [
+            replace(r, window_open=False, dlt=first_has_dlt and r.order == pending[0].order)
+            if r.evaluable and not r.dlt and r.window_open else r
+            for r in records
+        ]
+        status = decide_from_participants(resolved, num_doses, variant, require_six_at_mtd,
+                                          cohort_size=cohort_size, stop_at_two_dlts=stop_at_two_dlts)
+        return status.decision if status.determined else None
+
+    return decide(False), decide(True)
 
 
 # --------------------------------------------------------------------------------------------------

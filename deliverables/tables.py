@@ -642,6 +642,7 @@ def decision_summary(t: ReportTables) -> dict[str, str]:
             "next_step": "Escalation decision not available (analysis.escalation_decision was not produced).",
             "mtd": "not determined",
             "maturity": "",
+            "branches": "",
             "reason": "",
             "variant": "",
         }
@@ -651,6 +652,7 @@ def decision_summary(t: ReportTables) -> dict[str, str]:
             "next_step": next_step,
             "mtd": "not determined",
             "maturity": "",
+            "branches": "",
             "reason": d["REASON"] or "",
             "variant": d["VARIANT"] or "",
         }
@@ -660,7 +662,15 @@ def decision_summary(t: ReportTables) -> dict[str, str]:
         if d["MATURE"]
         else "Provisional: at least one DLT window is still open; the decision may change when it closes."
     )
-    return {"next_step": next_step, "mtd": mtd, "maturity": maturity, "reason": d["REASON"] or "", "variant": d["VARIANT"] or ""}
+    branches = ""
+    if not d["MATURE"] and d.get("NODLT_CONTINUE") is not None and d.get("DLT_CONTINUE") is not None:
+        def step(prefix: str) -> str:
+            text = next_step_text(True, d[f"{prefix}_CONTINUE"], d[f"{prefix}_NEXT_DOSE"], d[f"{prefix}_MTD"], t.dose_label)
+            return text[:1].lower() + text[1:].rstrip(".")
+        branches = (f"What the open windows decide: if they close without a DLT, {step('NODLT')}; "
+                    f"if one of them has a DLT, {step('DLT')}.")
+    return {"next_step": next_step, "mtd": mtd, "maturity": maturity, "branches": branches,
+            "reason": d["REASON"] or "", "variant": d["VARIANT"] or ""}
 
 
 def layout_dose_escalation(t: ReportTables) -> DisplayTable:

@@ -626,3 +626,21 @@ def test_the_dsmb_is_told_when_safety_records_are_held_in_quarantine(tables, cfg
                    "until the site answers the data query (CAR-T infusion: 1; Adverse events: 2; data quality "
                    "section, data-queries workbook).")
     assert ask in render_dsmb_html(replace(tables, form_completeness=held), cfg, DATA_CUT)
+
+
+def test_the_summary_says_what_the_open_dlt_windows_decide(tables, cfg):
+    """A provisional decision comes with both branches: the pending windows close without a DLT, or one has one."""
+    from dataclasses import replace
+
+    from deliverables.tables import decision_summary
+
+    d = dict(tables.escalation_decision, MATURE=False, NEXT_DOSE="DL3", CONTINUE_TRIAL=True, MTD=None,
+             NODLT_NEXT_DOSE="DL3", NODLT_CONTINUE=True, NODLT_MTD=None,
+             DLT_NEXT_DOSE="DL2", DLT_CONTINUE=False, DLT_MTD="DL2")
+    t = replace(tables, escalation_decision=d)
+    branches = decision_summary(t)["branches"]
+    assert branches == (
+        f"What the open windows decide: if they close without a DLT, continue the trial with the next participants "
+        f"at {t.dose_label('DL3')}; if one of them has a DLT, stop dose escalation: MTD {t.dose_label('DL2')}.")
+    assert branches in render_dsmb_html(t, cfg, DATA_CUT)
+    assert decision_summary(replace(tables, escalation_decision=dict(d, MATURE=True)))["branches"] == ""

@@ -649,3 +649,19 @@ def test_two_dlts_among_four_evaluable_participants_stop_the_escalation():
     status = decide_from_participants(recs, 3, stop_at_two_dlts=True)
     assert (status.decision.next_dose, status.decision.continue_trial, status.decision.mtd) == (2, False, 2)
     assert decide_from_participants(recs, 3).decision.next_dose == 3  # the package's rule
+
+
+def test_pending_branches_say_what_the_open_windows_decide():
+    """The demo's path at the cut: 1NNN 2TNN 2NNN then 3NT with the third DL3 participant's window open.
+    No DLT: 1/3 at DL3, treat 3 more there; a DLT: 2/3, stop with DL2 the MTD."""
+    from clinical.escalation import pending_branches
+
+    def p(dose, order, dlt=False, open_=False):
+        return ParticipantOutcome(dose, True, dlt, open_, dt.date(2026, 1, 18) if open_ else None, order)
+
+    recs = [p(1, 0), p(1, 1), p(1, 2), p(2, 3, True), p(2, 4), p(2, 5), p(2, 6), p(2, 7), p(2, 8),
+            p(3, 9), p(3, 10, True), p(3, 11, open_=True)]
+    no_dlt, dlt = pending_branches(recs, 3, stop_at_two_dlts=True)
+    assert (no_dlt.next_dose, no_dlt.continue_trial, no_dlt.mtd) == (3, True, None)
+    assert (dlt.next_dose, dlt.continue_trial, dlt.mtd) == (2, False, 2)
+    assert pending_branches(recs[:-1], 3) == (None, None)  # nothing pending: no branches
