@@ -15,6 +15,7 @@ columns so the open-session report can show the Total (pooled) column alone.
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from deliverables.registry import (
@@ -70,7 +71,13 @@ def fmt_sig_plain(x: float | None, sig: int = PK_SIGNIFICANT) -> str:
 
 
 def fmt_num(x: float | None, decimals: int = 1) -> str:
-    return "" if x is None else f"{float(x):,.{decimals}f}"
+    """``decimals`` places, halves up on the number as written (30.5 -> '31' with 0 places, 898.95 ->
+    '899.0'), as every other rounding of the reports: binary floats and Python's half-to-even would
+    show 30.5 as '30' and 898.95 as '898.9'."""
+    if x is None:
+        return ""
+    q = Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    return f"{q:,.{decimals}f}"
 
 
 def fmt_range(median: float | None, lo: float | None, hi: float | None, decimals: int = 1) -> str:

@@ -164,7 +164,7 @@ def test_crs_icans_grades_and_management():
     assert r[key + "Any grade"] == ["1 (50.0%)", "2 (66.7%)", "3 (60.0%)"]
     assert r[key + "Grade >= 3"] == ["0", "1 (33.3%)", "1 (20.0%)"]
     assert r[key + "Treated with tocilizumab"] == ["0", "1 (33.3%)", "1 (20.0%)"]
-    assert r[key + "Duration, days: median (min, max)"] == ["4 (3, 6)"] * 3  # 4.5 rounds half to even in f-format
+    assert r[key + "Duration, days: median (min, max)"] == ["5 (3, 6)"] * 3  # 4.5 rounds half up, as every report number
 
 
 def test_listings_dose_level_and_yes_no_as_the_other_listings():
@@ -363,3 +363,13 @@ def test_long_listings_of_the_new_sections_are_summarised_by_a_meaningful_column
     assert s.columns == ["Criterion", "DL1", "DL2", "Total"]
     assert s.rows[0] == ["ANC >= 1.5", 60, 30, 90]
     assert "90 deviations of 90 participants" in s.intro
+
+
+@pytest.mark.parametrize(("x", "decimals", "shown"), [
+    (30.5, 0, "31"), (4.5, 0, "5"), (898.95, 1, "899.0"), (902.75, 1, "902.8"), (498.95, 1, "499.0"),
+    (1234.5, 0, "1,235"), (-2.25, 1, "-2.3"), (7, 1, "7.0"), (None, 1, ""),
+])
+def test_medians_round_halves_up_as_written(x, decimals, shown):
+    """The exposure and CRS medians of the DSMB report: 30.5 days shows as 31, never as 30 (half to even)
+    nor as 898.9 for 898.95 (the binary float's)."""
+    assert ct.fmt_num(x, decimals) == shown
