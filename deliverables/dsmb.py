@@ -215,8 +215,28 @@ def _quarantine_ask(tables: ReportTables) -> str | None:
             f"the site answers the data query ({'; '.join(held)}; data quality section, data-queries workbook).")
 
 
+def _window_deaths_ask(tables: ReportTables, window: int, session: str) -> str | None:
+    """Deaths from infusion to the end of the DLT window: a safety signal whether or not a DLT was
+    recorded (such a participant is not DLT-evaluable and is replaced in the 3+3). The closed session
+    names them; the open session counts them."""
+    dlt = {r["SUBJID"] for r in tables.dlt_listing}
+    early = [r for r in tables.deaths if r["DTHDY"] is not None and 0 <= r["DTHDY"] <= window]
+    if not early:
+        return None
+    lead = f"Note the death(s) within the {window}-day DLT window"
+    if session != "Closed":
+        return f"{lead}: {len(early)} participant(s) (listed in the closed session report)."
+    who = "; ".join(
+        f"{r['SUBJID']} ({tables.dose_label(r['DOSEA'])}, day {r['DTHDY']}, cause: {r['DTHCAUS'] or 'not recorded'}"
+        f"{'' if r['SUBJID'] in dlt else '; no DLT recorded, not DLT-evaluable'})"
+        for r in early
+    )
+    return f"{lead}: {who}."
+
+
 def _dsmb_asks(
-    tables: ReportTables, figures: dict[str, Any], changes: CutChanges | None = None, session: str = "Closed"
+    tables: ReportTables, figures: dict[str, Any], changes: CutChanges | None = None, session: str = "Closed",
+    window: int = 28,
 ) -> list[str]:
     s = decision_summary(tables)
     d = tables.escalation_decision
@@ -227,7 +247,7 @@ def _dsmb_asks(
         review += f" ({figures['Infused (safety population)']} participant(s) infused)"
     where = "listed below" if session == "Closed" else "summarised below (listed in the closed session report)"
     asks.append(review + f", in particular the dose-limiting toxicities, serious adverse events and deaths {where}.")
-    for note in (_changes_ask(changes), _quarantine_ask(tables)):
+    for note in (_window_deaths_ask(tables, window, session), _changes_ask(changes), _quarantine_ask(tables)):
         if note:
             asks.append(note)
     if d is None:
@@ -298,7 +318,7 @@ def render_dsmb_html(
         "previous_cut": changes.previous_cut.isoformat() if changes is not None else None,
         "figures": headline,
         "decision": decision_summary(tables),
-        "asks": _dsmb_asks(tables, dict(headline), changes, sess),
+        "asks": _dsmb_asks(tables, dict(headline), changes, sess, cfg.escalation.dlt_window_days),
         "boxes": flow_boxes(tables),
         "problems": consistency_problems(tables),
         "missing": tables.missing,

@@ -644,3 +644,21 @@ def test_the_summary_says_what_the_open_dlt_windows_decide(tables, cfg):
         f"at {t.dose_label('DL3')}; if one of them has a DLT, stop dose escalation: MTD {t.dose_label('DL2')}.")
     assert branches in render_dsmb_html(t, cfg, DATA_CUT)
     assert decision_summary(replace(tables, escalation_decision=dict(d, MATURE=True)))["branches"] == ""
+
+
+def test_a_death_within_the_dlt_window_is_named_in_the_summary(tables, cfg):
+    """The fixture's 005 (DL2) died of sepsis on day 20, with a DLT: a signal the DSMB reads in the summary,
+    by name in the closed session and as a count in the open one; a death without a DLT says so."""
+    from dataclasses import replace
+
+    from deliverables.dsmb import _window_deaths_ask
+
+    closed = _window_deaths_ask(tables, 28, "Closed")
+    assert closed == (f"Note the death(s) within the 28-day DLT window: 005 ({tables.dose_label('DL2')}, day 20, "
+                      "cause: Sepsis 发热).")
+    assert _window_deaths_ask(tables, 28, "Open") == (
+        "Note the death(s) within the 28-day DLT window: 1 participant(s) (listed in the closed session report).")
+    assert _window_deaths_ask(tables, 19, "Closed") is None
+    assert _window_deaths_ask(replace(tables, dlt_listing=[]), 28, "Closed").endswith(
+        "cause: Sepsis 发热; no DLT recorded, not DLT-evaluable).")
+    assert closed in render_dsmb_html(tables, cfg, DATA_CUT)
