@@ -236,7 +236,7 @@ def _window_deaths_ask(tables: ReportTables, window: int, session: str) -> str |
 
 def _dsmb_asks(
     tables: ReportTables, figures: dict[str, Any], changes: CutChanges | None = None, session: str = "Closed",
-    window: int = 28,
+    *, window: int,
 ) -> list[str]:
     s = decision_summary(tables)
     d = tables.escalation_decision
@@ -318,7 +318,7 @@ def render_dsmb_html(
         "previous_cut": changes.previous_cut.isoformat() if changes is not None else None,
         "figures": headline,
         "decision": decision_summary(tables),
-        "asks": _dsmb_asks(tables, dict(headline), changes, sess, cfg.escalation.dlt_window_days),
+        "asks": _dsmb_asks(tables, dict(headline), changes, sess, window=cfg.escalation.dlt_window_days),
         "boxes": flow_boxes(tables),
         "problems": consistency_problems(tables),
         "missing": tables.missing,
