@@ -509,6 +509,22 @@ QUERY_COLUMNS = [
 TRACKING_COLUMNS = ("SITEID", "RECORD_KEY", "FIRST_SEEN_CUT", "LAST_SEEN_CUT", "CLOSED_CUT", "REOPENED_CUT", "DAYS_OPEN")
 STATUS_SHEETS = (("open", "Open"), ("closed", "Closed"), ("reopened", "Re-opened"))
 QUARANTINE_COLUMNS = ["Export", "Form", "File", "Line", "Participant", "Column", "Rule", "Value", "Message"]
+# The query sheets as a data manager works them: who and where first (site, participant, form, record),
+# then what to ask and how long it has been open; the bookkeeping last.
+QUERY_SHEET_COLUMNS = [
+    "Query ID", "Status", "Site", "Participant", "Form", "Record", "Detail", "Days open", "Rule",
+    "First seen (cut)", "Last seen (cut)", "Closed (cut)", "Re-opened (cut)", "Severity", "Source", "Export",
+]
+
+
+def query_sheet_rows(queries: list[list[Any]]) -> list[list[Any]]:
+    """Query rows (QUERY_COLUMNS order) in the sheets' column order, the form by its CRF title."""
+    from clinical.crf import FORMS
+
+    titles = {f.id: f"{f.title} ({f.id})" for f in FORMS}
+    at = [QUERY_COLUMNS.index(c) for c in QUERY_SHEET_COLUMNS]
+    form = QUERY_COLUMNS.index("Form")
+    return [[titles.get(q[i], q[i]) if i == form else q[i] for i in at] for q in queries]
 
 def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     return bool(
@@ -640,11 +656,13 @@ def write_queries_workbook(
         by_status.setdefault(_status_key(q[6]), []).append(q)
     sheets: list[tuple[str, str, list[list[Any]], list[str], str]] = []
     for key, name in STATUS_SHEETS:
-        sheets.append((name, f"{name} data queries", by_status.pop(key, []), QUERY_COLUMNS, f"No {name.lower()} queries."))
+        sheets.append((name, f"{name} data queries", query_sheet_rows(by_status.pop(key, [])), QUERY_SHEET_COLUMNS,
+                       f"No {name.lower()} queries."))
     for key in sorted(by_status):  # statuses outside the three expected ones are shown, not dropped
         rows = by_status[key]
         label = str(rows[0][6])
-        sheets.append((f"Status {label}", f"Data queries with status {label!r}", rows, QUERY_COLUMNS, ""))
+        sheets.append((f"Status {label}", f"Data queries with status {label!r}", query_sheet_rows(rows),
+                       QUERY_SHEET_COLUMNS, ""))
     sheets.append(("Quarantine", "Quarantined rows (raw.quarantine)", quarantine, QUARANTINE_COLUMNS, "No quarantined rows."))
     wb = Workbook(write_only=True)
     cover = wb.create_sheet("Contents")

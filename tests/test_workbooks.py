@@ -201,7 +201,10 @@ def test_queries_workbook_from_quarantine_only(db, cfg, tmp_path):
     assert wb.sheetnames == ["Contents", "Open", "Closed", "Re-opened", "Quarantine"]
     open_rows = [r for r in wb["Open"].iter_rows(min_row=FIRST_DATA_ROW, values_only=True)]
     assert len(open_rows) == 3  # the quarantined rows are open queries
-    assert all(r[7] == "quarantine" and r[6] == "Open" for r in open_rows)
+    assert all(r[14] == "quarantine" and r[1] == "Open" for r in open_rows)  # Source, Status (sheet order)
+    header = next(wb["Open"].iter_rows(min_row=HEADER_ROW, max_row=HEADER_ROW, values_only=True))
+    assert list(header[:8]) == ["Query ID", "Status", "Site", "Participant", "Form", "Record", "Detail", "Days open"]
+    assert all(r[4].endswith(")") and "(" in r[4] for r in open_rows)  # the form by its CRF title, e.g. "Adverse events (ae)"
     q = wb["Quarantine"]
     values = [c for row in q.iter_rows(min_row=FIRST_DATA_ROW) for c in row]
     formula = next(c for c in values if c.value == "=1+1")  # \x07 removed, kept as text
@@ -244,7 +247,7 @@ def test_queries_workbook_by_status(db, cfg, tmp_path):
     assert "Q-1" in open_ids and open_ids.count(qid) == 1
     # Only analysis.data_queries is read when it exists: it already holds every quarantined row.
     assert len(open_ids) == 2
-    closed = wb["Closed"].cell(FIRST_DATA_ROW, 6)
+    closed = wb["Closed"].cell(FIRST_DATA_ROW, 7)  # Detail: the sheet's 7th column
     assert closed.value == "=cmd|' /C calc'!A0" and closed.data_type == "s"
     assert [r[0] for r in wb["Re-opened"].iter_rows(min_row=FIRST_DATA_ROW, values_only=True)] == ["Q-3"]
     assert again.read_bytes() == path.read_bytes()
