@@ -181,7 +181,7 @@ def _changes_ask(changes: CutChanges | None) -> str | None:
     return "Review the changes since the previous data cut (section 2): " + "; ".join(changed) + "."
 
 
-# The abbreviations the report uses, defined on its contents page.
+# The abbreviations the report uses, defined in its last section (listed in the contents).
 ABBREVIATIONS = (
     ("AE", "adverse event"), ("ASTCT", "American Society for Transplantation and Cellular Therapy (CRS and ICANS grading)"),
     ("AUC", "area under the concentration-time curve"), ("CAR-T", "chimeric antigen receptor T cells"),
