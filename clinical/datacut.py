@@ -68,9 +68,20 @@ AFTER_CUT_DDL = """CREATE OR REPLACE TABLE cut.after_cut (
     FORM VARCHAR, FILE VARCHAR, LINE BIGINT, SUBJID VARCHAR, FIELD VARCHAR, VALUE VARCHAR, ACTION VARCHAR)"""
 
 
+# Partial dates (text): compared as text, which orders them by their earliest day ('2025-12' <= '2025-12-31').
+PARTIAL = {f.name for form in FORMS for f in form.loaded_fields if f.type == "date" and f.partial}
+
+
 def _after(col: str) -> str:
-    # Text comparison: a full date and a partial one ('2025', '2025-12') both compare by their earliest day.
-    return f'(CAST("{col}" AS VARCHAR) > (SELECT CAST(CUTDT AS VARCHAR) FROM cut.data_cut) AND (SELECT APPLY FROM cut.data_cut))'
+    """The column's date is after the cut-off (a DATE compared as a date; a partial date as text)."""
+    if col in PARTIAL:
+        return f'("{col}" > (SELECT CAST(CUTDT AS VARCHAR) FROM cut.data_cut))'
+    return f'("{col}" > (SELECT CUTDT FROM cut.data_cut))'
+
+
+def _kept(cut: FormCut) -> str:
+    """A record the cut keeps: its own date on or before the cut-off, or none."""
+    return f"NOT coalesce({_after(cut.event)}, FALSE)" if cut.event else "TRUE"
 
 
 def _late_consent() -> str:
@@ -78,14 +89,16 @@ def _late_consent() -> str:
     return f"SELECT SUBJID FROM stage.{form} WHERE {_after(col)}"
 
 
-def _view_sql(form_id: str, columns: list[str]) -> str:
+def _view_sql(form_id: str, columns: list[str], apply: bool) -> str:
+    if not apply:  # data_cut.apply: false -- every staged record, as it is
+        return f"CREATE OR REPLACE VIEW cut.{form_id} AS SELECT * FROM stage.{form_id}"
     cut = FORM_CUTS[form_id]
     blanked = {c: d for d, cols in cut.blank.items() for c in cols}
     select = ", ".join(
         f'CASE WHEN {_after(blanked[c])} THEN NULL ELSE "{c}" END AS "{c}"' if c in blanked else f'"{c}"'
         for c in columns
     )
-    where = f"NOT coalesce({_after(cut.event)}, FALSE)" if cut.event else "TRUE"
+    where = _kept(cut)
     if cut.event is None:
         where += f" AND SUBJID NOT IN ({_late_consent()})"
     return f"CREATE OR REPLACE VIEW cut.{form_id} AS SELECT {select} FROM stage.{form_id} WHERE {where}"
@@ -107,11 +120,10 @@ def _listing_sql(form_id: str) -> str:
                 WHERE SUBJID IN ({_late_consent()})"""
         )
     for date_col, cols in cut.blank.items():
-        event_ok = f"NOT coalesce({_after(cut.event)}, FALSE)" if cut.event else "TRUE"
         parts.append(
             f"""SELECT '{form_id}', _file, _line, SUBJID, '{date_col}', CAST("{date_col}" AS VARCHAR),
                        'blank at the cut: {", ".join(cols)} after the data cut-off' FROM stage.{form_id}
-                WHERE {_after(date_col)} AND {event_ok}"""
+                WHERE {_after(date_col)} AND {_kept(cut)}"""
         )
     return " UNION ALL ".join(parts)
 
@@ -126,11 +138,12 @@ def apply_data_cut(con: duckdb.DuckDBPyConnection, data_cut: dt.date, apply: boo
         columns = [r[0] for r in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'stage' AND table_name = $t "
             "ORDER BY column_index", {"t": form.id}).fetchall()]
-        con.execute(_view_sql(form.id, columns))
+        con.execute(_view_sql(form.id, columns, apply))
     con.execute(AFTER_CUT_DDL)
-    con.execute(
-        "INSERT INTO cut.after_cut SELECT * FROM ("
-        + " UNION ALL ".join(f"({_listing_sql(f.id)})" for f in FORMS)
-        + ") ORDER BY 1, 3, 5"
-    )
+    if apply:
+        con.execute(
+            "INSERT INTO cut.after_cut SELECT * FROM ("
+            + " UNION ALL ".join(f"({_listing_sql(f.id)})" for f in FORMS)
+            + ") ORDER BY 1, 3, 5"
+        )
     return con.execute("SELECT count(*) FROM cut.after_cut").fetchone()[0]
