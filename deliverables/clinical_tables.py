@@ -14,8 +14,8 @@ columns so the open-session report can show the Total (pooled) column alone.
 
 from __future__ import annotations
 
+import functools
 import math
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from deliverables.registry import (
@@ -38,6 +38,7 @@ from deliverables.tables import (
     fmt_date,
     fmt_npct,
     pct_half_up,
+    round_half_up,
     round_sig,
     safety_headers,
 )
@@ -47,37 +48,22 @@ from deliverables.tables import (
 PK_SIGNIFICANT = 3
 
 
-def fmt_sig(x: float | None, sig: int = PK_SIGNIFICANT) -> str:
+def fmt_sig(x: float | None, sig: int = PK_SIGNIFICANT, *, trailing_zeros: bool = True) -> str:
     """3 significant figures (halves up, :func:`deliverables.tables.round_sig`, as the registry)
     with thousands separators: 18415.3 -> '18,400', 0.06094 -> '0.0609', 45.25 -> '45.3';
-    'NE' (not estimable) for None or NaN."""
+    'NE' (not estimable) for None or NaN. ``trailing_zeros=False`` is the registry's presentation
+    (``registry._num``), used for PK times in days: 7.25 -> '7.25', 10.0 -> '10', 8.50 -> '8.5'."""
     if x is None or math.isnan(x):
         return "NE"
     q = round_sig(x, sig)
-    return f"{q:,.{max(-q.as_tuple().exponent, 0)}f}"
-
-
-def fmt_sig_plain(x: float | None, sig: int = PK_SIGNIFICANT) -> str:
-    """The registry's presentation of a statistic (``registry._num``): ``sig`` significant figures
-    (halves up, :func:`deliverables.tables.round_sig`) without trailing zeros, with thousands
-    separators as every DSMB number: 7.25 -> '7.25', 8.5 -> '8.5', 10.0 -> '10', 112.95 -> '113',
-    1234.5 -> '1,230'; 'NE' (not estimable) for None or NaN. For PK times in days, which the
-    registry reports this way."""
-    if x is None or math.isnan(x):
-        return "NE"
-    q = round_sig(x, sig)
-    places = max(-q.normalize().as_tuple().exponent, 0)  # no trailing zeros: 10.0 -> 10, 8.50 -> 8.5
+    places = max(-(q if trailing_zeros else q.normalize()).as_tuple().exponent, 0)
     return f"{q:,.{places}f}"
 
 
 def fmt_num(x: float | None, decimals: int = 1) -> str:
-    """``decimals`` places, halves up on the number as written (30.5 -> '31' with 0 places, 898.95 ->
-    '899.0'), as every other rounding of the reports: binary floats and Python's half-to-even would
-    show 30.5 as '30' and 898.95 as '898.9'."""
-    if x is None:
-        return ""
-    q = Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
-    return f"{q:,.{decimals}f}"
+    """``decimals`` places, halves up on the number as written (:func:`deliverables.tables.round_half_up`),
+    as every other rounding of the reports: 30.5 -> '31' with 0 places, 898.95 -> '899.0'."""
+    return "" if x is None else f"{round_half_up(x, decimals):,.{decimals}f}"
 
 
 def fmt_range(median: float | None, lo: float | None, hi: float | None, decimals: int = 1) -> str:
@@ -467,7 +453,7 @@ def layout_pk(t: ReportTables) -> DisplayTable:
         days = code in PK_DAYS
         lines.group(param)
         lines.add("n", [c[d]["N"] if d in c else 0 for d, _ in heads])
-        fmt = fmt_sig_plain if days else fmt_sig
+        fmt = functools.partial(fmt_sig, trailing_zeros=not days)
         if any(r["GEOMEAN"] is not None for r in c.values()):
             lines.add("Geometric mean", [
                 "" if d not in c or c[d]["GEOMEAN"] is None else fmt_sig(c[d]["GEOMEAN"]) for d, _ in heads])

@@ -438,12 +438,18 @@ def fmt_npct(n: int | None, pct: float | None) -> str:
     return f"{n} ({float(pct):.1f}%)"
 
 
+def round_half_up(x: float | Decimal, places: int) -> Decimal:
+    """``x`` to ``places`` decimals, halves away from zero, on the number as written (``repr``):
+    30.5 -> 31, 898.95 -> 899.0, where Python's format gives 30 and 898.9."""
+    d = x if isinstance(x, Decimal) else Decimal(repr(float(x)))
+    return d.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
 def pct_half_up(n: int, denom: int | None) -> float | None:
     """100 * n / denom rounded to one decimal, halves away from zero (as DuckDB's round())."""
     if not denom:
         return None
-    q = (Decimal(100 * n) / Decimal(denom)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
-    return float(q)
+    return float(round_half_up(Decimal(100 * n) / Decimal(denom), 1))
 
 
 def round_sig(x: float, sig: int = 3) -> Decimal:
