@@ -325,6 +325,12 @@ def form(form_id: str) -> Form:
     return next(f for f in FORMS if f.id == form_id)
 
 
+def form_label(form_id: str) -> str:
+    """A form as a reader names it: "Adverse events (ae)"; an id outside the contract as it is."""
+    title = next((f.title for f in FORMS if f.id == form_id), None)
+    return f"{title} ({form_id})" if title else str(form_id)
+
+
 @dataclass(frozen=True)
 class ResolvedCodelists:
     """Study-specific codelists, resolved from the configuration."""

@@ -204,10 +204,9 @@ SAFETY_FORMS = ("inf", "ae", "ds")
 def _quarantine_ask(tables: ReportTables) -> str | None:
     """A note when records of the safety forms are held in quarantine (not analysed until the site
     answers the data query): the counts per form, from the form-completeness table."""
-    from clinical.crf import FORMS
+    from clinical.crf import form
 
-    titles = {f.id: f.title for f in FORMS}
-    held = [f"{titles[r['FORM']]}: {r['QUARANTINED']}" for r in tables.form_completeness
+    held = [f"{form(r['FORM']).title}: {r['QUARANTINED']}" for r in tables.form_completeness
             if r["FORM"] in SAFETY_FORMS and r["QUARANTINED"]]
     if not held:
         return None

@@ -1074,14 +1074,13 @@ def layout_data_quality(t: ReportTables) -> DisplayTable:
 
 
 def layout_form_completeness(t: ReportTables) -> DisplayTable:
-    from clinical.crf import FORMS
+    from clinical.crf import form_label
 
-    titles = {f.id: f.title for f in FORMS}
     rows: list[list[Cell]] = []
     for r in t.form_completeness:
         exp = r["EXPECTED"]
         rows.append([
-            f"{titles.get(r['FORM'], r['FORM'])} ({r['FORM']})", r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"],
+            form_label(r["FORM"]), r["RECEIVED"], r["ACCEPTED"], r["QUARANTINED"],
             r["AFTER_CUT"], r["SUBJECTS"],
             POPULATION_LABELS.get(r["POPULATION"], "") if r["POPULATION"] else "(none)",
             exp,

@@ -519,12 +519,11 @@ QUERY_SHEET_COLUMNS = [
 
 def query_sheet_rows(queries: list[list[Any]]) -> list[list[Any]]:
     """Query rows (QUERY_COLUMNS order) in the sheets' column order, the form by its CRF title."""
-    from clinical.crf import FORMS
+    from clinical.crf import form_label
 
-    titles = {f.id: f"{f.title} ({f.id})" for f in FORMS}
     at = [QUERY_COLUMNS.index(c) for c in QUERY_SHEET_COLUMNS]
     form = QUERY_COLUMNS.index("Form")
-    return [[titles.get(q[i], q[i]) if i == form else q[i] for i in at] for q in queries]
+    return [[form_label(q[i]) if i == form and q[i] else q[i] for i in at] for q in queries]
 
 def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     return bool(
