@@ -218,7 +218,6 @@ def _window_deaths_ask(tables: ReportTables, window: int, session: str) -> str |
     """Deaths from infusion to the end of the DLT window: a safety signal whether or not a DLT was
     recorded (such a participant is not DLT-evaluable and is replaced in the 3+3). The closed session
     names them; the open session counts them."""
-    dlt = {r["SUBJID"] for r in tables.dlt_listing}
     early = [r for r in tables.deaths if r["DTHDY"] is not None and 0 <= r["DTHDY"] <= window]
     if not early:
         return None
@@ -227,7 +226,7 @@ def _window_deaths_ask(tables: ReportTables, window: int, session: str) -> str |
         return f"{lead}: {len(early)} participant(s) (listed in the closed session report)."
     who = "; ".join(
         f"{r['SUBJID']} ({tables.dose_label(r['DOSEA'])}, day {r['DTHDY']}, cause: {r['DTHCAUS'] or 'not recorded'}"
-        f"{'' if r['SUBJID'] in dlt else '; no DLT recorded, not DLT-evaluable'})"
+        f"{'' if r['DLTFL'] == 'Y' else '; no DLT recorded' + ('' if r['DLTEVLFL'] == 'Y' else ', not DLT-evaluable')})"
         for r in early
     )
     return f"{lead}: {who}."

@@ -140,7 +140,7 @@ QUERIES: dict[str, str] = {
         ORDER BY d.DOSEN NULLS LAST, s.DOSEP NULLS LAST, e.SUBJID, e.ASTDT NULLS LAST, e.AESPID""",
     "deaths": """
         SELECT s.DOSEA, d.DOSEN AS DOSEAN_, s.DOSEP, s.SUBJID, s.AGE, s.SEX, s.TRTSDT, s.DTHDT,
-               s.DTHDT - s.TRTSDT AS DTHDY, s.DTHCAUS,
+               s.DTHDT - s.TRTSDT AS DTHDY, s.DTHCAUS, s.DLTFL, s.DLTEVLFL,
                (SELECT string_agg(coalesce(e.AEDECOD, e.AETERM), '; ' ORDER BY e.ASTDT, e.AESPID)
                   FROM analysis.adae e
                  WHERE e.SUBJID = s.SUBJID AND (e.ATOXGR = 5 OR upper(e.AEOUT) = 'FATAL')) AS FATALAE

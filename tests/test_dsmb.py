@@ -659,6 +659,7 @@ def test_a_death_within_the_dlt_window_is_named_in_the_summary(tables, cfg):
     assert _window_deaths_ask(tables, 28, "Open") == (
         "Note the death(s) within the 28-day DLT window: 1 participant(s) (listed in the closed session report).")
     assert _window_deaths_ask(tables, 19, "Closed") is None
-    assert _window_deaths_ask(replace(tables, dlt_listing=[]), 28, "Closed").endswith(
+    no_dlt = [dict(r, DLTFL="N", DLTEVLFL="N") for r in tables.deaths]  # ADSL's flags, as the 3+3 reads them
+    assert _window_deaths_ask(replace(tables, deaths=no_dlt), 28, "Closed").endswith(
         "cause: Sepsis 发热; no DLT recorded, not DLT-evaluable).")
     assert closed in render_dsmb_html(tables, cfg, DATA_CUT)
