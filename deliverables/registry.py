@@ -2083,7 +2083,7 @@ def precheck(
                     where,
                     f"{total_ae} all-cause deaths among infused participants but {total_flow} 'Death' reasons in the participant flow",
                 )
-    _release_readiness(rs, cfg, add)
+    _release_readiness(rs, cfg, add, sum(started_by_title.values()))
     return sorted(
         out, key=lambda f: (f.severity != "ERROR", f.rule, f.where, f.message)
     )
@@ -2094,11 +2094,14 @@ _PLACEHOLDER_EMAIL = re.compile(r"@(.+\.)?example\.(org|com|net)$", re.IGNORECAS
 _PLACEHOLDER_PHONE = re.compile(r"0{6,}")
 
 
-def _release_readiness(rs: dict[str, Any], cfg: StudyConfig | None, add: Callable[[str, str, str, str], None]) -> None:
+def _release_readiness(
+    rs: dict[str, Any], cfg: StudyConfig | None, add: Callable[[str, str, str, str], None], started: int
+) -> None:
     """What stops this draft from being released as it is, though PRS would accept it: placeholder
     contact details and the draft's own notice (public text; a partial upload replaces these
     sections in PRS), participants still on study at the cut (interim results; the record's status
-    must agree), and a STARTED total other than the record's planned enrolment."""
+    must agree), and a STARTED total (``started``, from the flow checks) other than the record's planned
+    enrolment."""
     more = rs.get("moreInfoModule", {})
     poc = more.get("pointOfContact") or {}
     if _PLACEHOLDER_EMAIL.search(poc.get("email") or "") or _PLACEHOLDER_PHONE.search(poc.get("phone") or ""):
@@ -2121,11 +2124,6 @@ def _release_readiness(rs: dict[str, Any], cfg: StudyConfig | None, add: Callabl
         add("21", "WARNING", "Participant Flow",
             f"{ongoing} participant(s) still on study at the data cut-off: these are interim results; the record's "
             "overall status and completion date must agree before results are submitted")
-    started = sum(
-        _int(a.get("numSubjects")) or 0
-        for p in flow.get("periods", [])[:1] for m in p.get("milestones", []) if m.get("type") == "STARTED"
-        for a in m.get("achievements", [])
-    )
     if cfg is not None and flow and started != cfg.study.planned_enrolment:
         add("18", "WARNING", "Participant Flow",
             f"total STARTED {started} differs from the planned enrolment {cfg.study.planned_enrolment} of the "
