@@ -322,7 +322,7 @@ def recommend(
 
 
 def _three_plus_three(
-    path: list[Cohort], status: list[DoseStatus], num_doses: int, variant: str, stop_at_two_dlts: bool = False
+    path: list[Cohort], status: list[DoseStatus], num_doses: int, variant: str, stop_at_two_dlts: bool
 ) -> Decision:
     # Mirrors escalation::three_plus_three (R/three_plus_three.R) branch by branch.
     if not path:
@@ -570,10 +570,12 @@ def pending_branches(
     if not pending:
         return None, None
 
+    waiting = {r.order for r in pending}
+
     def decide(first_has_dlt: bool) -> Decision | None:
         resolved = [
             replace(r, window_open=False, dlt=first_has_dlt and r.order == pending[0].order)
-            if r.evaluable and not r.dlt and r.window_open else r
+            if r.order in waiting else r
             for r in records
         ]
         status = decide_from_participants(resolved, num_doses, variant, require_six_at_mtd,
