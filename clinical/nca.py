@@ -76,9 +76,15 @@ class NcaResult:
 # Data cleaning
 
 
-def _clean(times: Sequence[float], concs: Sequence[float | None], blq: str) -> tuple[list[float], list[float]]:
+def _check_options(auc_method: str, blq: str) -> None:
+    """The options of an NCA, checked once per call (not per subject)."""
+    if auc_method not in AUC_METHODS:
+        raise NcaError(f"unknown auc_method {auc_method!r}; expected one of {', '.join(AUC_METHODS)}")
     if blq not in BLQ_RULES:
         raise NcaError(f"unknown blq rule {blq!r}; expected one of {', '.join(BLQ_RULES)}")
+
+
+def _clean(times: Sequence[float], concs: Sequence[float | None], blq: str) -> tuple[list[float], list[float]]:
     if len(times) != len(concs):
         raise NcaError(f"times and concs differ in length ({len(times)} vs {len(concs)})")
     pairs = []
@@ -243,8 +249,7 @@ def nca_profile(
     t_end: float | None = None,
 ) -> NcaResult:
     """NCA parameters of one subject's profile (see the module docstring for the rules)."""
-    if auc_method not in AUC_METHODS:
-        raise NcaError(f"unknown auc_method {auc_method!r}; expected one of {', '.join(AUC_METHODS)}")
+    _check_options(auc_method, blq)
     ts, cs = _clean(times, concs, blq)
     if not ts:
         empty = dict.fromkeys(NcaResult.__dataclass_fields__)
@@ -287,8 +292,7 @@ def auc_inf_obs(
     blq: str = "pknca",
 ) -> float | None:
     """AUCinf,obs = AUClast + Clast/lambda_z for a given lambda_z (PKNCA pk.calc.auc.inf.obs)."""
-    if auc_method not in AUC_METHODS:
-        raise NcaError(f"unknown auc_method {auc_method!r}; expected one of {', '.join(AUC_METHODS)}")
+    _check_options(auc_method, blq)
     if not lambda_z > 0:
         raise NcaError(f"lambda_z must be > 0, got {lambda_z!r}")
     ts, cs = _clean(times, concs, blq)
@@ -322,10 +326,7 @@ def nca_table(
     """
     if errors not in ERROR_MODES:
         raise NcaError(f"unknown errors mode {errors!r}; expected one of {', '.join(ERROR_MODES)}")
-    if auc_method not in AUC_METHODS:
-        raise NcaError(f"unknown auc_method {auc_method!r}; expected one of {', '.join(AUC_METHODS)}")
-    if blq not in BLQ_RULES:
-        raise NcaError(f"unknown blq rule {blq!r}; expected one of {', '.join(BLQ_RULES)}")
+    _check_options(auc_method, blq)
     if t_end is not None and not t_end > 0:
         raise NcaError(f"AUC window end {t_end!r} must be after time 0")
     missing = {"subject", "time", "conc"} - set(df.columns)
