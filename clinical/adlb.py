@@ -11,9 +11,9 @@ infused or not (screen failures included; their ADY, DOSEA are empty).
            the infusion, without one) is no baseline: BASE is then empty (XF-LB-BASELINE-LATE).
   ATOXGR   CTCAE grade (version ``safety.ctcae_version``) from the one cut-point table in
            clinical/grading.py, applied by the generated ``ctcae_grade`` macro; NULL when not
-           gradable (no rule for the test, no value, or a range limit the grade needs is missing; a
-           range whose lower limit is above its upper limit, or whose upper limit is <= 0, is treated
-           as missing).
+           gradable (no rule for the test, no value, or a range limit the grade needs is missing; the
+           grader treats a range whose lower limit is above its upper limit, or whose upper limit is
+           <= 0, as missing: clinical.grading.range_unusable_sql).
            BASE is passed to the grader for every record except the baseline record itself (a value
            is not graded against itself), so an abnormal baseline ALT/AST/BILI (BASE above the graded
            record's ULN) switches to multiples of the baseline and creatinine can use its baseline multiple.
@@ -77,19 +77,15 @@ lb AS MATERIALIZED (
          -- the baseline as the grader sees it: not for the baseline record itself, and only for tests
          -- whose grading reads a baseline (so that the distinct inputs below stay few)
          CASE WHEN l.VISIT IS DISTINCT FROM $baseline_visit AND list_contains($base_tests, l.LBTESTCD)
-              THEN b.BASE END AS GBASE,
-         -- the normal range as the grader sees it: none when it cannot be one (lower limit above the
-         -- upper, or an upper limit <= 0: XF-LB-RANGE-ORDER asks for it), rather than a grade from it
-         CASE WHEN l.LBORNRLO > l.LBORNRHI OR l.LBORNRHI <= 0 THEN NULL ELSE l.LBORNRLO END AS GLO,
-         CASE WHEN l.LBORNRLO > l.LBORNRHI OR l.LBORNRHI <= 0 THEN NULL ELSE l.LBORNRHI END AS GHI
+              THEN b.BASE END AS GBASE
   FROM cut.lb l
   LEFT JOIN base b ON b.SUBJID = l.SUBJID AND b.LBTESTCD = l.LBTESTCD
   LEFT JOIN analysis.adsl s ON s.SUBJID = l.SUBJID
 ),
 -- Each distinct grader input is graded once: lab values repeat (a million results of a 10,000-participant
 -- export have ~20,000 distinct test/value/range/baseline combinations).
-inputs AS (SELECT DISTINCT LBTESTCD, LBORRES, GLO, GHI, GBASE FROM lb),
-graded AS (SELECT *, ctcae_grade(LBTESTCD, $version, LBORRES, GLO, GHI, GBASE) AS ATOXGR FROM inputs)
+inputs AS (SELECT DISTINCT LBTESTCD, LBORRES, LBORNRLO, LBORNRHI, GBASE FROM lb),
+graded AS (SELECT *, ctcae_grade(LBTESTCD, $version, LBORRES, LBORNRLO, LBORNRHI, GBASE) AS ATOXGR FROM inputs)
 SELECT
   lb.SUBJID, lb.VISIT, v.VISITDY, lb.LBDAT, lb.LBDAT - lb.TRTSDT AS ADY,
   lb.LBTESTCD AS PARAMCD, t.ATOXTERM, t.ATOXDIR,
@@ -100,7 +96,7 @@ SELECT
 FROM lb
 LEFT JOIN graded g
   ON g.LBTESTCD IS NOT DISTINCT FROM lb.LBTESTCD AND g.LBORRES IS NOT DISTINCT FROM lb.LBORRES
- AND g.GLO IS NOT DISTINCT FROM lb.GLO AND g.GHI IS NOT DISTINCT FROM lb.GHI
+ AND g.LBORNRLO IS NOT DISTINCT FROM lb.LBORNRLO AND g.LBORNRHI IS NOT DISTINCT FROM lb.LBORNRHI
  AND g.GBASE IS NOT DISTINCT FROM lb.GBASE
 LEFT JOIN visits v USING (VISIT)
 LEFT JOIN terms t ON t.PARAMCD = lb.LBTESTCD

@@ -196,6 +196,16 @@ def _compare(x: float, op: str, y: float) -> bool:
     return {"<": x < y, ">": x > y, ">=": x >= y}[op]
 
 
+def range_unusable_sql(lln: str, uln: str) -> str:
+    """SQL: TRUE when a normal range cannot be one -- the lower limit above the upper, or an upper limit
+    <= 0. Such a range grades as no range (both limits missing) and is queried (XF-LB-RANGE-ORDER)."""
+    return f"(({lln}) > ({uln}) OR ({uln}) <= 0)"
+
+
+def _range_unusable(lln: float | None, uln: float | None) -> bool:
+    return (lln is not None and uln is not None and lln > uln) or (uln is not None and uln <= 0)
+
+
 def ctcae_lab_grade(
     test: str,
     value: float | None,
@@ -210,6 +220,8 @@ def ctcae_lab_grade(
     rule = CTCAE_LAB[version].get(test)
     if rule is None or value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if _range_unusable(lln, uln):
+        lln = uln = None
     limits = {"LLN": lln, "ULN": uln, "BASE": baseline}
     if any(limits[r] is None for r in rule.requires):
         return None
@@ -289,7 +301,9 @@ def ctcae_grade_sql(test: str, version: str, aval: str, lln: str, uln: str, base
 def create_ctcae_macros(con) -> None:  # con: duckdb.DuckDBPyConnection
     """Create ``ctcae_signif(x)`` and ``ctcae_grade(test, version, aval, lln, uln, base)`` in DuckDB."""
     con.execute(SIGNIF_MACRO_SQL)
-    body = ctcae_grade_sql("p_test", "p_version", "p_aval", "p_lln", "p_uln", "p_base")
+    unusable = range_unusable_sql("p_lln", "p_uln")
+    body = ctcae_grade_sql("p_test", "p_version", "p_aval", f"(CASE WHEN {unusable} THEN NULL ELSE p_lln END)",
+                           f"(CASE WHEN {unusable} THEN NULL ELSE p_uln END)", "p_base")
     con.execute(f"CREATE OR REPLACE MACRO ctcae_grade(p_test, p_version, p_aval, p_lln, p_uln, p_base) AS {body}")
 
 

@@ -40,6 +40,7 @@ import duckdb
 from clinical.adsl import collected_params, partial_range_sql
 from clinical.crf import FORMS, Form, form
 from clinical.expectation_runner import REPO_ROOT, form_suite
+from clinical.grading import range_unusable_sql
 from clinical.study import StudyConfig
 
 CATALOGUE_PATH = Path("docs") / "validation-rules.md"
@@ -429,7 +430,7 @@ RULES: tuple[Rule, ...] = (
         "A lab normal range can be one: its lower limit (LBORNRLO) is not above its upper limit (LBORNRHI) "
         "and the upper limit is above 0. ADLB grades no result against a range that cannot be one (no "
         "CTCAE grade until the range is corrected).",
-        # The same condition as ADLB's (clinical/adlb.py GLO/GHI), so every ungraded range is queried.
+        # The grader's own condition (clinical.grading.range_unusable_sql): every range it ignores is queried.
         f"""SELECT l.SUBJID, {_LB_KEY} AS RECORD_KEY,
               l.LBTESTCD || ' at ' || l.VISIT || ' (sample ' || coalesce(l.LBDAT::VARCHAR, 'undated') || ', result '
               || coalesce(l.LBORRES::VARCHAR, 'blank') || coalesce(' ' || l.LBORRESU, '') || '): normal range '
@@ -438,7 +439,7 @@ RULES: tuple[Rule, ...] = (
                       ELSE 'upper limit ' || l.LBORNRHI || ' not above 0 (lower limit '
                            || coalesce(l.LBORNRLO::VARCHAR, 'blank') || ')' END AS DETAIL
            FROM stage.lb l
-           WHERE l.LBORNRLO::DOUBLE > l.LBORNRHI::DOUBLE OR l.LBORNRHI::DOUBLE <= 0""",
+           WHERE {range_unusable_sql("l.LBORNRLO", "l.LBORNRHI")}""",
     ),
     Rule(
         "XF-LB-BASELINE-LATE",

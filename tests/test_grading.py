@@ -296,3 +296,20 @@ def test_crs_and_icans_sql_agree_with_python_on_every_combination():
 
     with pytest.raises(duckdb.Error, match="hypotension"):
         con.execute(f"SELECT {crs_grade_sql(repr('Y'), repr('TWO'), 'NULL', 'FALSE')}").fetchall()
+
+
+@pytest.mark.parametrize(("lln", "uln"), [(9.0, 7.0), (None, 0.0), (0.0, -1.0)])
+def test_a_range_that_cannot_be_one_grades_as_no_range_in_python_and_sql(lln, uln):
+    """Lower limit above the upper, or an upper limit <= 0: the grader reads no range (as both limits
+    missing), in the Python function and the DuckDB macro alike."""
+    import duckdb
+
+    from clinical.grading import create_ctcae_macros, ctcae_lab_grade
+
+    con = duckdb.connect()
+    create_ctcae_macros(con)
+    for test, value in (("CREAT", 300.0), ("ALT", 400.0), ("NEUT", 0.4)):
+        py = ctcae_lab_grade(test, value, lln, uln)
+        assert py == ctcae_lab_grade(test, value, None, None), test
+        sql = con.execute("SELECT ctcae_grade(?, '5.0', ?, ?, ?, NULL)", [test, value, lln, uln]).fetchone()[0]
+        assert sql == py, test
