@@ -91,6 +91,10 @@ PII_PATTERNS: dict[str, str] = {
     "an e-mail address": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z]{2,}",
 }
 
+# The quarantine rows that hold their record out of staging: every rule but PII-IN-TEXT (the text is
+# replaced and the record staged). Readers that count records held back read this view.
+HELD_DDL = f"CREATE VIEW IF NOT EXISTS raw.held AS SELECT * FROM raw.quarantine WHERE rule <> '{PII_RULE}'"
+
 QUARANTINE_DDL = """CREATE TABLE IF NOT EXISTS raw.quarantine (
      export_id VARCHAR, form VARCHAR, file VARCHAR, line BIGINT, subjid VARCHAR,
      "column" VARCHAR, rule VARCHAR, value VARCHAR, message VARCHAR)"""
@@ -439,16 +443,15 @@ def load_records(
         con.execute(
             f"""CREATE OR REPLACE TABLE stage.{form.id} AS
                 SELECT _export_id, _file, _line, {typed} FROM raw.{form.id} r
-                ANTI JOIN (SELECT line FROM raw.quarantine WHERE export_id = $export_id AND form = $form
-                           AND rule <> $kept) q ON r._line = q.line
+                ANTI JOIN (SELECT line FROM raw.held WHERE export_id = $export_id AND form = $form) q
+                  ON r._line = q.line
                 ORDER BY {key}, _line""",
-            {"export_id": export_id, "form": form.id, "kept": PII_RULE},
+            {"export_id": export_id, "form": form.id},
         )
         staged = con.execute(f"SELECT count(*) FROM stage.{form.id}").fetchone()[0]
         held = [line for (line,) in con.execute(
-            "SELECT DISTINCT line FROM raw.quarantine WHERE export_id = $export_id AND form = $form AND line IS NOT NULL "
-            "AND rule <> $kept",
-            {"export_id": export_id, "form": form.id, "kept": PII_RULE},
+            "SELECT DISTINCT line FROM raw.held WHERE export_id = $export_id AND form = $form AND line IS NOT NULL",
+            {"export_id": export_id, "form": form.id},
         ).fetchall()]
         con.execute("COMMIT")
     except BaseException:
@@ -472,6 +475,7 @@ def create_ingest_tables(con: duckdb.DuckDBPyConnection) -> None:
     two transactions creating the same catalog entry would conflict)."""
     con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE SCHEMA IF NOT EXISTS stage")
     con.execute(QUARANTINE_DDL)
+    con.execute(HELD_DDL)
 
 
 def order_quarantine(con: duckdb.DuckDBPyConnection, form_ids: list[str]) -> None:

@@ -304,13 +304,14 @@ def form_completeness_rows(con: duckdb.DuckDBPyConnection, expected_forms: dict[
     the form ids (the contract's) and flags (a fixed list) are the only names put into the SQL text,
     the form id as a value goes as a parameter."""
     from clinical.crf import FORM_IDS
-    from clinical.ingest import PII_RULE  # an identifier removed from free text: the record is staged
     from clinical.study import POPULATION_FLAGS
 
     have = {(r[0], r[1]) for r in con.execute(
         "SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
     if ("raw", "quarantine") not in have or ("analysis", "adsl") not in have:
         return []
+    # Rows held out of staging (clinical.ingest: raw.held; a database without the view: every row).
+    held = "raw.held" if ("raw", "held") in have else "raw.quarantine"
     # Records the analysis leaves out as dated after the cut-off (clinical/datacut.py).
     cut = ("cut", "after_cut") in have
     after_cut = ("(SELECT count(*) FROM cut.after_cut c WHERE c.FORM = ? AND c.ACTION LIKE 'not analysed%')"
@@ -328,11 +329,11 @@ def form_completeness_rows(con: duckdb.DuckDBPyConnection, expected_forms: dict[
         parts.append(f"""
             SELECT {n} AS FORMN, ?::VARCHAR AS FORM, ?::VARCHAR AS POPULATION,
                    (SELECT count(*) FROM raw.{form}) AS RECEIVED, (SELECT count(*) FROM stage.{form}) AS ACCEPTED,
-                   (SELECT count(DISTINCT line) FROM raw.quarantine q WHERE q.form = ? AND q.rule <> ?) AS QUARANTINED,
+                   (SELECT count(DISTINCT line) FROM {held} q WHERE q.form = ?) AS QUARANTINED,
                    {after_cut} AS AFTER_CUT,
                    (SELECT count(DISTINCT SUBJID) FROM stage.{form}) AS SUBJECTS,
                    {expected} AS EXPECTED, {with_rec} AS EXPECTED_WITH""")
-        params += [form, flag, form, PII_RULE] + ([form] if cut else [])
+        params += [form, flag, form] + ([form] if cut else [])
     if not parts:
         return []
     return _rows(con, " UNION ALL ".join(parts) + " ORDER BY FORMN", params)
