@@ -42,6 +42,7 @@ import datetime as dt
 import duckdb
 
 from clinical.datacut import apply_data_cut
+from clinical.pk import blq_sql
 from clinical.study import StudyConfig
 
 # Age groups (label, highest age in the group; None: no upper limit). The registry's categories: its
@@ -142,9 +143,8 @@ ct AS (
   FROM (SELECT COUNTRY, count(*) AS N FROM cut.dm WHERE COUNTRY IS NOT NULL GROUP BY COUNTRY)
   GROUP BY lower(COUNTRY)),
 pk AS (
-  -- Quantifiable as analysis.adpc reads a sample (clinical/pk.py BLQFL): a result at or above its LLOQ
-  -- that the site did not record as below it.
-  SELECT p.SUBJID, count(*) FILTER (WHERE p.PCBLQ IS DISTINCT FROM 'Y' AND p.PCORRES >= coalesce(p.PCLLOQ, $lloq)
+  -- Quantifiable as analysis.adpc reads a sample (clinical.pk.blq_sql): a result not below the LLOQ.
+  SELECT p.SUBJID, count(*) FILTER (WHERE p.PCORRES IS NOT NULL AND NOT coalesce(<pc_blq>, FALSE)
                                           AND p.PCDAT >= i.EXSTDAT) AS n_quant
   FROM cut.pc p JOIN cut.inf i USING (SUBJID) GROUP BY p.SUBJID),
 base AS (
@@ -223,7 +223,7 @@ SELECT * EXCLUDE (PRYN, ONSTDT, PKNQUANT, LASTASDT, INF_, APH_, REL_, LD_),
   greatest(RFICDT, ENRLDT, APHDT, LDENDT, TRTSDT, EOSDT, DTHDT, LASTASDT) AS LSTCNDT
 FROM flags
 ORDER BY SUBJID
-""".replace("<agegr1>", _agegr1_sql())
+""".replace("<agegr1>", _agegr1_sql()).replace("<pc_blq>", blq_sql("p.PCBLQ", "p.PCORRES", "coalesce(p.PCLLOQ, $lloq)"))
 
 
 def collected_params(cfg: StudyConfig) -> dict[str, bool]:

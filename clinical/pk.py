@@ -37,6 +37,12 @@ import polars as pl
 from clinical.nca import NOT_DERIVED, geometric_cv_pct, geometric_mean, median_min_max, nca_table
 from clinical.study import StudyConfig
 
+def blq_sql(blq: str, result: str, lloq: str) -> str:
+    """SQL: a PK sample is below the LLOQ -- recorded so by the site, or its value under the LLOQ. The
+    one definition of analysis.adpc BLQFL and of ADSL's PK-evaluable count (clinical/adsl.py)."""
+    return f"({blq} = 'Y' OR {result} < {lloq})"
+
+
 TOTAL = "TOTAL"
 TOTAL_DOSEN = 99
 
@@ -49,7 +55,7 @@ WITH p AS (
   WHERE s.SAFFL = 'Y'),
 f AS (
   SELECT *,
-    CASE WHEN PCBLQ = 'Y' OR PCORRES < LLOQ THEN 'Y' ELSE 'N' END AS BLQFL,
+    CASE WHEN <blq> THEN 'Y' ELSE 'N' END AS BLQFL,
     bool_or(ADY = 0) OVER (PARTITION BY SUBJID) AS HAS_D0,
     max(CASE WHEN ADY < 0 THEN ADY END) OVER (PARTITION BY SUBJID) AS LAST_PRE
   FROM p)
@@ -59,7 +65,7 @@ SELECT SUBJID, PCTPT, PCDAT, ADY, PCORRES, PCBLQ, BLQFL,
        TRTSDT, DOSEA, DOSEAN, PKEVLFL
 FROM f
 ORDER BY SUBJID, PCDAT
-"""
+""".replace("<blq>", blq_sql("PCBLQ", "PCORRES", "LLOQ"))
 
 
 def pk_parameters(cfg: StudyConfig) -> list[tuple[str, str, str, str]]:
