@@ -32,6 +32,15 @@ def cfg() -> StudyConfig:
 
 
 @pytest.fixture(scope="session")
+def rules_db(tmp_path_factory) -> Path:
+    """The simulated demo export loaded and derived without Dagster (tests/test_rules.build_fixture_db),
+    built once per session. Read-only for everyone: copy it before changing it."""
+    from test_rules import build_fixture_db
+
+    return build_fixture_db(tmp_path_factory.mktemp("rules_db") / "clean.duckdb", load_study(STUDY))
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, cfg) -> DemoRun:
     """The demo export (seed 83, data cut 2025-12-31) run through the whole Dagster job."""
     import datetime as dt

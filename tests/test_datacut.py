@@ -17,21 +17,16 @@ import pytest
 from clinical.adae import build_adae
 from clinical.adsl import build_adsl
 from clinical.study import load_study
-from tests.test_rules import CUT, build_fixture_db
+from tests.test_rules import CUT
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = load_study(ROOT / "studies" / "im83.yaml")
 
 
-@pytest.fixture(scope="module")
-def clean_db(tmp_path_factory) -> Path:
-    return build_fixture_db(tmp_path_factory.mktemp("datacut") / "trial.duckdb", CFG)
-
-
 @pytest.fixture
-def con(clean_db, tmp_path):
+def con(rules_db, tmp_path):
     path = tmp_path / "trial.duckdb"
-    shutil.copy(clean_db, path)
+    shutil.copy(rules_db, path)
     c = duckdb.connect(str(path))
     yield c
     c.close()

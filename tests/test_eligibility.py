@@ -17,7 +17,7 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from test_rules import STUDY, build_fixture_db
+from test_rules import STUDY
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +25,10 @@ def cfg():
     return load_study(STUDY)
 
 
-@pytest.fixture(scope="module")
-def clean_db(tmp_path_factory, cfg) -> Path:
-    return build_fixture_db(tmp_path_factory.mktemp("elig") / "clean.duckdb", cfg)
-
-
 @pytest.fixture
-def db(clean_db, tmp_path):
+def db(rules_db, tmp_path):
     path = tmp_path / "e.duckdb"
-    shutil.copyfile(clean_db, path)
+    shutil.copyfile(rules_db, path)
     con = duckdb.connect(str(path))
     yield con
     con.close()

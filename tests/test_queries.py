@@ -34,7 +34,7 @@ ROOT = TESTS.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from test_rules import STUDY, build_fixture_db, derive
+from test_rules import STUDY, derive
 
 CUT1, CUT2, CUT3 = dt.date(2025, 12, 31), dt.date(2026, 1, 31), dt.date(2026, 2, 28)
 
@@ -47,11 +47,6 @@ def cfg():
 @pytest.fixture(scope="module")
 def suites(cfg):
     return {f.id: resolve_suite(load_suite(ROOT / "expectations" / f"{f.id}.json"), study_codelists(cfg)) for f in FORMS}
-
-
-@pytest.fixture(scope="module")
-def clean_db(tmp_path_factory, cfg) -> Path:
-    return build_fixture_db(tmp_path_factory.mktemp("queries") / "clean.duckdb", cfg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,8 +91,8 @@ def test_query_id_uses_rule_participant_and_record_only():
 # History across data cuts (fixture databases, no Dagster)
 
 
-def _cut_db(clean_db: Path, path: Path, cfg, *edits: str) -> duckdb.DuckDBPyConnection:
-    shutil.copyfile(clean_db, path)
+def _cut_db(rules_db: Path, path: Path, cfg, *edits: str) -> duckdb.DuckDBPyConnection:
+    shutil.copyfile(rules_db, path)
     con = duckdb.connect(str(path))
     for sql in edits:
         con.execute(sql)
@@ -129,11 +124,11 @@ QUARANTINE_ROW = """INSERT INTO raw.quarantine
   FROM raw.lb WHERE SUBJID = '01-001' AND VISIT = 'D7' AND LBTESTCD = 'ALT'"""
 
 
-def test_open_closed_reopened_with_stable_ids(clean_db, tmp_path, cfg, suites):
+def test_open_closed_reopened_with_stable_ids(rules_db, tmp_path, cfg, suites):
     # Cut 1: three problems.
     c1 = tmp_path / "c1.duckdb"
     con = _cut_db(
-        clean_db, c1, cfg,
+        rules_db, c1, cfg,
         "UPDATE stage.ae SET AEBODSYS = NULL WHERE SUBJID = '01-001' AND AESPID = 4",
         "UPDATE stage.ae SET AEOUT = 'FATAL' WHERE SUBJID = '01-003' AND AESPID = 8",
         QUARANTINE_ROW.format(n=1, value="1,5"),
@@ -151,7 +146,7 @@ def test_open_closed_reopened_with_stable_ids(clean_db, tmp_path, cfg, suites):
     # AE is fixed, the lab value is fixed, a lymphodepletion dose is new.
     c2 = tmp_path / "c2.duckdb"
     con = _cut_db(
-        clean_db, c2, cfg,
+        rules_db, c2, cfg,
         "UPDATE stage.ae SET AEDECOD = NULL WHERE SUBJID = '01-001' AND AESPID = 4",
         "UPDATE stage.ld SET EXDOSE = 22.5 WHERE SUBJID = '01-003' AND EXTRT = 'FLUDARABINE' AND EXSTDAT = DATE '2024-08-22'",
     )
@@ -175,7 +170,7 @@ def test_open_closed_reopened_with_stable_ids(clean_db, tmp_path, cfg, suites):
     # the dose is fixed (closed), the uncoded AE is still open.
     c3 = tmp_path / "c3.duckdb"
     con = _cut_db(
-        clean_db, c3, cfg,
+        rules_db, c3, cfg,
         "UPDATE stage.ae SET AEDECOD = NULL WHERE SUBJID = '01-001' AND AESPID = 4",
         "UPDATE stage.ae SET AEOUT = 'FATAL' WHERE SUBJID = '01-003' AND AESPID = 8",
     )
@@ -192,8 +187,8 @@ def test_open_closed_reopened_with_stable_ids(clean_db, tmp_path, cfg, suites):
     assert all(q["EXPORT_ID"] == "EXP-3" and q["DATA_CUT"] == CUT3 for q in q3.values())
 
 
-def test_schema(clean_db, tmp_path, cfg):
-    con = _cut_db(clean_db, tmp_path / "s.duckdb", cfg)
+def test_schema(rules_db, tmp_path, cfg):
+    con = _cut_db(rules_db, tmp_path / "s.duckdb", cfg)
     build_queries(con, cfg, "EXP", CUT1)
     got = con.execute(
         "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'analysis' AND table_name = 'data_queries'"
@@ -202,7 +197,7 @@ def test_schema(clean_db, tmp_path, cfg):
     assert got == list(COLUMNS)
 
 
-def test_previous_table_of_the_older_shape_is_read(clean_db, tmp_path, cfg):
+def test_previous_table_of_the_older_shape_is_read(rules_db, tmp_path, cfg):
     """Outputs written before history was tracked (8 columns, no RECORD_KEY) still give first seen."""
     old = tmp_path / "old.duckdb"
     con = duckdb.connect(str(old))
@@ -213,7 +208,7 @@ def test_previous_table_of_the_older_shape_is_read(clean_db, tmp_path, cfg):
            t(QUERY_ID, RULE_ID, SEVERITY, FORM, SUBJID, DETAIL, STATUS, EXPORT_ID)"""
     )
     con.close()
-    con = _cut_db(clean_db, tmp_path / "new.duckdb", cfg)
+    con = _cut_db(rules_db, tmp_path / "new.duckdb", cfg)
     counts = build_queries(con, cfg, "EXP-1", CUT2, previous_db=old, previous_cut=CUT1)
     row = con.execute(
         "SELECT STATUS, FIRST_SEEN_EXPORT, FIRST_SEEN_CUT, CLOSED_CUT, DAYS_OPEN, RECORD_KEY FROM analysis.data_queries"
@@ -222,10 +217,10 @@ def test_previous_table_of_the_older_shape_is_read(clean_db, tmp_path, cfg):
     assert counts["closed"] == 1 and row == [(CLOSED, "EXP-0", CUT1, CUT2, 31, "")]
 
 
-def test_error_rules_are_not_queries(clean_db, tmp_path, cfg):
+def test_error_rules_are_not_queries(rules_db, tmp_path, cfg):
     """Only WARN rules become queries: a failing ERROR rule blocks the run before this table."""
     con = _cut_db(
-        clean_db, tmp_path / "e.duckdb", cfg,
+        rules_db, tmp_path / "e.duckdb", cfg,
         "UPDATE stage.enrol SET ENRLYN = 'N' WHERE SUBJID = '01-003'",  # XF-INF-NOT-ENROLLED (ERROR)
         "UPDATE stage.ae SET AEBODSYS = NULL WHERE SUBJID = '01-001' AND AESPID = 4",  # XF-AE-NOT-CODED (WARN)
     )
@@ -237,8 +232,8 @@ def test_error_rules_are_not_queries(clean_db, tmp_path, cfg):
     assert got == [("XF-AE-NOT-CODED", "WARN")]
 
 
-def test_duplicate_key_rows_are_one_query_naming_both_lines(clean_db, tmp_path, cfg):
-    con = _cut_db(clean_db, tmp_path / "d.duckdb", cfg)
+def test_duplicate_key_rows_are_one_query_naming_both_lines(rules_db, tmp_path, cfg):
+    con = _cut_db(rules_db, tmp_path / "d.duckdb", cfg)
     con.execute(
         """INSERT INTO raw.quarantine
            SELECT 'EXP', 'ae', 'ae.csv', _line, SUBJID, 'SUBJID+AESPID', 'DUPLICATE-KEY', '01-001|2', 'key twice'
@@ -254,14 +249,14 @@ def test_duplicate_key_rows_are_one_query_naming_both_lines(clean_db, tmp_path, 
     assert detail.count("ae.csv line") == 2
 
 
-def test_workbook_without_the_table_lists_the_quarantine_under_the_tables_ids(clean_db, tmp_path, cfg):
+def test_workbook_without_the_table_lists_the_quarantine_under_the_tables_ids(rules_db, tmp_path, cfg):
     """A database without analysis.data_queries (a failed derive): the queries workbook lists the
     quarantined rows as queries with the ids, keys and details they have in analysis.data_queries."""
     from deliverables.workbooks import QUERY_COLUMNS, load_queries
 
     path = tmp_path / "w.duckdb"
     con = _cut_db(
-        clean_db, path, cfg,
+        rules_db, path, cfg,
         QUARANTINE_ROW.format(n=1, value="1,5"),
         # two rows sharing a key: one query naming both lines
         """INSERT INTO raw.quarantine
@@ -302,8 +297,8 @@ def test_workbook_without_the_table_lists_the_quarantine_under_the_tables_ids(cl
 # WARN expectations of the GX suites become queries, with the suite's own bounds
 
 
-def test_warn_expectation_listing_agrees_with_great_expectations(clean_db, tmp_path, cfg, suites):
-    con = _cut_db(clean_db, tmp_path / "gx.duckdb", cfg)
+def test_warn_expectation_listing_agrees_with_great_expectations(rules_db, tmp_path, cfg, suites):
+    con = _cut_db(rules_db, tmp_path / "gx.duckdb", cfg)
     con.execute("UPDATE raw.ae SET AETOXGR = '7' WHERE SUBJID = '01-001' AND AESPID = '2'")
     con.execute("UPDATE raw.ae SET AEICE = '11', AEFEVER = 'MAYBE' WHERE SUBJID = '01-001' AND AESPID = '5'")
     con.execute("UPDATE raw.dm SET AGE = '130' WHERE SUBJID = '01-003'")
