@@ -40,6 +40,18 @@ def rules_db(tmp_path_factory) -> Path:
     return build_fixture_db(tmp_path_factory.mktemp("rules_db") / "clean.duckdb", load_study(STUDY))
 
 
+@pytest.fixture
+def rules_con(rules_db, tmp_path):
+    """A connection to a copy of :func:`rules_db`, for a test that changes it."""
+    import duckdb
+
+    path = tmp_path / "trial.duckdb"
+    shutil.copyfile(rules_db, path)
+    con = duckdb.connect(str(path))
+    yield con
+    con.close()
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, cfg) -> DemoRun:
     """The demo export (seed 83, data cut 2025-12-31) run through the whole Dagster job."""

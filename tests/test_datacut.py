@@ -8,10 +8,8 @@ a screening sample dated after lymphodepletion), and checks ADSL / ADAE / ADLB /
 """
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from clinical.adae import build_adae
@@ -24,12 +22,8 @@ CFG = load_study(ROOT / "studies" / "im83.yaml")
 
 
 @pytest.fixture
-def con(rules_db, tmp_path):
-    path = tmp_path / "trial.duckdb"
-    shutil.copy(rules_db, path)
-    c = duckdb.connect(str(path))
-    yield c
-    c.close()
+def con(rules_con):
+    return rules_con
 
 
 def _derive(con, cfg=CFG, cut: dt.date = CUT) -> None:

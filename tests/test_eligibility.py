@@ -3,11 +3,9 @@ configuration on the screening values, x ULN from the lab's own range, protocol 
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from clinical.eligibility import build_eligibility
@@ -26,12 +24,8 @@ def cfg():
 
 
 @pytest.fixture
-def db(rules_db, tmp_path):
-    path = tmp_path / "e.duckdb"
-    shutil.copyfile(rules_db, path)
-    con = duckdb.connect(str(path))
-    yield con
-    con.close()
+def db(rules_con):
+    return rules_con
 
 
 def _elig(con, subjid, crit):
