@@ -1098,7 +1098,8 @@ def layout_form_completeness(t: ReportTables) -> DisplayTable:
         "after the data cut-off, not analysed in this report (cut.after_cut). Expected of: the population (ADSL flag, "
         "study configuration data_quality.expected_forms) that should have at least one record of the form by "
         "the data cut; forms without one (adverse events, medications, disposition) are counted only. "
-        "Sources: raw.<form>, stage.<form>, raw.quarantine, cut.after_cut, analysis.adsl.",
+        "Sources: raw.<form>, stage.<form>, raw.held (the quarantine rows that hold their record back), "
+        "cut.after_cut, analysis.adsl.",
         sheet="Form completeness",
         empty_text="Form counts are not available in this database.",
     )
