@@ -1,7 +1,12 @@
-"""DSMB report: HTML from a Jinja2 template, PDF from WeasyPrint.
+"""DSMB report: one context, laid out as HTML by Jinja2; the PDF is that HTML rendered by WeasyPrint.
 
-    html = render_dsmb_html(tables, cfg, data_cut, report_number=1, session="Open")
+    ctx = dsmb_context(tables, cfg, data_cut, report_number=1, session="Open", figures=svgs)
+    html = render_html(ctx)   # report_templates/dsmb.html.j2, stylesheet inlined
     html_to_pdf(html, Path("dsmb.pdf"), data_cut)
+
+The context holds everything the report says: the chapters with their numbered tables, listings and
+figures, the notes and pointers to the closed session, the summary's facts, key figures, decision
+and asks, the flow diagram's boxes, the data notes; the template only lays it out.
 
 The HTML is a complete, self-contained document (stylesheet inlined). Every value from the data
 goes through Jinja2 autoescaping, including free text such as AETERM and DTHCAUS. The page margin
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import numbers
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +38,7 @@ from deliverables.changes import CutChanges, layout_changes, summary_lines
 from deliverables.tables import (
     SESSIONS,
     DisplayTable,
+    FlowBox,
     ReportTables,
     as_date,
     consistency_problems,
@@ -61,6 +68,16 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
+def listing_class(value: Any) -> str:
+    """How a listing cell wraps: "num" (a number) and "short" (a code or date: at most 12
+    characters, no space) stay on one line; "free" text wraps."""
+    if isinstance(value, numbers.Number):
+        return "num"
+    if isinstance(value, str) and len(value) <= 12 and " " not in value:
+        return "short"
+    return "free"
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATE_DIR)),
@@ -71,6 +88,7 @@ def _environment() -> Environment:
         keep_trailing_newline=True,
     )
     env.filters["cell"] = cell_text
+    env.filters["listing_class"] = listing_class
     return env
 
 
@@ -269,7 +287,46 @@ def _dsmb_asks(
     return asks
 
 
-def render_dsmb_html(
+def _study_facts(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """Section 1.1: the study and its escalation and grading rules."""
+    study, esc, safety = cfg.study, cfg.escalation, cfg.safety
+    rule = (f"3+3, {esc.variant} variant; cohorts of {esc.cohort_size}, at most {esc.max_per_dose} per dose level; "
+            f"DLT window {esc.dlt_window_days} days after infusion")
+    if esc.stop_at_two_dlts:
+        rule += "; two DLTs at a dose level settle it at once, its cohort complete or not"
+    if esc.wait_for_window_close:
+        rule += "; a cohort opens only when every DLT window of the previous cohort has closed"
+    return [
+        ("Title", study.title),
+        ("Design", f"{study.design}; phase {study.phase}; planned enrolment {study.planned_enrolment}"),
+        ("Product", study.product),
+        ("Dose levels", "; ".join(f"{d.id} {d.label}" for d in cfg.dose_levels)),
+        ("Escalation rule", rule),
+        ("Safety grading", f"CTCAE v{safety.ctcae_version}; CRS and ICANS: {safety.crs_ics_grading}; "
+                           f"MedDRA {safety.meddra_version}"),
+    ]
+
+
+def _flow_box(b: FlowBox) -> dict[str, Any]:
+    """A box of the CONSORT-style diagram as it reads (the template joins ``by_dose`` with a middle dot)."""
+    return {
+        "kind": b.kind,
+        "label": b.label + (" (analysis set, subset of the infused)" if b.kind == "set" else ""),
+        "n": f"n = {b.total if b.total is not None else ''}",
+        "by_dose": [f"{d}: {n}" for d, n in b.by_dose],
+        "side_title": b.side_title,
+        "side": [f"{reason}: {n}" for reason, n in b.side],
+    }
+
+
+def _checks_note(problems: list[str]) -> str:
+    if not problems:
+        return ("Cross-table checks passed: participant flow, dose-escalation table, safety denominators and "
+                "listings agree.")
+    return f"Cross-table checks found {len(problems)} inconsistenc{'y' if len(problems) == 1 else 'ies'}:"
+
+
+def dsmb_context(
     tables: ReportTables,
     cfg: StudyConfig,
     data_cut: dt.date | str,
@@ -279,8 +336,8 @@ def render_dsmb_html(
     figures: dict[str, str] | None = None,
     changes: CutChanges | None = None,
     closed: list[DisplayTable] | None = None,
-) -> str:
-    """The DSMB report as a complete HTML document (input of :func:`html_to_pdf`).
+) -> dict[str, Any]:
+    """Everything the DSMB report shows, for :func:`render_html` and :func:`render_pdf`.
 
     figures: SVGs by key (deliverables.figures.render_figures); changes: the changes since the
     previous published cut (deliverables.changes.compare_with_previous_dir), None without one;
@@ -297,31 +354,56 @@ def render_dsmb_html(
         changes = None
     change_tables = layout_changes(changes, tables.dose_label) if changes is not None else None
     chapters = report_chapters(shown, figures, within_budget(change_tables) if change_tables else None, sess)
+    previous_cut = changes.previous_cut.isoformat() if changes is not None else None
+    for c in chapters:
+        c["lead"] = (f"Compared with the data cut-off of {previous_cut} (the latest earlier published data cut of "
+                     "this study)." if c["anchor"] == "sec-changes" and previous_cut else "")
     headline = key_figures(tables)
     study = cfg.study
-    title = f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}"
-    ctx = {
+    problems = consistency_problems(tables)
+    missing = tables.missing
+    return {
         "cfg": cfg,
         "study": study,
-        "title": title,
+        "title": f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}",
+        "description": f"{sess} session report for the Data and Safety Monitoring Board, {study.id} "
+                       f"({study.nct_id}), data cut-off {cut.isoformat()}",
+        "keywords": [study.id, study.nct_id, study.protocol_id, "DSMB"],
         "cut": cut.isoformat(),
         "report_date": rdate.isoformat(),
         "report_number": report_number,
         "session": sess,
         "created": f"{cut.isoformat()}T00:00:00+00:00",
-        "css": Markup(_stylesheet()),
+        "title_facts": [
+            ("Study", study.id), ("ClinicalTrials.gov", study.nct_id), ("Protocol", study.protocol_id),
+            ("Sponsor", study.sponsor), ("Report number", str(report_number)), ("Data cut-off", cut.isoformat()),
+            ("Report date", rdate.isoformat()),
+        ],
+        "study_facts": _study_facts(cfg),
         "abbreviations": ABBREVIATIONS,
         "confidentiality": CLOSED_CONFIDENTIALITY if sess == "Closed" else study.confidentiality,
         "chapters": chapters,
-        "previous_cut": changes.previous_cut.isoformat() if changes is not None else None,
+        "previous_cut": previous_cut,
         "figures": headline,
         "decision": decision_summary(tables),
         "asks": _dsmb_asks(tables, dict(headline), changes, sess, window=cfg.escalation.dlt_window_days),
-        "boxes": flow_boxes(tables),
-        "problems": consistency_problems(tables),
-        "missing": tables.missing,
+        "boxes": [_flow_box(b) for b in flow_boxes(tables)],
+        "problems": problems,
+        "checks_note": _checks_note(problems),
+        "missing": missing,
+        "missing_note": (f"Not available at this data cut: {', '.join(f'analysis.{t}' for t in missing)}. "
+                         "The sections that use them say so.") if missing else "",
     }
-    return _environment().get_template(TEMPLATE).render(**ctx)
+
+
+def render_html(ctx: dict[str, Any]) -> str:
+    """The report as a complete HTML document (report_templates/dsmb.html.j2)."""
+    return _environment().get_template(TEMPLATE).render(**ctx, css=Markup(_stylesheet()))
+
+
+def render_dsmb_html(tables: ReportTables, cfg: StudyConfig, data_cut: dt.date | str, **kwargs: Any) -> str:
+    """:func:`dsmb_context` + :func:`render_html`; keyword arguments go to dsmb_context."""
+    return render_html(dsmb_context(tables, cfg, data_cut, **kwargs))
 
 
 def _stylesheet() -> str:
