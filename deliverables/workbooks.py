@@ -72,6 +72,8 @@ def safe_cell_value(v: Any) -> Any:
         return safe_cell_value(float(v))
     if isinstance(v, (dt.datetime, dt.date, dt.time)):
         return v
+    if type(v) is str and v.isascii() and v.isprintable() and len(v) <= MAX_CELL_CHARS:
+        return v  # most text: nothing to remove or cut
     text = v if isinstance(v, str) else str(v)
     text = ILLEGAL_CHARACTERS_RE.sub("", text)
     # Lone surrogates cannot be encoded as UTF-8 XML either.
@@ -210,6 +212,8 @@ def write_cell(ws, styles: _Styles, value: Any, number_format: str | None = None
 def _text_width(value: Any) -> int:
     if value is None:
         return 0
+    if type(value) is str and value.isascii() and value.isprintable():
+        return len(value)  # one line, one column per character
     if isinstance(value, dt.date):
         return 10
     if isinstance(value, float):
@@ -356,27 +360,41 @@ def _write_display_sheet(ws, styles: _Styles, t: DisplayTable, cfg: StudyConfig,
     ws.append([write_cell(ws, styles, name, font=HEADER_FONT, fill=HEADER_FILL, alignment=header_align)
                for name in columns])
     wrap_over = 60
+
+    def cell_format(style: str, j: int, clean: Any) -> tuple[Font | None, Alignment | None, str | None]:
+        """Font, alignment and number format of a data cell in column j (1-based) of a row of this style."""
+        font = GROUP_FONT if style == "group" else NOTE_FONT if style in ("note", "set") else None
+        fmt = _number_format(columns[j - 1], clean)
+        if style == "note":
+            align = _align(vertical="top", wrap_text=j > 1)
+        elif j == 1:
+            align = _align(horizontal="left", indent=2 if style == "indent" else 0)
+        elif (t.kind == "table" and j <= ncols) or isinstance(clean, (int, float)) and not isinstance(clean, bool):
+            # Display cells mix numbers and "n (%)" text: centre them like the PDF does.
+            align = _align(horizontal="center")
+        else:
+            align = None
+        if isinstance(clean, str) and len(clean) > wrap_over and style != "note":
+            align = _align(wrap_text=True, vertical="top", horizontal=align.horizontal if align else None,
+                           indent=align.indent if align else 0)
+        return font, align, fmt
+
+    # The format depends on the row style, the column and the kind of value only (its type; for text,
+    # whether it is long enough to wrap): decided once per combination, not per cell.
+    formats: dict[tuple, tuple[Font | None, Alignment | None, str | None]] = {}
     for i, row in enumerate(values):
         style = row_styles[i]
         r = FIRST_DATA_ROW + i
         if i in notes and i >= n_data and len(columns) > 2:
             _merge(ws, r, 2, ncols, widths, safe_cell_value(row[1]) or "" if len(row) > 1 else "", 11)
-        font = GROUP_FONT if style == "group" else NOTE_FONT if style in ("note", "set") else None
         cells = []
         for j, clean in enumerate(row, start=1):
-            fmt = _number_format(columns[j - 1], clean)
-            if style == "note":
-                align = _align(vertical="top", wrap_text=j > 1)
-            elif j == 1:
-                align = _align(horizontal="left", indent=2 if style == "indent" else 0)
-            elif (t.kind == "table" and j <= ncols) or isinstance(clean, (int, float)) and not isinstance(clean, bool):
-                # Display cells mix numbers and "n (%)" text: centre them like the PDF does.
-                align = _align(horizontal="center")
-            else:
-                align = None
-            if isinstance(clean, str) and len(clean) > wrap_over and style != "note":
-                align = _align(wrap_text=True, vertical="top", horizontal=align.horizontal if align else None,
-                               indent=align.indent if align else 0)
+            kind = type(clean)
+            key = (style, j, kind, len(clean) > wrap_over) if isinstance(clean, str) else (style, j, kind)
+            found = formats.get(key)
+            if found is None:
+                found = formats[key] = cell_format(style, j, clean)
+            font, align, fmt = found
             cells.append(write_cell(ws, styles, clean, fmt, font=font, alignment=align, clean=True))
         ws.append(cells)
     if not rows:
