@@ -226,10 +226,13 @@ ORDER BY SUBJID
 """.replace("<agegr1>", _agegr1_sql()).replace("<pc_blq>", blq_sql("p.PCBLQ", "p.PCORRES", "coalesce(p.PCLLOQ, $lloq)"))
 
 
-def collected_params(cfg: StudyConfig) -> dict[str, bool]:
-    """$apher_collected, $mfg_collected, $ld_collected: whether the study collects the funnel's
-    forms (a form it does not collect is loaded empty and holds no one back)."""
-    return {f"{f}_collected": cfg.forms is None or f in cfg.forms for f in ("apher", "mfg", "ld")}
+FUNNEL_FORMS = ("apher", "mfg", "ld")
+
+
+def collected_params(cfg: StudyConfig, forms: tuple[str, ...] = FUNNEL_FORMS) -> dict[str, bool]:
+    """$<form>_collected (by default $apher_collected, $mfg_collected, $ld_collected): whether the
+    study collects the form (a form it does not collect is loaded empty and holds no one back)."""
+    return {f"{f}_collected": cfg.forms is None or f in cfg.forms for f in forms}
 
 
 def build_adsl(con: duckdb.DuckDBPyConnection, cfg: StudyConfig, data_cut: dt.date) -> int:

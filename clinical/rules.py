@@ -37,7 +37,7 @@ from typing import Literal
 
 import duckdb
 
-from clinical.adsl import collected_params, partial_range_sql
+from clinical.adsl import FUNNEL_FORMS, collected_params, partial_range_sql
 from clinical.crf import FORMS, Form, form
 from clinical.expectation_runner import REPO_ROOT, form_suite
 from clinical.grading import range_unusable_sql
@@ -537,14 +537,15 @@ RULES: tuple[Rule, ...] = (
         "ie",
         "analysis/eligibility",
         "The investigator's criterion assessment (ie IEYN) agrees with the criterion evaluated on the "
-        "screening values; every enrolled participant has an assessment of every criterion.",
+        "screening values; every enrolled participant has an assessment of every criterion (where the "
+        "study collects the ie form).",
         """SELECT SUBJID, 'CRIT=' || CRIT AS RECORD_KEY,
               CASE WHEN IEYN IS NULL THEN 'no investigator assessment (ie) of criterion ' || CRIT || ' (' || CRITLBL || ')'
                    ELSE 'criterion ' || CRIT || ' (' || CRITLBL || '): investigator IEYN = ' || IEYN
                         || ', screening value ' || coalesce(VALUE, 'missing') || ' against ' || THRESHOLD_TEXT
                         || ' gives ' || MET END AS DETAIL
            FROM analysis.eligibility
-           WHERE (IEYN IS NOT NULL AND MET IS NOT NULL AND IEYN <> MET) OR (IEYN IS NULL AND ENRLYN = 'Y')""",
+           WHERE (IEYN IS NOT NULL AND MET IS NOT NULL AND IEYN <> MET) OR (IEYN IS NULL AND ENRLYN = 'Y' AND $ie_collected)""",
     ),
 )
 
@@ -567,7 +568,7 @@ def rule_parameters(cfg: StudyConfig) -> dict[str, object]:
         "visit_days": [v.day for v in cfg.visits],
         "baseline_visit": cfg.screening_visit,  # ADLB's baseline visit (assets/derive.py)
         # A form the study does not collect (configuration forms:) is loaded empty: as in ADSL, not required.
-        **collected_params(cfg),
+        **collected_params(cfg, (*FUNNEL_FORMS, "ie")),
         "death_causes_not_ae": [c.strip().upper() for c in cfg.safety.death_causes_not_ae],
     }
 

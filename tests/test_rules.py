@@ -368,6 +368,22 @@ def test_forms_not_collected_are_not_required(broken, cfg):
         "but no lymphodepletion record (ld)")
 
 
+def test_ie_assessments_asked_only_where_ie_is_collected(broken, cfg):
+    """XF-ELIG-IE-DISAGREE asks for the investigator's assessment of every criterion only where the
+    study collects the ie form; a disagreement with the screening values is asked either way."""
+    rule = RULES_BY_ID["XF-ELIG-IE-DISAGREE"]
+    con = broken("DELETE FROM stage.ie")
+    enrolled = con.execute(
+        "SELECT DISTINCT SUBJID FROM analysis.eligibility WHERE ENRLYN = 'Y' ORDER BY SUBJID").fetchall()
+    assert len(enrolled) == 16
+    failing = run_rule(con, rule, cfg)
+    assert sorted({s for s, _, _ in failing}) == [s for (s,) in enrolled]
+    assert all(d.startswith("no investigator assessment (ie)") for _, _, d in failing)
+    no_ie = cfg.model_copy(update={"forms": [f.id for f in FORMS if f.id != "ie"]})
+    con = broken("DELETE FROM stage.ie", config=no_ie)
+    assert run_rule(con, rule, no_ie) == []
+
+
 def test_rules_paste_no_protocol_values(cfg):
     """Doses, days, tolerances, agents, dose levels and visits reach the SQL only as parameters."""
     params = rule_parameters(cfg)
