@@ -8,7 +8,9 @@ Safety: every value that comes from data is written by :func:`set_cell`, which c
 :func:`safe_cell_value` (illegal XML control characters removed) and keeps text as text: a string
 starting with "=" would otherwise become a formula (openpyxl infers data_type "f"), so the cell's
 data type is forced to "s", and text starting with = + - @ tab or CR also gets the quotePrefix
-style so that Excel keeps it as text when the cell is edited.
+style so that Excel keeps it as text when the cell is edited. The display sheets' data rows are
+written by :class:`_SheetRows` (the same cells, without a cell object per value): cleaned by
+safe_cell_value, every text an inline string, the same styles.
 
 Determinism: no wall clock. The document properties (created / modified) are the data cut-off at
 00:00 UTC, and the zip entries are written with that timestamp in a fixed order, so two writes of
@@ -27,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from openpyxl import Workbook
+from lxml import etree
+from openpyxl import LXML, Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
 from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.styles.cell_style import StyleArray
 from openpyxl.utils import get_column_letter, quote_sheetname
 from openpyxl.worksheet.hyperlink import Hyperlink
 from openpyxl.worksheet.worksheet import Worksheet
@@ -275,6 +279,119 @@ def _number_format(column_name: str, value: Any) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------------
+# Rows of a write-only sheet
+
+# Text parsed back by lxml: the characters XML escapes in text (a carriage return would otherwise
+# be read as a line feed).
+_XML_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+# An empty CDATA section parses to an empty text, which lxml writes as <c ...></c>, as openpyxl's
+# streaming writer does for an empty cell (an element parsed without it is written <c .../>).
+_EMPTY = "<![CDATA[]]>"
+_BATCH_CHARS = 1 << 16  # rows are parsed and written some 64 KB of XML at a time (cache-sized)
+
+
+class _SheetRows:
+    """The rows of one write-only sheet, written into openpyxl's worksheet stream.
+
+    ``append(values)`` is ``ws.append(values)``: any value or WriteOnlyCell, row heights, links.
+    ``append_plain(values, styles)`` writes a row of text, numbers and empty cells, with the cell
+    styles given, for a fraction of the work: a WriteOnlyCell per value and openpyxl's cell writer
+    cost several microseconds a cell, most of the sponsor workbook's time (its listings have
+    hundreds of thousands of cells). The row is formatted here as the XML openpyxl would write
+    (openpyxl.cell._writer.lxml_write_cell: inline strings, numbers as "%.16g"), and lxml parses
+    and writes the rows a batch at a time.
+
+    openpyxl internals, used only in this class, as WriteOnlyWorksheet._write_rows uses them
+    (openpyxl 3.1): ``ws._get_writer()``, ``ws._writer.xf`` (hands out the sheet's xmlfile and
+    takes it back), ``ws._values_to_row`` and ``ws._writer.write_row`` (openpyxl's row writer),
+    and ``ws._rows`` (what ``ws.close()`` finishes at save). tests/test_workbook_writer.py
+    compares the bytes with ws.append's, so that an openpyxl release that changes any of this
+    fails there, not in a deliverable.
+    """
+
+    def __init__(self, ws) -> None:
+        ws._get_writer()  # writes the sheet's properties, views and columns: set them before
+        self.ws = ws
+        self.xf = ws._writer.xf.send(True)
+        self._sheet_data = self.xf.element("sheetData")
+        self._sheet_data.__enter__()
+        ws._rows = self  # ws.close() calls close()
+        self.rows = 0  # rows written so far
+        self._parser = etree.XMLParser(resolve_entities=False)  # not the process-wide default parser
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._letters: list[str] = []
+        self._style_attrs: dict[int, tuple[StyleArray, str]] = {}
+
+    def append(self, values: list[Any]) -> None:
+        """One row as ws.append takes it, written by openpyxl."""
+        self._flush()
+        self.rows += 1
+        self.ws._writer.write_row(self.xf, self.ws._values_to_row(values, self.rows), self.rows)
+
+    def append_plain(self, values: list[Any], styles: list[StyleArray | None]) -> bool:
+        """One row of str, int, float and None (an empty cell, written only when styled) values;
+        ``styles[j]``: the StyleArray of the cell, None for no style. False, and nothing written,
+        for a row with a value of another type or a height (``append`` writes it)."""
+        r = self.rows + 1
+        # Without lxml (OPENPYXL_LXML=False) openpyxl writes its XML differently: it writes every row.
+        if not LXML or r in self.ws.row_dimensions:
+            return False
+        letters = self._letters
+        while len(letters) < len(values):
+            letters.append(get_column_letter(len(letters) + 1))
+        parts = [f'<row r="{r}">']
+        for letter, v, style in zip(letters, values, styles):
+            kind = type(v)
+            s = "" if style is None else self._style_attr(style)
+            if kind is str:
+                if not v:
+                    parts.append(f'<c r="{letter}{r}"{s} t="inlineStr">{_EMPTY}</c>')
+                    continue
+                space = "" if v == v.strip() else ' xml:space="preserve"'
+                if "&" in v or "<" in v or ">" in v or "\r" in v:
+                    v = v.translate(_XML_TEXT_ESCAPES)
+                parts.append(f'<c r="{letter}{r}"{s} t="inlineStr"><is><t{space}>{v}</t></is></c>')
+            elif kind is int or (kind is float and math.isfinite(v)):
+                parts.append(f'<c r="{letter}{r}"{s} t="n"><v>{"%.16g" % v}</v></c>')
+            elif v is None:
+                if style is not None:
+                    parts.append(f'<c r="{letter}{r}"{s} t="n">{_EMPTY}</c>')
+            else:
+                return False
+        if len(parts) == 1:
+            parts.append(_EMPTY)
+        parts.append("</row>")
+        row = "".join(parts)
+        self._pending.append(row)
+        self._pending_chars += len(row)
+        self.rows = r
+        if self._pending_chars > _BATCH_CHARS:
+            self._flush()
+        return True
+
+    def _style_attr(self, style: StyleArray) -> str:
+        found = self._style_attrs.get(id(style))
+        if found is None:
+            # The workbook numbers a cell style when a written cell first uses it, as openpyxl's
+            # writer does (the style is kept here, so that its id() stays its own).
+            found = self._style_attrs[id(style)] = (style, f' s="{Cell(self.ws, style_array=style).style_id}"')
+        return found[1]
+
+    def _flush(self) -> None:
+        if self._pending:
+            for row in etree.fromstring("<rows>" + "".join(self._pending) + "</rows>", self._parser):
+                self.xf.write(row)
+            self._pending = []
+            self._pending_chars = 0
+
+    def close(self) -> None:
+        self._flush()
+        self._sheet_data.__exit__(None, None, None)
+        self.ws._writer.xf.send(None)
+
+
 def _deterministic_save(wb: Workbook, path: Path, cut: dt.date) -> Path:
     """Save with fixed document dates and zip timestamps (openpyxl's save() stamps 'now')."""
     stamp = dt.datetime(cut.year, cut.month, cut.day)
@@ -310,6 +427,8 @@ EXCEL_MAX_ROWS = 1_048_576
 SHEET_DATA_ROWS = EXCEL_MAX_ROWS - FIRST_DATA_ROW + 1
 TITLE_SIZE, NOTE_SIZE = 12, 9
 NOTE_FONT_SMALL = Font(italic=True, size=NOTE_SIZE)
+# A data cell's font, alignment, number format and the cell style they make (None: no style).
+CellFormat = tuple[Font | None, Alignment | None, str | None, StyleArray | None]
 
 
 def _parts(t: DisplayTable) -> list[tuple[int, int]]:
@@ -352,17 +471,19 @@ def _write_display_sheet(ws, styles: _Styles, t: DisplayTable, cfg: StudyConfig,
         n_data -= 1
     _merge(ws, TITLE_ROW, 1, ncols, widths, title, TITLE_SIZE)
     _merge(ws, NOTE_ROW, 1, ncols, widths, safe_cell_value(footnote) or "", NOTE_SIZE)
-    ws.append([write_cell(ws, styles, title, font=TITLE_FONT,
-                          alignment=_align(wrap_text=True, vertical="top") if ncols > 1 else None)])
-    ws.append([write_cell(ws, styles, footnote, font=NOTE_FONT_SMALL,
-                          alignment=_align(wrap_text=True, vertical="top") if ncols > 1 else None)])
+    sheet = _SheetRows(ws)
+    sheet.append([write_cell(ws, styles, title, font=TITLE_FONT,
+                             alignment=_align(wrap_text=True, vertical="top") if ncols > 1 else None)])
+    sheet.append([write_cell(ws, styles, footnote, font=NOTE_FONT_SMALL,
+                             alignment=_align(wrap_text=True, vertical="top") if ncols > 1 else None)])
     header_align = _align(wrap_text=True, vertical="bottom")
-    ws.append([write_cell(ws, styles, name, font=HEADER_FONT, fill=HEADER_FILL, alignment=header_align)
-               for name in columns])
+    sheet.append([write_cell(ws, styles, name, font=HEADER_FONT, fill=HEADER_FILL, alignment=header_align)
+                  for name in columns])
     wrap_over = 60
 
-    def cell_format(style: str, j: int, clean: Any) -> tuple[Font | None, Alignment | None, str | None]:
-        """Font, alignment and number format of a data cell in column j (1-based) of a row of this style."""
+    def cell_format(style: str, j: int, clean: Any) -> CellFormat:
+        """Font, alignment and number format of a data cell in column j (1-based) of a row of this
+        style, and the cell style they make (None: no style)."""
         font = GROUP_FONT if style == "group" else NOTE_FONT if style in ("note", "set") else None
         fmt = _number_format(columns[j - 1], clean)
         if style == "note":
@@ -377,28 +498,31 @@ def _write_display_sheet(ws, styles: _Styles, t: DisplayTable, cfg: StudyConfig,
         if isinstance(clean, str) and len(clean) > wrap_over and style != "note":
             align = _align(wrap_text=True, vertical="top", horizontal=align.horizontal if align else None,
                            indent=align.indent if align else 0)
-        return font, align, fmt
+        cell = write_cell(ws, styles, clean, fmt, font=font, alignment=align, clean=True)
+        return font, align, fmt, cell._style if isinstance(cell, Cell) and cell.has_style else None
 
     # The format depends on the row style, the column and the kind of value only (its type; for text,
-    # whether it is long enough to wrap): decided once per combination, not per cell.
-    formats: dict[tuple, tuple[Font | None, Alignment | None, str | None]] = {}
+    # whether it is long enough to wrap or starts like a formula): decided once per combination.
+    formats: dict[tuple, CellFormat] = {}
     for i, row in enumerate(values):
         style = row_styles[i]
         r = FIRST_DATA_ROW + i
         if i in notes and i >= n_data and len(columns) > 2:
             _merge(ws, r, 2, ncols, widths, safe_cell_value(row[1]) or "" if len(row) > 1 else "", 11)
-        cells = []
+        row_formats = []
         for j, clean in enumerate(row, start=1):
             kind = type(clean)
-            key = (style, j, kind, len(clean) > wrap_over) if isinstance(clean, str) else (style, j, kind)
+            key = ((style, j, kind, len(clean) > wrap_over, clean.startswith(FORMULA_TRIGGERS))
+                   if isinstance(clean, str) else (style, j, kind))
             found = formats.get(key)
             if found is None:
                 found = formats[key] = cell_format(style, j, clean)
-            font, align, fmt = found
-            cells.append(write_cell(ws, styles, clean, fmt, font=font, alignment=align, clean=True))
-        ws.append(cells)
+            row_formats.append(found)
+        if not sheet.append_plain(row, [f[3] for f in row_formats]):  # a date, a row height, ...
+            sheet.append([write_cell(ws, styles, clean, fmt, font=font, alignment=align, clean=True)
+                          for clean, (font, align, fmt, _) in zip(row, row_formats)])
     if not rows:
-        ws.append([write_cell(ws, styles, t.empty_text, font=NOTE_FONT)])
+        sheet.append([write_cell(ws, styles, t.empty_text, font=NOTE_FONT)])
     last_col = get_column_letter(len(columns))
     ws.auto_filter.ref = f"A{HEADER_ROW}:{last_col}{HEADER_ROW + n_data}"
     ws.print_title_rows = f"{HEADER_ROW}:{HEADER_ROW}"
