@@ -3,6 +3,7 @@
 
 import functools
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -89,16 +90,16 @@ queries_workbook = _report_spec(
 )
 
 
-def _start_dsmb(trial: TrialResource, tables, closed, svgs, since) -> dsmb.PdfRendering:
-    """Write both sessions' HTML and start their PDFs, each in a child process (``closed``: the
-    closed session's display tables, from which the open session's are made)."""
+def _start_dsmb(trial: TrialResource, pool: ThreadPoolExecutor, tables, closed, svgs, since) -> Future:
+    """Write both sessions' HTML and start their PDFs in the pool's thread, from the same report
+    context (``closed``: the closed session's display tables, from which the open session's are made)."""
     jobs = []
     for session, html_role, pdf_role in (("Open", "dsmb_open_html", "dsmb_open_pdf"), ("Closed", "dsmb_html", "dsmb_pdf")):
-        html = dsmb.render_dsmb_html(tables, trial.cfg, trial.cut, session=session, figures=svgs,
-                                     changes=since, closed=closed)
-        _path(trial, html_role).write_text(html, encoding="utf-8")
-        jobs.append((_path(trial, html_role), _path(trial, pdf_role)))
-    return dsmb.start_pdfs(jobs, trial.cut)
+        ctx = dsmb.dsmb_context(tables, trial.cfg, trial.cut, session=session, figures=svgs, changes=since,
+                                closed=closed)
+        _path(trial, html_role).write_text(dsmb.render_html(ctx), encoding="utf-8")
+        jobs.append((ctx, _path(trial, pdf_role)))
+    return pool.submit(lambda: [dsmb.write_pdf(ctx, out) for ctx, out in jobs])
 
 
 def _dsmb_result(trial: TrialResource, since) -> dg.MaterializeResult:
@@ -147,14 +148,14 @@ def _registry_results(context: dg.AssetExecutionContext, trial: TrialResource) -
     specs=[dsmb_report, sponsor_workbook, registry_results, queries_workbook],
     can_subset=True,
     pool=COMMON["pool"],
-    description="Every deliverable in one step: the DSMB PDFs render in child processes while the workbooks and "
+    description="Every deliverable in one step: the DSMB PDFs render in a thread (Typst) while the workbooks and "
     "the registry draft are written here (docs/performance.md).",
 )
 def reports(context: dg.AssetExecutionContext, trial: TrialResource):
-    """One step for the four deliverables, so that they are written at once: WeasyPrint and openpyxl
-    are single-threaded Python, and the in-process executor runs one step at a time. The report
-    tables and the changes since the previous cut are read once for the DSMB report and the
-    sponsor workbook."""
+    """One step for the four deliverables, so that they are written at once: Typst releases the GIL
+    while it lays out the DSMB PDFs, openpyxl is single-threaded Python, and the in-process executor
+    runs one step at a time. The report tables and the changes since the previous cut are read once
+    for the DSMB report and the sponsor workbook."""
     selected = context.selected_asset_keys
     failures: list[tuple[str, Exception]] = []
 
@@ -171,11 +172,11 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
             tables = load_report_tables(con, expected_forms=trial.cfg.data_quality.expected_forms)
             return tables, display_tables(tables), _changes_since_previous_cut(trial, con)
 
-    def start_dsmb() -> dsmb.PdfRendering:
+    def start_dsmb() -> Future:
         tables, closed, since = inputs()
         with trial.connect() as con:
             svgs = figures.render_figures(figures.load_figure_data(con, trial.cut))
-        return _start_dsmb(trial, tables, closed, svgs, since)
+        return _start_dsmb(trial, pool, tables, closed, svgs, since)
 
     def sponsor() -> dg.MaterializeResult:
         tables, closed, since = inputs()
@@ -190,12 +191,13 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
         return dg.MaterializeResult(asset_key=queries_workbook.key, metadata=_file_meta(_path(trial, "queries_xlsx")))
 
     def dsmb_pdfs() -> dg.MaterializeResult:
-        rendering.wait()
+        rendering.result()
         return _dsmb_result(trial, inputs()[2])
 
-    # The PDFs start first, in their child processes; the rest is written here meanwhile. Each
-    # deliverable fails on its own, as when each had a step: the others are still written and
-    # reported, and the step then fails naming every failure (the manifest does not run).
+    # The PDFs start first, in their thread; the rest is written here meanwhile. Each deliverable
+    # fails on its own, as when each had a step: the others are still written and reported, and the
+    # step then fails naming every failure (the manifest does not run).
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsmb-pdf")
     rendering = None
     if dsmb_report.key in selected:
         try:
@@ -223,10 +225,8 @@ def reports(context: dg.AssetExecutionContext, trial: TrialResource):
                 failed(spec, exc)
                 continue
             yield result
-    except BaseException:  # interrupted: stop the renderers too
-        if rendering is not None:
-            rendering.kill()
-        raise
+    finally:  # a rendering under way ends within a second: the step does not leave it behind
+        pool.shutdown(wait=True, cancel_futures=True)
     if len(failures) == 1:
         raise failures[0][1]
     if failures:

@@ -1,32 +1,39 @@
-"""DSMB report: one context, laid out as HTML by Jinja2; the PDF is that HTML rendered by WeasyPrint.
+"""DSMB report: one context, laid out as HTML by Jinja2 and as PDF by Typst.
 
     ctx = dsmb_context(tables, cfg, data_cut, report_number=1, session="Open", figures=svgs)
     html = render_html(ctx)   # report_templates/dsmb.html.j2, stylesheet inlined
-    html_to_pdf(html, Path("dsmb.pdf"), data_cut)
+    pdf = render_pdf(ctx)     # report_templates/dsmb.typ, PDF bytes
 
-The context holds everything the report says: the chapters with their numbered tables, listings and
-figures, the notes and pointers to the closed session, the summary's facts, key figures, decision
-and asks, the flow diagram's boxes, the data notes; the template only lays it out.
+(``render_dsmb_html`` and ``write_dsmb_pdf`` do both steps.) The context holds
+everything the report says: the chapters with their numbered tables, listings and figures, the notes
+and pointers to the closed session, the summary's facts, key figures, decision and asks, the flow
+diagram's boxes, the data notes. Both templates only lay it out, so the PDF reads as the HTML.
 
-The HTML is a complete, self-contained document (stylesheet inlined). Every value from the data
-goes through Jinja2 autoescaping, including free text such as AETERM and DTHCAUS. The page margin
-boxes (study id + NCT, session, data cut-off, confidentiality line, "Page x of y") take their text
-from escaped HTML elements through CSS ``string-set``, so no value is ever written into CSS.
+HTML: a complete, self-contained document; every value from the data goes through Jinja2
+autoescaping, including free text such as AETERM and DTHCAUS.
+
+PDF: ``dsmb.typ`` is a static Typst template. The context reaches it as JSON in
+``sys.inputs.data`` (:func:`typst_data`: display cells through :func:`cell_text`, as the HTML shows
+them; the figures' SVG as text, drawn with ``image(bytes(svg), format: "svg")``), and the template
+places every value as text, never as markup: no value from the data is ever parsed by Typst. Font:
+DejaVu Sans from matplotlib's bundled fonts (the figures' font), ahead of the system's own copy of
+it; the other system fonts stay available as fallbacks (Chinese free text).
 
 Determinism: nothing reads the wall clock. The report date is the data cut-off unless an explicit
-``report_date`` is given; the PDF's creation and modification dates are the data cut-off at
-00:00 UTC, and the embedded font subsets' timestamps are pinned to it through SOURCE_DATE_EPOCH
-(fontTools would otherwise stamp the current time). With the same input and the same installed
-fonts, two renders give byte-identical PDFs (WeasyPrint writes no /ID unless asked).
+``report_date`` is given; the PDF's document date (creation and modification) is the data cut-off at
+00:00 UTC. With the same input and the same installed fonts, two renders give byte-identical PDFs.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import datetime as dt
+import functools
+import json
 import numbers
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +60,7 @@ from deliverables.tables import (
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "report_templates"
 TEMPLATE = "dsmb.html.j2"
 STYLESHEET = "dsmb.css"
+TYPST_TEMPLATE = "dsmb.typ"
 
 
 def cell_text(value: Any) -> str:
@@ -414,91 +422,110 @@ def _stylesheet() -> str:
     return css
 
 
-def html_to_pdf(html: str, out: Path | str, data_cut: dt.date | str) -> Path:
-    """Render the HTML with WeasyPrint; creation/modification dates are the data cut-off (UTC)."""
-    from weasyprint import HTML  # imported here: WeasyPrint loads Pango at import
+def _item_data(i: dict[str, Any]) -> dict[str, Any]:
+    """A chapter item as plain JSON for the Typst template."""
+    if i["kind"] == "table":
+        t = i["t"]
+        return {
+            "kind": "table", "label": i["label"], "id": t.id, "title": t.title, "table_kind": t.kind,
+            "columns": list(t.columns),
+            "rows": [[cell_text(v) for v in row] for row in t.rows],
+            "classes": [[listing_class(v) for v in row] for row in t.rows] if t.kind == "listing" else [],
+            "styles": list(t.row_styles),
+            "intro": t.intro, "footnote": t.footnote, "empty": t.empty_text,
+        }
+    if i["kind"] in ("figure", "flow"):
+        return {"kind": i["kind"], "key": i["key"], "label": i["label"], "title": i["title"],
+                "svg": None if i["svg"] is None else str(i["svg"])}
+    return {"kind": "note", "text": i["text"]}
 
-    cut = as_date(data_cut)
+
+def typst_data(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The context as the Typst template reads it (``sys.inputs.data``): plain JSON values only,
+    every display cell as the HTML shows it (:func:`cell_text`)."""
+    study = ctx["study"]
+    cut = as_date(ctx["cut"])
+    return {
+        "title": ctx["title"], "author": study.sponsor, "description": ctx["description"],
+        "keywords": list(ctx["keywords"]), "date": [cut.year, cut.month, cut.day],
+        "cut": ctx["cut"], "session": ctx["session"], "report_number": str(ctx["report_number"]),
+        "study": {"id": study.id, "nct_id": study.nct_id, "protocol_id": study.protocol_id, "title": study.title},
+        "confidentiality": ctx["confidentiality"],
+        "title_facts": [list(f) for f in ctx["title_facts"]],
+        "study_facts": [list(f) for f in ctx["study_facts"]],
+        "key_figures": [[label, cell_text(value)] for label, value in ctx["figures"]],
+        "decision": {k: ctx["decision"][k] for k in ("next_step", "mtd", "maturity", "branches", "reason")},
+        "asks": list(ctx["asks"]),
+        "missing_note": ctx["missing_note"], "checks_note": ctx["checks_note"], "problems": list(ctx["problems"]),
+        "boxes": ctx["boxes"],
+        "chapters": [
+            {"anchor": c["anchor"], "number": c["number"], "title": c["title"], "lead": c["lead"],
+             "items": [_item_data(i) for i in c["items"]],
+             "landscape_items": [_item_data(i) for i in c["landscape_items"]]}
+            for c in ctx["chapters"]
+        ],
+        "abbreviations": [list(a) for a in ctx["abbreviations"]],
+    }
+
+
+# DejaVu Sans as matplotlib bundles it: the report's font on every machine (the figures assume it).
+DEJAVU_SANS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf")
+
+
+@functools.cache
+def _fonts() -> Any:
+    """The fonts the PDF may use: matplotlib's DejaVu Sans, then every system font except the
+    system's own DejaVu Sans (fallbacks, e.g. for Chinese free text), then Typst's embedded fonts.
+
+    typst-py lists system fonts before ``font_paths`` and takes the first of equal matches, so a
+    system DejaVu Sans (another version) would win; and a folder is scanned whole, so matplotlib's
+    font folder (with its LastResort font, which would catch every missing glyph) cannot be given
+    as it is. The chosen files are linked into a scratch folder that is scanned once; the fonts
+    keep their real paths (Typst loads a font when a page first uses it), so the folder goes at once.
+    Where links cannot be made, the files are copied and the folder stays until the process ends."""
+    import matplotlib
+    import typst
+
+    own = [Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name for name in DEJAVU_SANS]
+    system = typst.Fonts(include_system_fonts=True, include_embedded_fonts=False).fonts()
+    fallbacks = dict.fromkeys(Path(f.path) for f in system if f.path and f.family != "DejaVu Sans")
+    folder = Path(tempfile.mkdtemp(prefix="dsmb-fonts-"))
+    copied = False
+    try:
+        for n, path in enumerate([*own, *fallbacks]):
+            link = folder / f"{n:05d}-{path.name}"
+            try:
+                os.symlink(path, link)
+            except OSError:
+                shutil.copyfile(path, link)
+                copied = True
+        fonts = typst.Fonts(include_system_fonts=False, include_embedded_fonts=True, font_paths=[folder])
+        fonts.fonts()
+    finally:
+        if copied:
+            atexit.register(shutil.rmtree, folder, True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return fonts
+
+
+def render_pdf(ctx: dict[str, Any]) -> bytes:
+    """The report as PDF (report_templates/dsmb.typ, compiled by Typst); the document date is the
+    data cut-off. Untagged, as the report always was: Typst's accessibility tags would make the file
+    five times larger. Typst releases the GIL while it compiles: a thread can render while Python works."""
+    import typst
+
+    data = json.dumps(typst_data(ctx), ensure_ascii=False, sort_keys=True)
+    return typst.compile(str(TEMPLATE_DIR / TYPST_TEMPLATE), font_paths=_fonts(), sys_inputs={"data": data},
+                         pdf_tags=False)
+
+
+def write_pdf(ctx: dict[str, Any], out: Path | str) -> Path:
+    """:func:`render_pdf` into the file ``out``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    document = HTML(string=html, base_url=str(TEMPLATE_DIR)).render()
-    stamp = f"{cut.isoformat()}T00:00:00+00:00"
-    document.metadata.created = stamp
-    document.metadata.modified = stamp
-    with _source_date_epoch(cut):
-        document.write_pdf(out)
+    out.write_bytes(render_pdf(ctx))
     return out
-
-
-@contextlib.contextmanager
-def _source_date_epoch(cut: dt.date) -> Iterator[None]:
-    """Embedded font subsets carry a 'modified' timestamp (fontTools sets head.modified to now
-    unless SOURCE_DATE_EPOCH is set): pin it to the data cut so the PDF bytes are reproducible.
-    os.environ is process-wide; the previous value is restored on exit."""
-    epoch = str(int(dt.datetime(cut.year, cut.month, cut.day, tzinfo=dt.UTC).timestamp()))
-    old = os.environ.get("SOURCE_DATE_EPOCH")
-    os.environ["SOURCE_DATE_EPOCH"] = epoch
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("SOURCE_DATE_EPOCH", None)
-        else:
-            os.environ["SOURCE_DATE_EPOCH"] = old
-
-
-# Run by a child process: render one HTML file to a PDF (see PdfRendering).
-_CHILD = (
-    "import sys; from deliverables.dsmb import html_to_pdf; "
-    "html_to_pdf(open(sys.argv[1], encoding='utf-8').read(), sys.argv[2], sys.argv[3])"
-)
-
-
-class PdfRendering:
-    """HTML files being rendered to PDF, each in a child process of its own (WeasyPrint is
-    single-threaded Python, so other cores need other processes): started by :func:`start_pdfs`,
-    so that the caller can do other work meanwhile. The child reads the HTML file given and runs
-    :func:`html_to_pdf`, so the bytes are what it gives here. :meth:`wait` raises RuntimeError with a
-    failed child's error output; :meth:`kill` stops them all (the caller failed)."""
-
-    def __init__(self, jobs: list[tuple[Path | str, Path | str]], data_cut: dt.date | str) -> None:
-        import subprocess
-        import sys
-
-        cut = as_date(data_cut).isoformat()
-        self.children = []
-        try:
-            for html_path, out in jobs:
-                out = Path(out)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                # Absolute paths: the child runs in the repository folder (to import deliverables).
-                self.children.append((out, subprocess.Popen(
-                    [sys.executable, "-c", _CHILD, str(Path(html_path).absolute()), str(out.absolute()), cut],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(TEMPLATE_DIR.parent),
-                )))
-        except BaseException:
-            self.kill()
-            raise
-
-    def wait(self) -> list[Path]:
-        failures = []
-        for out, child in self.children:
-            _, err = child.communicate()
-            if child.returncode != 0:
-                failures.append(f"{out.name}: {err.decode('utf-8', 'replace').strip()[-2000:]}")
-        if failures:
-            raise RuntimeError("PDF rendering failed in a child process: " + "; ".join(failures))
-        return [out for out, _ in self.children]
-
-    def kill(self) -> None:
-        for _, child in self.children:
-            child.kill()
-            child.communicate()
-
-
-def start_pdfs(jobs: list[tuple[Path | str, Path | str]], data_cut: dt.date | str) -> PdfRendering:
-    """Start rendering every (HTML file, PDF path) job in a child process; ``.wait()`` for the files."""
-    return PdfRendering(jobs, data_cut)
 
 
 def write_dsmb_pdf(
@@ -508,5 +535,5 @@ def write_dsmb_pdf(
     out: Path | str,
     **kwargs: Any,
 ) -> Path:
-    """render_dsmb_html + html_to_pdf; keyword arguments go to render_dsmb_html."""
-    return html_to_pdf(render_dsmb_html(tables, cfg, data_cut, **kwargs), out, data_cut)
+    """:func:`dsmb_context` + :func:`write_pdf`; keyword arguments go to dsmb_context."""
+    return write_pdf(dsmb_context(tables, cfg, data_cut, **kwargs), out)

@@ -7,9 +7,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pipelines.resources import REPO_ROOT
 
 CODE_DIRS = ("pipelines", "assets", "clinical", "deliverables", "report_templates", "expectations")
-CODE_SUFFIXES = {".py", ".j2", ".css", ".json", ".yaml", ".yml", ".html", ".xsd"}
-# Libraries whose version can change output bytes (PDF layout, workbook XML, DuckDB storage).
-ENVIRONMENT_PACKAGES = ("duckdb", "polars", "weasyprint", "pydyf", "fonttools", "openpyxl", "lxml", "jinja2")
+CODE_SUFFIXES = {".py", ".j2", ".css", ".typ", ".json", ".yaml", ".yml", ".html", ".xsd"}
+# Libraries whose version can change output bytes (PDF layout, workbook XML, DuckDB storage);
+# matplotlib for the DejaVu Sans it bundles, the DSMB PDF's font.
+ENVIRONMENT_PACKAGES = ("duckdb", "polars", "typst", "matplotlib", "openpyxl", "lxml", "jinja2")
 
 
 def code_version() -> str:

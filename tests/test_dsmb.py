@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from clinical.study import load_study  # noqa: E402
-from deliverables.dsmb import html_to_pdf, render_dsmb_html  # noqa: E402
+from deliverables.dsmb import render_dsmb_html, write_dsmb_pdf  # noqa: E402
 from deliverables.tables import (  # noqa: E402
     consistency_problems,
     fmt_npct,
@@ -312,10 +312,8 @@ def html(tables, cfg) -> str:
 
 
 @pytest.fixture(scope="module")
-def pdf_path(html: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pdf") / "dsmb.pdf"
-    html_to_pdf(html, out, DATA_CUT)
-    return out
+def pdf_path(tables, cfg, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dsmb_pdf(tables, cfg, DATA_CUT, tmp_path_factory.mktemp("pdf") / "dsmb.pdf")
 
 
 def pdf_text(path: Path) -> str:
@@ -491,17 +489,17 @@ def test_pdf_chinese_text(pdf_path):
     assert CHINESE in pdf_text(pdf_path)
 
 
-def test_pdf_metadata_and_determinism(pdf_path, html, tmp_path):
+def test_pdf_metadata_and_determinism(pdf_path, tables, cfg, tmp_path):
     from pypdf import PdfReader
 
     meta = PdfReader(str(pdf_path)).metadata
     assert meta.title.startswith("IM83")
     assert meta["/CreationDate"].startswith("D:20251231")
     assert meta["/ModDate"].startswith("D:20251231")
-    again = tmp_path / "again.pdf"
-    html_to_pdf(html, again, DATA_CUT)
+    again = write_dsmb_pdf(tables, cfg, DATA_CUT, tmp_path / "again.pdf")
     assert pdf_text(again) == pdf_text(pdf_path)
-    # WeasyPrint writes no random parts once the dates are fixed: the files are byte-identical.
+    # Typst writes nothing from the clock once the document date is the data cut (its /ID is a
+    # hash of the document): the files are byte-identical.
     assert again.read_bytes() == pdf_path.read_bytes()
 
 
@@ -584,30 +582,65 @@ def test_data_quality_summary_counts_queries_by_status_age_form_and_site(tables)
     assert (rows["ae"], rows["lb"], rows["01"], rows["02"]) == (2, 1, 2, 1)
 
 
-def test_pdfs_rendered_in_parallel_are_the_bytes_of_a_single_rendering(tables, cfg, tmp_path, monkeypatch):
-    """start_pdfs renders each HTML file in a child process; each PDF is byte-identical to html_to_pdf's."""
-    import deliverables.dsmb as dsmb_module
-    from deliverables.dsmb import start_pdfs
+def test_pdfs_rendered_in_threads_are_the_bytes_of_a_single_rendering(tables, cfg):
+    """The reports step renders the PDFs in a thread while it writes the workbooks (Typst releases
+    the GIL): renderings running at the same time give the bytes of one rendering alone."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    jobs = []
-    for s in ("Open", "Closed"):
-        html = tmp_path / f"{s}.html"
-        html.write_text(render_dsmb_html(tables, cfg, DATA_CUT, session=s), encoding="utf-8")
-        jobs.append((html, tmp_path / f"{s}.pdf"))
-    assert start_pdfs(jobs, DATA_CUT).wait() == [out for _, out in jobs]
-    for html, out in jobs:
-        alone = html_to_pdf(html.read_text(encoding="utf-8"), tmp_path / f"alone-{out.name}", DATA_CUT)
-        assert out.read_bytes() == alone.read_bytes(), out.name
+    from deliverables.dsmb import dsmb_context, render_pdf
 
-    monkeypatch.setattr(dsmb_module, "_CHILD", "raise SystemExit('renderer crashed')")
-    with pytest.raises(RuntimeError, match="Open.pdf: renderer crashed"):
-        start_pdfs(jobs, DATA_CUT).wait()
+    contexts = [dsmb_context(tables, cfg, DATA_CUT, session=s) for s in ("Open", "Closed", "Open", "Closed")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(render_pdf, contexts))
+    alone = [render_pdf(ctx) for ctx in contexts[:2]]
+    assert together == alone + alone
+    assert alone[0] != alone[1]
 
-    # A caller that fails stops the renderers: no process is left behind.
-    monkeypatch.setattr(dsmb_module, "_CHILD", "import time; time.sleep(60)")
-    rendering = start_pdfs(jobs, DATA_CUT)
-    rendering.kill()
-    assert all(child.poll() is not None for _, child in rendering.children)
+
+def test_free_text_is_never_typst_markup(tables, cfg, tmp_path):
+    """Values reach the Typst template as JSON data and are placed as text: free text that is Typst
+    markup or code (a set rule, strong, math, a label, a reference, a line break, a closing bracket)
+    comes out literally and changes nothing else."""
+    from dataclasses import replace
+
+    from pypdf import PdfReader
+
+    hostile = ["#set page(width: 1cm)", "*bold* $x$ <lbl> @ref \\ ]", '#read("/etc/passwd")', "} ] ) #{"]
+    sae = [dict(r, AETERM=hostile[i % len(hostile)]) for i, r in enumerate(tables.sae_listing)]
+    deaths = [dict(r, DTHCAUS="#pagebreak() _x_ `raw`") for r in tables.deaths]
+    assert len(sae) >= len(hostile)
+    pdf = write_dsmb_pdf(replace(tables, sae_listing=sae, deaths=deaths), cfg, DATA_CUT, tmp_path / "hostile.pdf")
+    text = norm(pdf_text(pdf))
+    for value in [*hostile, "#pagebreak() _x_ `raw`"]:
+        assert value in text, value
+    pages = PdfReader(str(pdf)).pages
+    plain = PdfReader(str(write_dsmb_pdf(tables, cfg, DATA_CUT, tmp_path / "plain.pdf"))).pages
+    assert len(pages) == len(plain)
+    assert all(sorted(map(round, p.mediabox[2:])) == [595, 842] for p in pages)  # A4, upright or landscape
+
+
+def test_wide_listings_are_on_landscape_pages_and_the_contents_give_their_pages(pdf_path, tables):
+    """A listing with more than LANDSCAPE_COLUMNS columns is printed on landscape pages, the rest on
+    portrait; every chapter, table, listing and figure is in the contents with the page it is on."""
+    from pypdf import PdfReader
+
+    from deliverables.dsmb import LANDSCAPE_COLUMNS
+    from deliverables.tables import pdf_tables
+
+    pages = [norm(p.extract_text() or "") for p in PdfReader(str(pdf_path)).pages]
+    landscape = [p.mediabox.width > p.mediabox.height for p in PdfReader(str(pdf_path)).pages]
+    wide = [t for t in pdf_tables(tables) if t.kind == "listing" and len(t.columns) > LANDSCAPE_COLUMNS]
+    assert wide and any(not t.kind == "listing" for t in pdf_tables(tables))
+    contents = pages[1]
+    for t in pdf_tables(tables):
+        line = re.search(rf"((?:Table|Listing) \d+)\. {re.escape(t.title)} \.+ (\d+)", contents)
+        assert line, t.title
+        page = int(line.group(2))
+        # The caption is on the page the contents give, upright or landscape as the table is wide.
+        assert f"{line.group(1)}. {t.title}" in pages[page - 1], (t.title, page)
+        assert landscape[page - 1] == (t in wide), (t.title, page)
+    assert not landscape[0] and not landscape[1]  # title page and contents
+    assert re.search(r"Abbreviations \.+ (\d+)", contents).group(1) == str(len(pages))
 
 
 def test_the_dsmb_is_told_when_safety_records_are_held_in_quarantine(tables, cfg):

@@ -18,7 +18,7 @@ for p in (ROOT, TESTS):
 
 from clinical.queries import quarantine_queries_sql
 from clinical.study import load_study  # noqa: E402
-from deliverables.dsmb import cell_text, html_to_pdf, render_dsmb_html  # noqa: E402
+from deliverables.dsmb import cell_text, write_dsmb_pdf  # noqa: E402
 from deliverables.tables import display_tables, load_report_tables  # noqa: E402
 from deliverables.workbooks import (  # noqa: E402
     FIRST_DATA_ROW,
@@ -142,8 +142,7 @@ def test_every_sheet_has_cut_filter_and_frozen_header(sponsor_path, tables):
 
 def test_workbook_cells_equal_pdf(sponsor_path, tables, cfg, tmp_path):
     """The three main tables: workbook cells == display rows, and each row is in the PDF text."""
-    pdf = tmp_path / "dsmb.pdf"
-    html_to_pdf(render_dsmb_html(tables, cfg, DATA_CUT), pdf, DATA_CUT)
+    pdf = write_dsmb_pdf(tables, cfg, DATA_CUT, tmp_path / "dsmb.pdf")
     text = norm(pdf_text(pdf))
     wb = load_workbook(sponsor_path)
     shown = {t.id: t for t in display_tables(tables)}
