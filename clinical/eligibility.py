@@ -20,6 +20,10 @@ study configuration (``eligibility:``), in configuration order.
   THRESHOLD_TEXT          the requirement in words, e.g. ">= 1.5 10^9/L", "<= 2.5 x ULN (= 100 U/L)".
   MET                     'Y' / 'N'; NULL when it cannot be evaluated (value or ULN missing).
   NOTEVAL                 why MET is NULL.
+  HELD                    when the value is missing because its record is held in quarantine
+                          (raw.held): the form, line and quarantine rule(s), e.g. "lb line 57:
+                          TYPE-FLOAT". The site answers that record's data query; the criterion
+                          raises no second query (XF-ELIG-NOT-EVALUABLE skips it).
   IEYN                    the investigator's assessment of the criterion (ie IEYN), NULL if absent.
 
 Comparisons: numbers are compared after rounding both sides to 9 decimals (so 1.5 x 17.1 equals
@@ -56,6 +60,25 @@ def _source_values_sql(cfg: StudyConfig) -> str:
     return " UNION ALL ".join(parts)
 
 
+def _held_values_sql(cfg: StudyConfig) -> str:
+    """One row per (participant, SOURCE, PARAM) whose record is held in quarantine (raw.held): the
+    raw record, matched to its quarantine rows by line, with "form line n: RULE, RULE"."""
+    held = ("JOIN raw.held h ON h.form = '{form}' AND h.export_id = r._export_id AND h.line = r._line")
+    label = "'{form} line ' || r._line || ': ' || string_agg(DISTINCT h.rule, ', ' ORDER BY h.rule)"
+    parts = [
+        f"SELECT r.SUBJID, '{source}' AS SOURCE, '{param}' AS PARAM, {label.format(form=source)} AS HELD "
+        f"FROM raw.{source} r {held.format(form=source)} GROUP BY r.SUBJID, r._line"
+        for source, param in sorted({(c.source, c.param) for c in cfg.eligibility if c.source in ("dm", "sc")})
+    ]
+    parts.append(
+        f"SELECT r.SUBJID, 'lb' AS SOURCE, r.LBTESTCD AS PARAM, {label.format(form='lb')} AS HELD "
+        f"FROM raw.lb r {held.format(form='lb')} WHERE r.VISIT = $screening_visit GROUP BY r.SUBJID, r.LBTESTCD, r._line"
+    )
+    # A participant's test held on two lines: both named.
+    return (f"SELECT SUBJID, SOURCE, PARAM, string_agg(HELD, '; ' ORDER BY HELD) AS HELD "
+            f"FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL")
+
+
 ELIGIBILITY_SQL = """
 CREATE OR REPLACE TEMP MACRO elig_num(x) AS
   CASE WHEN x = trunc(x) AND abs(x) < 1e15 THEN x::BIGINT::VARCHAR ELSE round(x, 6)::VARCHAR END;
@@ -67,6 +90,7 @@ crit AS (
          unnest($limits) AS LIMITC, unnest($limits_liver) AS LIMIT_LIVER, unnest($units) AS UNIT,
          unnest($bases) AS BASIS),
 vals AS ({values}),
+held AS ({held}),
 subj AS (
   SELECT s.SUBJID, s.SITEID, CASE WHEN e.ENRLYN = 'Y' THEN 'Y' ELSE 'N' END AS ENRLYN, sc.LIVERMET
   FROM analysis.adsl s LEFT JOIN cut.enrol e USING (SUBJID) LEFT JOIN cut.sc sc USING (SUBJID)),
@@ -77,15 +101,18 @@ j AS (
          CASE WHEN c.BASIS = 'xuln' THEN v.ULN END AS ULN,
          try_cast(c.LIMITC AS DOUBLE) IS NULL AS CODED, c.LIMITC,
          CASE WHEN c.LIMIT_LIVER IS NOT NULL AND s.LIVERMET = 'Y' THEN c.LIMIT_LIVER
-              ELSE try_cast(c.LIMITC AS DOUBLE) END AS XLIMIT
+              ELSE try_cast(c.LIMITC AS DOUBLE) END AS XLIMIT,
+         CASE WHEN v.VALUE IS NULL THEN q.HELD END AS HELD
   FROM subj s CROSS JOIN crit c
-  LEFT JOIN vals v ON v.SUBJID = s.SUBJID AND v.SOURCE = c.SOURCE AND v.PARAM = c.PARAM),
+  LEFT JOIN vals v ON v.SUBJID = s.SUBJID AND v.SOURCE = c.SOURCE AND v.PARAM = c.PARAM
+  LEFT JOIN held q ON q.SUBJID = s.SUBJID AND q.SOURCE = c.SOURCE AND q.PARAM = c.PARAM),
 t AS (
   SELECT *, CASE WHEN CODED THEN NULL WHEN BASIS = 'xuln' THEN XLIMIT * ULN ELSE XLIMIT END AS THRESHOLD
   FROM j),
 m AS (
   SELECT *,
-    CASE WHEN VALUE IS NULL THEN 'no screening value in staging (not recorded, or its row is quarantined)'
+    CASE WHEN VALUE IS NULL AND HELD IS NOT NULL THEN 'screening value held in quarantine (' || HELD || ')'
+         WHEN VALUE IS NULL THEN 'no screening value recorded'
          WHEN NOT CODED AND VALUEN IS NULL THEN 'screening value is not a number'
          WHEN BASIS = 'xuln' AND ULN IS NULL THEN 'no upper limit of normal recorded with the lab result'
     END AS NOTEVAL
@@ -106,7 +133,7 @@ SELECT
               WHEN '<' THEN round(m.VALUEN, 9) < round(m.THRESHOLD, 9)
               WHEN '==' THEN round(m.VALUEN, 9) = round(m.THRESHOLD, 9) END THEN 'Y'
        ELSE 'N' END AS MET,
-  m.NOTEVAL,
+  m.NOTEVAL, m.HELD,
   ie.IEYN
 FROM m
 LEFT JOIN cut.ie ie ON ie.SUBJID = m.SUBJID AND ie.IETESTCD = m.CRIT
@@ -147,7 +174,7 @@ def build_eligibility(con: duckdb.DuckDBPyConnection, cfg: StudyConfig) -> dict[
     """Write analysis.eligibility and analysis.protocol_deviations; return row counts."""
     con.execute("CREATE SCHEMA IF NOT EXISTS analysis")
     params = eligibility_parameters(cfg)
-    sql = ELIGIBILITY_SQL.replace("{values}", _source_values_sql(cfg))
+    sql = ELIGIBILITY_SQL.replace("{values}", _source_values_sql(cfg)).replace("{held}", _held_values_sql(cfg))
     con.execute(sql, params)
     con.execute(DEVIATIONS_SQL)
     return {

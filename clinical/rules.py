@@ -526,10 +526,11 @@ RULES: tuple[Rule, ...] = (
         "ie",
         "analysis/eligibility",
         "Every inclusion criterion of an enrolled participant can be evaluated: the screening value "
-        "(and, for x ULN criteria, the lab's upper limit of normal) is recorded.",
+        "(and, for x ULN criteria, the lab's upper limit of normal) is recorded. A value whose record is "
+        "held in quarantine is asked about by that record's query, not again here.",
         "SELECT SUBJID, 'CRIT=' || CRIT AS RECORD_KEY, "
         "'criterion ' || CRIT || ' (' || CRITLBL || ') cannot be evaluated: ' || NOTEVAL AS DETAIL "
-        "FROM analysis.eligibility WHERE ENRLYN = 'Y' AND MET IS NULL",
+        "FROM analysis.eligibility WHERE ENRLYN = 'Y' AND MET IS NULL AND HELD IS NULL",
     ),
     Rule(
         "XF-ELIG-IE-DISAGREE",

@@ -135,3 +135,29 @@ def test_screening_visit_comes_from_the_configuration(db, cfg):
     # Participants without an LD lab visit (screen failures) have no lab values to evaluate.
     sf = db.execute("SELECT SUBJID FROM stage.enrol WHERE ENRLYN = 'N' LIMIT 1").fetchall()[0][0]
     assert _elig(db, sf, "ANC")[6] is None
+
+
+def test_value_held_in_quarantine_is_one_query_not_two(db, cfg):
+    """A screening lab held in quarantine (e.g. "12 g/L", TYPE-FLOAT) is asked about by its own data
+    query; the criterion says where the value is and XF-ELIG-NOT-EVALUABLE does not ask again. A value
+    that was never recorded is still asked for."""
+    from clinical.rules import RULES_BY_ID, run_rule
+
+    line = db.execute(
+        "SELECT _line FROM raw.lb WHERE SUBJID = '01-001' AND VISIT = 'SCREENING' AND LBTESTCD = 'HGB'").fetchall()[0][0]
+    export = db.execute("SELECT any_value(_export_id) FROM raw.lb").fetchall()[0][0]
+    # What ingest does with a refused value: the quarantine row, and the record kept out of stage.
+    db.execute("INSERT INTO raw.quarantine VALUES (?, 'lb', 'lb.csv', ?, '01-001', 'LBORRES', 'TYPE-FLOAT', '12 g/L', 'x')",
+               [export, line])
+    db.execute("DELETE FROM stage.lb WHERE _line = ?", [line])
+    db.execute("DELETE FROM stage.lb WHERE SUBJID = '01-002' AND VISIT = 'SCREENING' AND LBTESTCD = 'HGB'")
+    build_eligibility(db, cfg)
+    rows = db.execute(
+        "SELECT SUBJID, MET, NOTEVAL, HELD FROM analysis.eligibility WHERE CRIT = 'HGB' AND SUBJID IN ('01-001', '01-002') "
+        "ORDER BY SUBJID").fetchall()
+    assert rows == [
+        ("01-001", None, f"screening value held in quarantine (lb line {line}: TYPE-FLOAT)", f"lb line {line}: TYPE-FLOAT"),
+        ("01-002", None, "no screening value recorded", None),
+    ]
+    asked = run_rule(db, RULES_BY_ID["XF-ELIG-NOT-EVALUABLE"], cfg)
+    assert [(s, k) for s, k, _ in asked] == [("01-002", "CRIT=HGB")]
