@@ -39,7 +39,7 @@ are upper case (``GX-AE-AETOXGR-RANGE``); rule ids are stable as long as the con
 
 Numbers on text: a range check on strings would compare lexicographically ("10" < "5"). So each
 numeric field gets two rules: FORMAT, a regex on the raw text (optionally signed digits for int;
-plain decimal, no exponent, for float: the syntax ingest accepts), and RANGE, whose ``meta.input``
+a decimal, with an exponent allowed, for float: the syntax ingest accepts), and RANGE, whose ``meta.input``
 is ``"numeric"``: the runner evaluates it on a copy of the column cast with
 ``pandas.to_numeric(errors="coerce")``, where unparseable text became null (and is already reported
 by FORMAT) and nulls are ignored.
@@ -54,7 +54,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clinical.crf import FORMS, SUBJID_PATTERN, Field, Form
+from clinical.crf import FLOAT_TEXT, FORMS, INT_TEXT, SUBJID_PATTERN, Field, Form
 
 DOC_PATH = Path("docs") / "crf-export.md"
 EXPECTATIONS_DIR = Path("expectations")
@@ -89,10 +89,9 @@ _FULL_DATE_BODY = (
 )
 DATE_REGEX = rf"^{_FULL_DATE_BODY}$"
 PARTIAL_DATE_REGEX = rf"^(?:{_FULL_DATE_BODY}|{_YEAR}-(?:0[1-9]|1[0-2])|{_YEAR})$"
-# The same number syntax ingest accepts (clinical/ingest.py INT_TEXT / FLOAT_TEXT): optional sign,
-# point as decimal separator, no exponent, no thousands separators, no units.
-INT_REGEX = r"^[+-]?[0-9]+$"
-FLOAT_REGEX = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$"
+# The number syntax ingest accepts (clinical.crf INT_TEXT / FLOAT_TEXT).
+INT_REGEX = INT_TEXT
+FLOAT_REGEX = FLOAT_TEXT
 
 _TYPE_WORDS = {
     "text": "text",
@@ -156,7 +155,8 @@ def _format_rule(f: Field) -> tuple[str, str] | None:
     if f.type == "int":
         return INT_REGEX, "a whole number"
     if f.type == "float":
-        return FLOAT_REGEX, "a decimal number (point as decimal separator, no units or thousands separators)"
+        return FLOAT_REGEX, ("a decimal number (point as decimal separator, an exponent allowed as in 1.94E9; no units "
+                             "or thousands separators)")
     return None
 
 
@@ -328,7 +328,8 @@ generated from the same source.
   day or month (CDASH UNK); the derivations impute them and flag the imputation. No other formats
   (`25/03/2025`, `2025-3-5`, times) are accepted.
 - **Numbers**: integer fields hold whole numbers (optional sign); decimal fields use a point as the
-  decimal separator, with no thousands separators, no units and no exponent (`500000000`, not `5e8`).
+  decimal separator and may carry an exponent (`500000000`, `5e8`, `1.94E9`), with no thousands separators
+  and no units (`500,000,000`, `5x10^8 cells` are rejected).
   Units are fixed by the contract (column *Codelist / range*) or carried in a separate unit field.
 - **Codes** are matched exactly, including case and spaces.
 - **Participant identifier** `SUBJID` is `site-number`, pattern `{subjid}` (e.g. `01-007`).

@@ -25,6 +25,11 @@ from typing import Literal
 FieldType = Literal["text", "code", "int", "float", "date", "id"]
 
 SUBJID_PATTERN = r"^[0-9]{2}-[0-9]{3}$"  # site-number: "01-007"
+# Number syntax of the contract, for ingest (SQL) and the GX suites alike: optional sign, a point
+# as decimal separator, no thousands separators or units. A decimal may carry an exponent
+# ("1.94E9": EDC systems write cell doses that way); a whole number may not.
+INT_TEXT = r"^[+-]?[0-9]+$"
+FLOAT_TEXT = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 SEX = ["M", "F"]
 YN = ["Y", "N"]
 RACE = [

@@ -35,7 +35,9 @@ import duckdb
 import polars as pl
 
 from clinical.crf import (
+    FLOAT_TEXT,
     FORM_IDS,
+    INT_TEXT,
     Field,
     Form,
     study_codelists,
@@ -66,8 +68,6 @@ ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # CDASH partial dates: year, year-month (a real month), or a full date.
 PARTIAL_DATE = r"^[0-9]{4}(-(0[1-9]|1[0-2])(-[0-9]{2})?)?$"
 # Whole numbers and plain decimals only: "1,5", "12 g/L" or "1.2e3" go to quarantine, not to a guess.
-INT_TEXT = r"^[+-]?[0-9]+$"
-FLOAT_TEXT = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
 # A number written with a unit, a thousands separator or a decimal comma ("12 g/L", "1,000", "1,5").
 DECORATED_NUMBER = r"^[+-]?([0-9]{1,3}([ ,'][0-9]{3})+(\.[0-9]+)?|[0-9]+,[0-9]+|[0-9][0-9,. ']*\s*[^0-9\s,.'].*)$"
 # Text a spreadsheet would run as a formula (CSV injection): =, +, @, tab or CR first, or "-" + non-digit.
@@ -302,7 +302,8 @@ def _checks(form: Form, settings: IngestSettings, has_study: bool) -> tuple[list
                 params["decorated"] = DECORATED_NUMBER[1:-1]
                 message = (
                     f"regexp_full_match({col}, $decorated)",
-                    f"{f.label}: a number with a unit, thousands separator or decimal comma (only digits and a decimal point)",
+                    f"{f.label}: a number with a unit, thousands separator or decimal comma ("
+                    + ("only digits" if f.type == "int" else "only digits, a decimal point and an exponent as in 1.94E9") + ")",
                     f"{f.label}: not a {'whole number' if f.type == 'int' else 'number'}",
                 )
             elif f.type == "date":

@@ -226,16 +226,21 @@ def test_partial_dates_are_imputed_and_flagged_in_the_derivation(tmp_path):
 
 
 def test_numbers_with_units_or_commas_are_quarantined(tmp_path):
+    """A decimal is digits, a point and an exponent (EDC systems write cell doses as 1.94E9): staged.
+    Units, separators and decimal commas are quarantined, as is an exponent written apart."""
     rows = ["01-001,2025-03-01,DL1,500000000", "01-002,2025-03-01,DL1,\"500,000,000\"", "01-003,2025-03-01,DL1,5e8",
             "01-004,2025-03-01,DL1,5x10^8 cells", "01-005,2025-03-01,DL1,\"4,5\"", "01-006,2025-03-01,DL1,500 000 000",
-            "01-007,2025-03-01,DL1,five"]
+            "01-007,2025-03-01,DL1,five", "01-008,2025-03-01,DL1,1.94E9", "01-009,2025-03-01,DL1,1.94 E9"]
     con, _ = load(tmp_path, "inf", INF + "\n".join(rows) + "\n")
-    unit = "Viable CAR-T cells infused: a number with a unit, thousands separator or decimal comma (only digits and a decimal point)"
+    unit = ("Viable CAR-T cells infused: a number with a unit, thousands separator or decimal comma (only digits, "
+            "a decimal point and an exponent as in 1.94E9)")
     assert con.execute('SELECT line, rule, value, message FROM raw.quarantine ORDER BY line').fetchall() == [
-        (3, "TYPE-FLOAT", "500,000,000", unit), (4, "TYPE-FLOAT", "5e8", unit), (5, "TYPE-FLOAT", "5x10^8 cells", unit),
+        (3, "TYPE-FLOAT", "500,000,000", unit), (5, "TYPE-FLOAT", "5x10^8 cells", unit),
         (6, "TYPE-FLOAT", "4,5", unit), (7, "TYPE-FLOAT", "500 000 000", unit),
-        (8, "TYPE-FLOAT", "five", "Viable CAR-T cells infused: not a number"),
+        (8, "TYPE-FLOAT", "five", "Viable CAR-T cells infused: not a number"), (10, "TYPE-FLOAT", "1.94 E9", unit),
     ]
+    assert con.execute("SELECT SUBJID, EXDOSE FROM stage.inf ORDER BY SUBJID").fetchall() == [
+        ("01-001", 5e8), ("01-003", 5e8), ("01-008", 1.94e9)]
 
 
 def test_duplicated_key_rows_are_all_quarantined(tmp_path):
