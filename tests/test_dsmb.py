@@ -516,6 +516,9 @@ def test_missing_tables_strict_and_draft(tmp_path, cfg):
     assert draft.missing == ["dose_escalation", "escalation_decision"]
     html = render_dsmb_html(draft, cfg, DATA_CUT)
     assert "not available" in html.lower()
+    pdf = norm(pdf_text(write_dsmb_pdf(draft, cfg, DATA_CUT, tmp_path / "draft.pdf")))
+    assert "Not available at this data cut: analysis.dose_escalation, analysis.escalation_decision." in pdf
+    assert "Escalation decision not available (analysis.escalation_decision was not produced)." in pdf
 
 
 # --------------------------------------------------------------------------------------------------
