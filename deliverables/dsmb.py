@@ -474,8 +474,9 @@ DEJAVU_SANS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf"
 
 @functools.cache
 def _fonts() -> Any:
-    """The fonts the PDF may use: matplotlib's DejaVu Sans, then every system font except the
-    system's own DejaVu Sans (fallbacks, e.g. for Chinese free text), then Typst's embedded fonts.
+    """The fonts the PDF may use: matplotlib's DejaVu Sans and every system font except the
+    system's own DejaVu Sans (fallbacks, e.g. for Chinese free text), with Typst's embedded fonts.
+    Scanned once per process.
 
     typst-py lists system fonts before ``font_paths`` and takes the first of equal matches, so a
     system DejaVu Sans (another version) would win; and a folder is scanned whole, so matplotlib's
