@@ -240,10 +240,15 @@ def _quarantine_ask(tables: ReportTables) -> str | None:
             f"the site answers the data query ({'; '.join(held)}; data quality section, data-queries workbook).")
 
 
+# The summary names at most this many early deaths; the rest are counted (the deaths listing has all).
+WINDOW_DEATHS_NAMED = 10
+
+
 def _window_deaths_ask(tables: ReportTables, window: int, session: str) -> str | None:
     """Deaths from infusion to the end of the DLT window: a safety signal whether or not a DLT was
     recorded (such a participant is not DLT-evaluable and is replaced in the 3+3). The closed session
-    names them; the open session counts them."""
+    names them (the first WINDOW_DEATHS_NAMED, then a count: the summary stays a summary at any
+    size); the open session counts them."""
     early = [r for r in tables.deaths if r["DTHDY"] is not None and 0 <= r["DTHDY"] <= window]
     if not early:
         return None
@@ -253,8 +258,12 @@ def _window_deaths_ask(tables: ReportTables, window: int, session: str) -> str |
     who = "; ".join(
         f"{r['SUBJID']} ({tables.dose_label(r['DOSEA'])}, day {r['DTHDY']}, cause: {r['DTHCAUS'] or 'not recorded'}"
         f"{'' if r['DLTFL'] == 'Y' else '; no DLT recorded' + ('' if r['DLTEVLFL'] == 'Y' else ', not DLT-evaluable')})"
-        for r in early
+        for r in early[:WINDOW_DEATHS_NAMED]
     )
+    more = len(early) - WINDOW_DEATHS_NAMED
+    if more > 0:
+        section = 2 + [anchor for anchor, _, _ in CHAPTERS].index("sec-sae")  # chapters are numbered from 2
+        who += f"; and {more} more of {len(early)} (deaths listing, section {section}; sponsor workbook)"
     return f"{lead}: {who}."
 
 

@@ -540,8 +540,7 @@ def layout_participant_flow(t: ReportTables) -> DisplayTable:
         s["n"][r["DOSE"]] = r["N"]
     exits: dict[int, dict[str, dict[str, int]]] = {}
     for e in t.flow_exits:
-        reason = e["REASON"] if e["REASON"] is not None else "Reason not recorded"
-        exits.setdefault(e["STAGEN"], {}).setdefault(reason, {})[e["DOSE"]] = e["N"]
+        exits.setdefault(e["STAGEN"], {}).setdefault(exit_reason(e["REASON"]), {})[e["DOSE"]] = e["N"]
 
     def exit_rows(stagen: int, lead: str) -> None:
         for reason, by_dose in exits.get(stagen, {}).items():
@@ -639,6 +638,17 @@ def next_step_text(
     if mtd:
         return wording.stop_mtd.format(dose=dose_label(mtd))
     return wording.stop
+
+
+def exit_reason(reason: str | None) -> str:
+    """A participant-flow exit reason as the tables and the flow diagram show it: a coded term
+    (DSDECOD, "PROGRESSIVE DISEASE") in sentence case, like the stage labels beside it; free text as
+    written; no reason as "Reason not recorded"."""
+    if reason is None:
+        return "Reason not recorded"
+    if reason.isupper():
+        return reason[:1] + reason[1:].lower()
+    return reason
 
 
 def decision_summary(t: ReportTables) -> dict[str, str]:
@@ -1264,7 +1274,7 @@ def flow_boxes(t: ReportTables) -> list[FlowBox]:
     exits: dict[int, list[tuple[str, int]]] = {}
     for e in t.flow_exits:
         if e["DOSE"] == TOTAL:
-            exits.setdefault(e["STAGEN"], []).append((e["REASON"] or "Reason not recorded", e["N"]))
+            exits.setdefault(e["STAGEN"], []).append((exit_reason(e["REASON"]), e["N"]))
     dose_ids = [d["DOSE"] for d in t.dose_levels]
     order = sorted(stages)
     for i, n in enumerate(order):

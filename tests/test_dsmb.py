@@ -356,7 +356,7 @@ def test_flow_layout(tables):
     # The exit from "released" sits under "Leukapheresed" and has zeros where nobody left.
     assert got["Did not reach 'Product released': Ongoing at data cut"] == [0, 1, 0, 1]
     assert got["Not DLT-evaluable: DLT window open"] == [0, 1, 0, 1]
-    assert got["Did not reach 'Completed protocol follow-up': DEATH"] == [0, 1, 0, 1]
+    assert got["Did not reach 'Completed protocol follow-up': Death"] == [0, 1, 0, 1]
 
 
 def test_teae_overview_layout(tables):
@@ -699,3 +699,18 @@ def test_a_death_within_the_dlt_window_is_named_in_the_summary(tables, cfg):
     assert _window_deaths_ask(replace(tables, deaths=no_dlt), 28, "Closed").endswith(
         "cause: Sepsis 发热; no DLT recorded, not DLT-evaluable).")
     assert closed in render_dsmb_html(tables, cfg, DATA_CUT)
+    # At scale the summary names the first ten and counts the rest (the listing has them all).
+    many = [dict(tables.deaths[0], SUBJID=f"{n:03d}") for n in range(1, 13)]
+    at_scale = _window_deaths_ask(replace(tables, deaths=many), 28, "Closed")
+    assert at_scale.count("cause: Sepsis") == 10 and "; 010 (" in at_scale and "011 (" not in at_scale
+    assert at_scale.endswith("; and 2 more of 12 (deaths listing, section 9; sponsor workbook).")
+
+
+def test_exit_reasons_read_as_sentences():
+    """Flow exits: a coded disposition in sentence case, like the stage labels; free text as written."""
+    from deliverables.tables import exit_reason
+
+    assert [exit_reason(r) for r in ("PROGRESSIVE DISEASE", "LOST TO FOLLOW-UP", "MANUFACTURING FAILURE", None,
+                                     "Leukapheresis not performed: Rapid disease progression", "Ongoing at data cut")] == [
+        "Progressive disease", "Lost to follow-up", "Manufacturing failure", "Reason not recorded",
+        "Leukapheresis not performed: Rapid disease progression", "Ongoing at data cut"]
