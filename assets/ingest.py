@@ -141,19 +141,27 @@ def load_forms(
     connect: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
     export_id: str,
     workers: int = INGEST_THREADS,
+    on_loaded: Callable[[Form, LoadResult], None] | None = None,
 ) -> Iterator[tuple[Form, LoadResult | ExportFileError]]:
     """(form, its load result or blocking file error) of every form, ``workers`` forms loading at a
     time, each on a connection of its own from ``connect``. Results come back in contract order, so
-    the run's events, logs and the order in which Great Expectations receives the forms are the same
-    on every run."""
+    the run's events and logs are the same on every run.
+
+    ``on_loaded(form, result)`` is called on the loading thread as soon as a form has loaded, before
+    its turn comes: the ingest step hands the form to Great Expectations there, so that the suite
+    worker validates the small forms while the lab form is still loading (in contract order they
+    would all wait for it)."""
 
     def load(form: Form):
         def run() -> LoadResult | ExportFileError:
             try:
                 with connect() as con:  # a connection per thread: each form loads in its own transaction
-                    return ingest_form(con, form, source, export_id, release=False)
+                    result = ingest_form(con, form, source, export_id, release=False)
             except ExportFileError as exc:
                 return exc  # reported in its turn; the other forms still load
+            if on_loaded is not None:
+                on_loaded(form, result)
+            return result
 
         return run
 
@@ -187,16 +195,17 @@ def ingest(context: dg.AssetExecutionContext, trial: TrialResource):
     with trial.connect() as con:
         create_ingest_tables(con)
 
+    def to_great_expectations(form: Form, result: LoadResult) -> None:
+        # Great Expectations validates this form in the suite worker while the next ones load.
+        submit_form_suite(context.run_id, form, trial, result.validated)
+
     problems: list[str] = []
-    for form, loaded in load_forms(source, trial.connect, trial.export_id):
+    for form, loaded in load_forms(source, trial.connect, trial.export_id, on_loaded=to_great_expectations):
         if isinstance(loaded, ExportFileError):
             context.log.error(str(loaded))
             problems.append(str(loaded))
             continue
-        result = _materialization(context, form, loaded)
-        # Great Expectations validates this form in the suite worker while the next ones load.
-        submit_form_suite(context.run_id, form, trial, loaded.validated)
-        yield result
+        yield _materialization(context, form, loaded)
         pause_point(f"raw__{form.id}")  # crash-safety tests: a run killed in the middle of ingest
     with trial.connect() as con:
         order_quarantine(con, [form.id for form in FORMS])

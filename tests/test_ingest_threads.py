@@ -50,3 +50,40 @@ def test_two_workers_read_every_form_file_once(demo_run, monkeypatch):
     collected = {f.file for f in FORMS if f.id in SETTINGS.forms}
     assert reads == Counter(dict.fromkeys(collected, 1))
     assert source._records == {}  # every form released once loaded
+
+
+def test_each_form_is_handed_on_as_soon_as_it_has_loaded(demo_run):
+    """``on_loaded`` runs on the loading thread when a form has loaded, not when its turn comes: while
+    the first form handed on is held there, the other thread's forms are still loaded and handed on."""
+    db = duckdb.connect()
+    create_ingest_tables(db)
+
+    @contextlib.contextmanager
+    def connect():
+        con = db.cursor()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    another = threading.Event()
+    handed: list[tuple[str, str]] = []
+    released: list[bool] = []
+    lock = threading.Lock()
+
+    def on_loaded(form, result):
+        assert isinstance(result, LoadResult)
+        with lock:
+            handed.append((form.id, threading.current_thread().name))
+            first = len(handed) == 1
+        if first:
+            released.append(another.wait(timeout=20))  # held until another form is handed on
+        else:
+            another.set()
+
+    order = [f.id for f, _ in load_forms(ExportSource(demo_run.export, SETTINGS), connect, "EXP", workers=2,
+                                         on_loaded=on_loaded)]
+    assert order == [f.id for f in FORMS]  # yielded in contract order
+    assert sorted(f for f, _ in handed) == sorted(order)  # every form handed on once
+    assert released == [True]  # another form went on while the first was held
+    assert all(name.startswith("task") for _, name in handed)  # on the loading threads
