@@ -9,7 +9,7 @@ import duckdb
 from conftest import DEMO_CUT, STUDY
 
 from pipelines.freeze import compare_dirs, compare_manifests
-from pipelines.storage import database_identifier
+from pipelines.storage import canonical_database, database_identifier
 
 
 def _sha(path):
@@ -35,7 +35,7 @@ def test_a_rerun_reproduces_every_output_byte_for_byte(demo_run, tmp_path, monke
     assert data == [] and all("code_sha256" in n or "code_version" in n for n in notes), data + notes
 
 
-def test_the_database_is_canonical_and_opens(demo_run):
+def test_the_database_is_canonical_and_opens(demo_run, tmp_path):
     db = demo_run.final / "trial.duckdb"
     manifest = json.loads((demo_run.final / "manifest.json").read_text())
     header = db.read_bytes()[:4096]
@@ -50,6 +50,10 @@ def test_the_database_is_canonical_and_opens(demo_run):
         con.close()
     assert not db.with_name("trial.duckdb.wal").exists()
     assert _sha(db) == {o["role"]: o["sha256"] for o in manifest["outputs"]}["database"], "reading changed the file"
+    # The canonical form is a fixed point: copying what the run published gives the same bytes.
+    again = shutil.copyfile(db, tmp_path / "trial.duckdb")
+    assert canonical_database(again, seed) and _sha(again) == _sha(db)
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith("trial.duckdb")) == ["trial.duckdb"]
 
 
 def test_pdf_and_workbook_dates_come_from_the_data_cut(demo_run):
