@@ -5,8 +5,8 @@
 
 Each ``*_svg`` function is pure: plain lists of row dicts (as read from the analysis tables) and the
 dose levels (``[{DOSE, DOSEN, DOSELBL, CELLS}]``) in, an ``<svg>`` element (no XML declaration, so it
-can be placed in HTML as it is; it also parses as XML) out. No plotting library: WeasyPrint draws the
-SVG in the PDF.
+can be placed in HTML as it is; it also parses as XML) out. No plotting library: the HTML report shows the
+SVG as it is and Typst draws it in the PDF.
 
 Conventions:
   * Size: 482 pt wide (170 mm, the A4 portrait text width of the DSMB report), height by content;

@@ -1141,7 +1141,7 @@ def layout_protocol_deviations(t: ReportTables) -> DisplayTable:
 # A listing longer than this is not printed row by row in the PDF (about three landscape pages):
 # the PDF shows a summary of it and the sponsor workbook the complete listing. At the demo's size
 # every listing is far below it; at 10,000 participants the SAE listing alone has thousands of rows,
-# which would be a PDF of hundreds of pages nobody reads (and minutes of WeasyPrint layout).
+# which would be a PDF of hundreds of pages nobody reads.
 PDF_LISTING_ROWS = 60
 # Rows of the summary: the most frequent values, then one line for all the others.
 SUMMARY_ROWS = 25
