@@ -19,6 +19,22 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ingest_settings(load_study(ROOT / "studies" / "im83.yaml"))
 
 
+def _connections():
+    """A ``connect`` for load_forms: a cursor per call of one in-memory database with the ingest tables."""
+    db = duckdb.connect()
+    create_ingest_tables(db)
+
+    @contextlib.contextmanager
+    def connect():
+        con = db.cursor()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    return connect
+
+
 def test_two_workers_read_every_form_file_once(demo_run, monkeypatch):
     reads: Counter[str] = Counter()
     counting = threading.Lock()
@@ -32,16 +48,7 @@ def test_two_workers_read_every_form_file_once(demo_run, monkeypatch):
         return read_csv_form(path, *args, **kwargs)
 
     monkeypatch.setattr(clinical.sources, "read_csv_form", counted)
-    db = duckdb.connect()
-    create_ingest_tables(db)
-
-    @contextlib.contextmanager
-    def connect():
-        con = db.cursor()
-        try:
-            yield con
-        finally:
-            con.close()
+    connect = _connections()
 
     source = ExportSource(demo_run.export, SETTINGS)  # the suite's simulated demo export
     results = {f.id: r for f, r in load_forms(source, connect, "EXP", workers=2)}
@@ -55,16 +62,7 @@ def test_two_workers_read_every_form_file_once(demo_run, monkeypatch):
 def test_each_form_is_handed_on_as_soon_as_it_has_loaded(demo_run):
     """``on_loaded`` runs on the loading thread when a form has loaded, not when its turn comes: while
     the first form handed on is held there, the other thread's forms are still loaded and handed on."""
-    db = duckdb.connect()
-    create_ingest_tables(db)
-
-    @contextlib.contextmanager
-    def connect():
-        con = db.cursor()
-        try:
-            yield con
-        finally:
-            con.close()
+    connect = _connections()
 
     another = threading.Event()
     handed: list[tuple[str, str]] = []

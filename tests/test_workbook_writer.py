@@ -43,28 +43,15 @@ NUMBERS = [0, 1, -7, 10**15, 10**17, 2**63, 1.5, 0.1 + 0.2, -0.0, 1e-20, 1e300, 
 
 
 def _styles(wb: Workbook, ws) -> list:
-    """A few cell styles (StyleArrays), made on scratch cells as the workbook writer makes them."""
-    made = [None]
-    for font, fill, align, fmt, quote in [
+    """A few cell styles (StyleArrays), made as the workbook writer makes them (workbooks._Styles)."""
+    styles = workbooks._Styles(ws)
+    return [None] + [styles.get(*combination) for combination in [
         (Font(bold=True), None, None, None, False),
         (None, PatternFill("solid", fgColor="DFE7EF"), Alignment(horizontal="center"), None, False),
         (None, None, Alignment(wrap_text=True, vertical="top"), "0", False),
         (Font(italic=True), None, None, "0.0E+00", True),
         (None, None, None, "0.0", False),
-    ]:
-        cell = WriteOnlyCell(ws)
-        if font is not None:
-            cell.font = font
-        if fill is not None:
-            cell.fill = fill
-        if align is not None:
-            cell.alignment = align
-        if fmt is not None:
-            cell.number_format = fmt
-        if quote:
-            cell.quotePrefix = True
-        made.append(cell._style)
-    return made
+    ]]
 
 
 def _rows() -> list[list]:
