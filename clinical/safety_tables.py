@@ -6,6 +6,11 @@ the header. Each participant counts once per row (``count(DISTINCT SUBJID)``), a
 
   analysis.teae_summary  AET01-like overview: participants with any TEAE, related, grade >= 3,
                          serious, CRS, ICANS, DLT, fatal; plus the number of events.
+  analysis.ld_ae_summary the same overview of the adverse events that started during
+                         lymphodepletion and are not treatment-emergent (APERIOD LYMPHODEPLETION;
+                         with the infusion as the anchor, the default, every such AE): any, grade
+                         >= 3, serious, fatal, events. The chemotherapy's cytopenias are here, so the
+                         DSMB can reconcile the AE tables with the post-infusion laboratory grades.
   analysis.ae_by_term    TEAEs by MedDRA SOC and PT, for all, serious and non-serious TEAEs
                          (SCOPE), with participants affected, events and participants at risk;
                          the registry's serious / other adverse-event tables read this.
@@ -43,37 +48,57 @@ SELECT '{TOTAL}', 99, 'Total', count(*) FROM analysis.adsl WHERE SAFFL = 'Y'
 ORDER BY DOSEN
 """
 
-# TEAE rows of the safety population, once under their dose and once under TOTAL.
-TEAE_GROUPED = f"""
-  SELECT a.*, a.DOSEA AS DOSE FROM analysis.adae a WHERE a.TRTEMFL = 'Y' AND a.SAFFL = 'Y'
+# The lymphodepletion-period overview: (row number, label, predicate) as SUMMARY_ROWS.
+LD_SUMMARY_ROWS: tuple[tuple[int, str, str], ...] = (
+    (1, "Any adverse event", "TRUE"),
+    (2, "Any grade >= 3 adverse event", "ATOXGR >= 3"),
+    (3, "Any serious adverse event", "AESER = 'Y'"),
+    (4, "Adverse event leading to death (grade 5)", "ATOXGR = 5"),
+)
+
+
+def _grouped(where: str) -> str:
+    """ADAE rows of the safety population matching ``where``, once under their dose and once under TOTAL."""
+    return f"""
+  SELECT a.*, a.DOSEA AS DOSE FROM analysis.adae a WHERE ({where}) AND a.SAFFL = 'Y'
   UNION ALL
-  SELECT a.*, '{TOTAL}' AS DOSE FROM analysis.adae a WHERE a.TRTEMFL = 'Y' AND a.SAFFL = 'Y'
+  SELECT a.*, '{TOTAL}' AS DOSE FROM analysis.adae a WHERE ({where}) AND a.SAFFL = 'Y'
 """
 
 
-def build_safety_tables(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    con.execute(GROUPS_SQL)
-    rows = " UNION ALL ".join(
+TEAE_GROUPED = _grouped("a.TRTEMFL = 'Y'")
+LD_AE_GROUPED = _grouped("a.APERIOD = 'LYMPHODEPLETION' AND a.TRTEMFL IS DISTINCT FROM 'Y'")
+
+
+def _summary_sql(grouped: str, rows: tuple[tuple[int, str, str], ...], events_label: str) -> str:
+    """An AET01-like overview (ROWN, ROWLBL, DOSE, DOSEN, N, DENOM, PCT) of the AE rows ``grouped``:
+    participants with at least one AE matching each row's predicate, then the number of events."""
+    counts = " UNION ALL ".join(
         f"SELECT {n} AS ROWN, '{label}' AS ROWLBL, DOSE, count(DISTINCT SUBJID) FILTER (WHERE {pred}) AS N "
         f"FROM t GROUP BY DOSE"
-        for n, label, pred in SUMMARY_ROWS
+        for n, label, pred in rows
     )
-    labels = " UNION ALL ".join(f"SELECT {n} AS ROWN, '{label}' AS ROWLBL" for n, label, _ in SUMMARY_ROWS)
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE analysis.teae_summary AS
-        WITH t AS ({TEAE_GROUPED}), counts AS ({rows}),
+    labels = " UNION ALL ".join(f"SELECT {n} AS ROWN, '{label}' AS ROWLBL" for n, label, _ in rows)
+    return f"""
+        WITH t AS ({grouped}), counts AS ({counts}),
              events AS (SELECT DOSE, count(*) AS N FROM t GROUP BY DOSE)
         SELECT r.ROWN, r.ROWLBL, g.DOSE, g.DOSEN, coalesce(c.N, 0) AS N, g.N_AT_RISK AS DENOM,
                round(100.0 * coalesce(c.N, 0) / nullif(g.N_AT_RISK, 0), 1) AS PCT
         FROM ({labels}) r CROSS JOIN analysis.safety_groups g
         LEFT JOIN counts c ON c.ROWN = r.ROWN AND c.DOSE = g.DOSE
         UNION ALL
-        SELECT 11, 'Number of TEAEs (events)', g.DOSE, g.DOSEN, coalesce(e.N, 0), NULL, NULL
+        SELECT {len(rows) + 1}, '{events_label}', g.DOSE, g.DOSEN, coalesce(e.N, 0), NULL, NULL
         FROM analysis.safety_groups g LEFT JOIN events e ON e.DOSE = g.DOSE
         ORDER BY ROWN, DOSEN
         """
-    )
+
+
+def build_safety_tables(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    con.execute(GROUPS_SQL)
+    con.execute("CREATE OR REPLACE TABLE analysis.teae_summary AS "
+                + _summary_sql(TEAE_GROUPED, SUMMARY_ROWS, "Number of TEAEs (events)"))
+    con.execute("CREATE OR REPLACE TABLE analysis.ld_ae_summary AS "
+                + _summary_sql(LD_AE_GROUPED, LD_SUMMARY_ROWS, "Number of adverse events (events)"))
     con.execute(
         f"""
         CREATE OR REPLACE TABLE analysis.ae_by_term AS
@@ -99,7 +124,7 @@ def build_safety_tables(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     )
     return {
         t: con.execute(f"SELECT count(*) FROM analysis.{t}").fetchone()[0]
-        for t in ("safety_groups", "teae_summary", "ae_by_term")
+        for t in ("safety_groups", "teae_summary", "ld_ae_summary", "ae_by_term")
     }
 
 

@@ -64,6 +64,7 @@ class ReportTables:
     ae_by_grade: list[dict[str, Any]] = field(default_factory=list)
     form_completeness: list[dict[str, Any]] = field(default_factory=list)
     response_summary: list[dict[str, Any]] = field(default_factory=list)
+    ld_ae_summary: list[dict[str, Any]] = field(default_factory=list)
     # Analysis tables that did not exist when the tables were loaded with strict=False.
     missing: list[str] = field(default_factory=list)
 
@@ -153,6 +154,8 @@ QUERIES: dict[str, str] = {
 # Tables a database may not have (older, or without that part of the pipeline), and summaries counted
 # here set-based from one analysis table: no rows when a source table is absent (QUERY_SOURCES).
 OPTIONAL_QUERIES: dict[str, str] = {
+    "ld_ae_summary": """SELECT ROWN, ROWLBL, DOSE, DOSEN, N, DENOM, PCT
+                        FROM analysis.ld_ae_summary ORDER BY ROWN, DOSEN, DOSE""",
     "data_queries": """SELECT QUERY_ID, RULE_ID, SEVERITY, FORM, SITEID, SUBJID, STATUS, DAYS_OPEN,
                               FIRST_SEEN_CUT, CLOSED_CUT, DATA_CUT
                        FROM analysis.data_queries ORDER BY QUERY_ID""",
@@ -740,10 +743,12 @@ def layout_dose_escalation(t: ReportTables) -> DisplayTable:
     )
 
 
-def layout_teae_overview(t: ReportTables) -> DisplayTable:
+def _ae_overview(t: ReportTables, summary: list[dict[str, Any]], **display: Any) -> DisplayTable:
+    """An AET01-like overview (analysis.teae_summary, analysis.ld_ae_summary) as a display table:
+    n (%) per safety column, the events row as a count, n and % apart in the numeric companions."""
     heads = safety_headers(t)
     by_row: dict[int, dict[str, Any]] = {}
-    for r in t.teae_summary:
+    for r in summary:
         e = by_row.setdefault(r["ROWN"], {"label": r["ROWLBL"], "cells": {}})
         e["cells"][r["DOSE"]] = r
     rows: list[list[Cell]] = []
@@ -770,13 +775,20 @@ def layout_teae_overview(t: ReportTables) -> DisplayTable:
         name = "Total" if dose == TOTAL else dose
         extra_cols += [f"{name} n", f"{name} %"]
     return DisplayTable(
-        id="teae_overview",
-        title="Treatment-emergent adverse events: overview by dose level",
         columns=["Participants with at least one"] + [h for _, h in heads],
         rows=rows,
         extra_columns=extra_cols,
         extra_rows=extra,
         dose_columns=[i + 1 for i, (d, _) in enumerate(heads) if d != TOTAL],
+        **display,
+    )
+
+
+def layout_teae_overview(t: ReportTables) -> DisplayTable:
+    return _ae_overview(
+        t, t.teae_summary,
+        id="teae_overview",
+        title="Treatment-emergent adverse events: overview by dose level",
         sheet="TEAE overview",
         footnote=(
             "n (%) = participants with at least one event of the row, counted once; % of the safety "
@@ -785,6 +797,27 @@ def layout_teae_overview(t: ReportTables) -> DisplayTable:
             "Source: analysis.teae_summary, analysis.safety_groups."
             + (" " + _missing_note(t, "teae_summary", "safety_groups")).rstrip()
         ),
+    )
+
+
+def layout_ld_ae_overview(t: ReportTables) -> DisplayTable:
+    """The adverse events of the lymphodepletion period that are not treatment-emergent: the
+    chemotherapy's cytopenias and nausea, which the TEAE tables (from infusion) leave out."""
+    return _ae_overview(
+        t, t.ld_ae_summary,
+        id="ld_ae_overview",
+        title="Adverse events during lymphodepletion (before infusion): overview by dose level",
+        sheet="Lymphodepletion AEs",
+        footnote=(
+            "Adverse events that started on or after the first day of lymphodepletion and before the "
+            "infusion (analysis.adae APERIOD = LYMPHODEPLETION) and are not treatment-emergent: the "
+            "treatment-emergent period starts at the infusion (setting safety.treatment_emergent_anchor). "
+            "They are not in the TEAE tables; cytopenias of this period are why the laboratory table "
+            "(post-infusion grades) and the TEAE tables can differ. n (%) as in the TEAE overview. "
+            "Source: analysis.ld_ae_summary; each event is a row of analysis.adae."
+            + (" " + _missing_note(t, "ld_ae_summary")).rstrip()
+        ),
+        empty_text="No adverse event during lymphodepletion outside the treatment-emergent period.",
     )
 
 
@@ -998,6 +1031,7 @@ def display_tables(t: ReportTables, session: str = "Closed") -> list[DisplayTabl
         layout_teae_overview(t),
         layout_teae_by_soc_pt(t),
         ct.layout_teae_by_grade(t),
+        layout_ld_ae_overview(t),
         layout_sae_listing(t),
         layout_deaths_listing(t),
         ct.layout_crs_icans(t),
@@ -1307,9 +1341,11 @@ def consistency_problems(t: ReportTables) -> list[str]:
     if 1001 in scr and ("enrolled", TOTAL) in flow and scr[1001] != flow[("enrolled", TOTAL)]:
         problems.append(f"flow_screening enrolled {scr[1001]} != participant_flow enrolled {flow[('enrolled', TOTAL)]}")
     groups = {g["DOSE"]: g["N_AT_RISK"] for g in t.safety_groups}
-    for r in t.teae_summary:
-        if r["DENOM"] is not None and groups.get(r["DOSE"]) != r["DENOM"]:
-            problems.append(f"teae_summary row {r['ROWN']} {r['DOSE']}: denominator {r['DENOM']} != N at risk {groups.get(r['DOSE'])}")
+    for name, summary in (("teae_summary", t.teae_summary), ("ld_ae_summary", t.ld_ae_summary)):
+        for r in summary:
+            if r["DENOM"] is not None and groups.get(r["DOSE"]) != r["DENOM"]:
+                problems.append(f"{name} row {r['ROWN']} {r['DOSE']}: denominator {r['DENOM']} != N at risk "
+                                f"{groups.get(r['DOSE'])}")
     for r in t.ae_by_term:
         if groups.get(r["DOSE"]) != r["N_AT_RISK"]:
             problems.append(f"ae_by_term {r['AEDECOD']} {r['DOSE']}: N at risk {r['N_AT_RISK']} != {groups.get(r['DOSE'])}")
