@@ -113,7 +113,7 @@ CHAPTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("sec-escalation", "Dose-escalation status", ("dose_escalation", "dlt_listing")),
     ("sec-teae", "Treatment-emergent adverse events", ("teae_overview", "teae_soc_pt", "teae_by_grade",
                                                         "ld_ae_overview")),
-    ("sec-sae", "Serious adverse events and deaths", ("sae_listing", "deaths")),
+    ("sec-sae", "Serious adverse events and deaths", ("sae_soc_pt", "sae_listing", "deaths")),
     ("sec-crs", "Cytokine release syndrome and neurotoxicity (ICANS)", ("crs_icans", "crs_icans_listing")),
     ("sec-haem", "Haematological toxicity and recovery", ("haematology",)),
     ("sec-pk", "Cellular kinetics (pharmacokinetics)", ("pk", "figure:transgene")),

@@ -880,21 +880,27 @@ def layout_teae_by_soc_pt(t: ReportTables, scope: str = "ALL") -> DisplayTable:
     for dose, _ in heads:
         name = "Total" if dose == TOTAL else dose
         extra_cols += [f"{name} participants", f"{name} events"]
+    serious = scope == "SERIOUS"
     return DisplayTable(
-        id="teae_soc_pt",
-        title="Treatment-emergent adverse events by MedDRA system organ class and preferred term",
+        id="sae_soc_pt" if serious else "teae_soc_pt",
+        title=("Serious TEAEs by MedDRA system organ class and preferred term" if serious
+               else "Treatment-emergent adverse events by MedDRA system organ class and preferred term"),
         columns=["System organ class / Preferred term"] + [h for _, h in heads] + ["Events (Total)"],
         rows=rows,
         row_styles=styles,
         extra_columns=extra_cols,
         extra_rows=extra,
         dose_columns=[i + 1 for i, (d, _) in enumerate(heads) if d != TOTAL],
-        sheet="TEAE by SOC and PT",
+        sheet="Serious TEAE by SOC and PT" if serious else "TEAE by SOC and PT",
+        empty_text=("No serious treatment-emergent adverse event at this data cut." if serious
+                    else "No treatment-emergent adverse event at this data cut."),
         footnote=(
-            "n (%) = participants with the preferred term, counted once; % of the column N. Events (Total) "
+            ("Serious (AESER = Y) treatment-emergent events only. " if serious else "")
+            + "n (%) = participants with the preferred term, counted once; % of the column N. Events (Total) "
             "counts every event in all dose levels. SOCs in alphabetical order; preferred terms by decreasing "
             "number of participants (Total). SOC lines are headings: a participant may have several terms in one SOC. "
-            "Uncoded events are shown as 'Uncoded: <reported term>'. Source: analysis.ae_by_term."
+            "Uncoded events are shown as 'Uncoded: <reported term>'. Source: analysis.ae_by_term"
+            + (" (SCOPE = SERIOUS)." if serious else ".")
             + (" " + _missing_note(t, "ae_by_term")).rstrip()
         ),
     )
@@ -1032,6 +1038,7 @@ def display_tables(t: ReportTables, session: str = "Closed") -> list[DisplayTabl
         layout_teae_by_soc_pt(t),
         ct.layout_teae_by_grade(t),
         layout_ld_ae_overview(t),
+        layout_teae_by_soc_pt(t, "SERIOUS"),
         layout_sae_listing(t),
         layout_deaths_listing(t),
         ct.layout_crs_icans(t),

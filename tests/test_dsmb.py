@@ -714,3 +714,18 @@ def test_exit_reasons_read_as_sentences():
                                      "Leukapheresis not performed: Rapid disease progression", "Ongoing at data cut")] == [
         "Progressive disease", "Lost to follow-up", "Manufacturing failure", "Reason not recorded",
         "Leukapheresis not performed: Rapid disease progression", "Ongoing at data cut"]
+
+
+def test_serious_teaes_by_term_in_both_sessions(tables):
+    """The serious TEAEs by SOC and PT (analysis.ae_by_term, SCOPE SERIOUS): by dose level in the
+    closed session, pooled in the open one, where the SAE listing is only a pointer."""
+    from deliverables.tables import display_tables, layout_teae_by_soc_pt
+
+    t = layout_teae_by_soc_pt(tables, "SERIOUS")
+    assert (t.id, t.sheet) == ("sae_soc_pt", "Serious TEAE by SOC and PT")
+    got = {r[0]: r[1:] for r in t.rows}
+    assert got["Cytokine release syndrome"] == ["0", "2 (66.7%)", "0", "2 (33.3%)", 2]
+    assert got["Sepsis"] == ["0", "1 (33.3%)", "0", "1 (16.7%)", 1]
+    assert "Pyrexia" not in got and "Neutrophil count decreased" not in got  # not serious
+    pooled = next(d for d in display_tables(tables, session="Open") if d.id == "sae_soc_pt")
+    assert {r[0]: r[1:] for r in pooled.rows}["Cytokine release syndrome"][0] == "2 (33.3%)"
