@@ -463,6 +463,7 @@ def layout_pk(t: ReportTables) -> DisplayTable:
         lines.add("Median", ["" if d not in c or c[d]["MEDIAN"] is None else fmt(c[d]["MEDIAN"]) for d, _ in heads])
         lines.add("Min, max", [
             "" if d not in c or c[d]["MIN"] is None else f"{fmt(c[d]['MIN'])}, {fmt(c[d]['MAX'])}" for d, _ in heads])
+    short = _short_profiles(by)
     return DisplayTable(
         id="pk",
         title="CAR-T cellular kinetics (transgene copies in blood) by dose level",
@@ -472,7 +473,8 @@ def layout_pk(t: ReportTables) -> DisplayTable:
         dose_columns=dose_cols,
         sheet="Pharmacokinetics",
         footnote=(
-            "PK-evaluable participants (ADSL PKEVLFL = 'Y'); n = participants with the parameter estimated. "
+            (f"{short} " if short else "")
+            + "PK-evaluable participants (ADSL PKEVLFL = 'Y'); n = participants with the parameter estimated. "
             "Non-compartmental analysis of transgene copies/ug gDNA by qPCR (day 0 = infusion); AUC0-28d by "
             "the configured trapezoidal method. Geometric CV% = sqrt(exp(s^2) - 1) x 100 of the log values. "
             "Values, geometric CV% included, to 3 significant figures with halves rounded up, as in the registry "
@@ -480,6 +482,21 @@ def layout_pk(t: ReportTables) -> DisplayTable:
             "(per participant: analysis.adpp)." + (" " + _missing_note(t, "pk_summary")).rstrip()
         ),
     )
+
+
+def _short_profiles(by: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The profiles with a Cmax but no AUC0-28d (the pk_summary counts of the two): they end before
+    day 28 -- death, withdrawal, or an infusion fewer than 28 days before the data cut-off -- so their
+    Cmax and Tmax are of the samples so far. Empty when every profile reaches day 28."""
+    cmax, auc = by.get("CMAX", {}), by.get("AUC28", {})
+    short = {d: cmax[d]["N"] - (auc[d]["N"] if d in auc else 0)
+             for d in cmax if d != TOTAL and cmax[d]["N"] - (auc[d]["N"] if d in auc else 0) > 0}
+    if not short:
+        return ""
+    # The total only: the open session shows this table pooled (the n rows give it by dose level).
+    return (f"{sum(short.values())} profile(s) end before day 28 (death, withdrawal or an infusion fewer than "
+            "28 days before the data cut-off): their AUC0-28d is not derived, and their Cmax and Tmax are of "
+            "the samples taken so far.")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -372,3 +372,18 @@ def test_medians_round_halves_up_as_written(x, decimals, shown):
     """The exposure and CRS medians of the DSMB report: 30.5 days shows as 31, never as 30 (half to even)
     nor as 898.9 for 898.95 (the binary float's)."""
     assert ct.fmt_num(x, decimals) == shown
+
+
+def test_pk_says_how_many_profiles_end_before_day_28():
+    """A profile with a Cmax but no AUC0-28d ends before day 28: the table says how many (the total:
+    the open session shows it pooled); none is said when every profile reaches day 28."""
+    def row(code, n, dose, count):
+        return {"PARAMCD": code, "PARAMN": n, "PARAM": code, "DOSE": dose, "DOSEN": 1, "N": count,
+                "GEOMEAN": None, "GEOCV": None, "MEDIAN": 1.0, "MIN": 1.0, "MAX": 1.0}
+
+    pk = [row("CMAX", 1, "DL1", 4), row("CMAX", 1, "DL2", 3), row("CMAX", 1, TOTAL, 7),
+          row("AUC28", 3, "DL1", 3), row("AUC28", 3, TOTAL, 3)]
+    assert ct.layout_pk(_tables(pk_summary=pk)).footnote.startswith(
+        "4 profile(s) end before day 28 (death, withdrawal or an infusion fewer than 28 days before the data cut-off)")
+    complete = [row("CMAX", 1, "DL1", 3), row("CMAX", 1, TOTAL, 3), row("AUC28", 3, "DL1", 3), row("AUC28", 3, TOTAL, 3)]
+    assert ct.layout_pk(_tables(pk_summary=complete)).footnote.startswith("PK-evaluable participants")
