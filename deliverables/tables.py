@@ -810,8 +810,8 @@ def layout_ld_ae_overview(t: ReportTables) -> DisplayTable:
         sheet="Lymphodepletion AEs",
         footnote=(
             "Adverse events that started on or after the first day of lymphodepletion and before the "
-            "infusion (analysis.adae APERIOD = LYMPHODEPLETION) and are not treatment-emergent: the "
-            "treatment-emergent period starts at the infusion (setting safety.treatment_emergent_anchor). "
+            "infusion (analysis.adae APERIOD = LYMPHODEPLETION) and are not treatment-emergent (the "
+            "treatment-emergent period starts at safety.treatment_emergent_anchor: the infusion by default). "
             "They are not in the TEAE tables; cytopenias of this period are why the laboratory table "
             "(post-infusion grades) and the TEAE tables can differ. n (%) as in the TEAE overview. "
             "Source: analysis.ld_ae_summary; each event is a row of analysis.adae."
