@@ -886,7 +886,7 @@ def _outcomes_module(
 
 
 def _ae_module(
-    con: duckdb.DuckDBPyConnection, cfg: StudyConfig, doses
+    con: duckdb.DuckDBPyConnection, cfg: StudyConfig, doses, data_cut: dt.date
 ) -> dict[str, Any]:
     gid = _group_ids("EG", doses)
     at_risk = _by_dose(
@@ -959,19 +959,21 @@ def _ae_module(
 
     serious, other = events("SERIOUS"), events("NON-SERIOUS")
     other_aff = _other_affected(con, {(e["organSystem"], e["term"]) for e in other})
+    period_end = f"{_follow_up_end_text(cfg)} or the data cut-off ({_date_text(data_cut)}), whichever is earlier"
     return {
         "frequencyThreshold": cfg.safety.registry_frequency_threshold,
         "timeFrame": cfg.registry.ae_time_frame,
+        # The adverse events and the deaths are counted over one period, said the same way in both.
         "description": (
             f"Tables report treatment-emergent adverse events, starting from {_anchor_text(cfg)} to "
-            f"{_follow_up_end_text(cfg)}, in the safety population (all participants who received IM83 CAR-T "
+            f"{period_end}, in the safety population (all participants who received IM83 CAR-T "
             f"cells), by dose level received. Coded with {vocab}; graded by NCI CTCAE v{cfg.safety.ctcae_version} "
             f"(CRS and ICANS by {cfg.safety.crs_ics_grading}). Adverse events before {_anchor_text(cfg)} "
             "were collected but are not treatment-emergent and are not reported here."
         ),
         "allCauseMortalityComment": (
-            "All-cause mortality in the safety population from infusion to the data cut-off. Deaths of enrolled "
-            "participants who were not infused are reported in the participant flow."
+            f"All-cause mortality in the safety population, from {_anchor_text(cfg)} to {period_end}. Deaths of "
+            "enrolled participants who were not infused are reported in the participant flow."
         ),
         "eventGroups": [
             {
@@ -1042,7 +1044,7 @@ def build_results_section(
         "participantFlowModule": _flow_module(con, cfg, data_cut, doses),
         "baselineCharacteristicsModule": _baseline_module(con, cfg, doses),
         "outcomeMeasuresModule": _outcomes_module(con, cfg, doses),
-        "adverseEventsModule": _ae_module(con, cfg, doses),
+        "adverseEventsModule": _ae_module(con, cfg, doses, data_cut),
         "moreInfoModule": {
             "limitationsAndCaveats": {
                 "description": (

@@ -1007,6 +1007,11 @@ def test_adverse_events(db):
     assert ae["frequencyThreshold"] == "0"
     assert ae["timeFrame"] == CFG.registry.ae_time_frame
     assert "IM83 CAR-T infusion" in ae["description"]
+    # The adverse events and the deaths are counted over one period, and both texts say which.
+    period = ("IM83 CAR-T infusion (Day 0) to the end of protocol follow-up (Month 12, Day 365) or the data "
+              "cut-off (31 December 2025), whichever is earlier")
+    assert f"starting from {period}," in ae["description"]
+    assert ae["allCauseMortalityComment"].startswith(f"All-cause mortality in the safety population, from {period}.")
     groups = {g["id"]: g for g in ae["eventGroups"]}
     assert list(groups) == ["EG000", "EG001", "EG002"]
     assert {
