@@ -838,16 +838,23 @@ def layout_teae_by_soc_pt(t: ReportTables, scope: str = "ALL") -> DisplayTable:
     extra: list[list[Cell]] = []
     styles: list[str] = []
 
-    # First line: any TEAE, from analysis.teae_summary (row 1), so it matches the overview.
-    any_row = {r["DOSE"]: r for r in t.teae_summary if r["ROWN"] == 1}
+    # First line: any (serious) TEAE, from analysis.teae_summary (row 1, or row 4 for the serious
+    # ones), so it matches the overview; the events are the overview's count, or for the serious
+    # ones the sum of the terms' events (each event has one preferred term).
+    serious = scope == "SERIOUS"
+    first = "Any serious TEAE" if serious else "Any TEAE"
+    any_row = {r["DOSE"]: r for r in t.teae_summary if r["ROWN"] == (4 if serious else 1)}
     if any_row:
-        events = {r["DOSE"]: r["N"] for r in t.teae_summary if r["ROWN"] == 11}
+        if serious:
+            events = {d: sum(c[d]["N_EVENTS"] for c in terms.values() if d in c) for d, _ in heads}
+        else:
+            events = {r["DOSE"]: r["N"] for r in t.teae_summary if r["ROWN"] == 11}
         rows.append(
-            ["Any TEAE"]
+            [first]
             + [fmt_npct(any_row[d]["N"], any_row[d]["PCT"]) if d in any_row else None for d, _ in heads]
             + [events.get(TOTAL)]
         )
-        extra.append([None, "Any TEAE"] + [x for d, _ in heads for x in (any_row[d]["N"] if d in any_row else None, events.get(d))])
+        extra.append([None, first] + [x for d, _ in heads for x in (any_row[d]["N"] if d in any_row else None, events.get(d))])
         styles.append("")
 
     def total_key(k: tuple[str, str]) -> tuple[int, str]:
@@ -880,7 +887,6 @@ def layout_teae_by_soc_pt(t: ReportTables, scope: str = "ALL") -> DisplayTable:
     for dose, _ in heads:
         name = "Total" if dose == TOTAL else dose
         extra_cols += [f"{name} participants", f"{name} events"]
-    serious = scope == "SERIOUS"
     return DisplayTable(
         id="sae_soc_pt" if serious else "teae_soc_pt",
         title=("Serious TEAEs by MedDRA system organ class and preferred term" if serious

@@ -727,5 +727,10 @@ def test_serious_teaes_by_term_in_both_sessions(tables):
     assert got["Cytokine release syndrome"] == ["0", "2 (66.7%)", "0", "2 (33.3%)", 2]
     assert got["Sepsis"] == ["0", "1 (33.3%)", "0", "1 (16.7%)", 1]
     assert "Pyrexia" not in got and "Neutrophil count decreased" not in got  # not serious
+    # The first line counts participants with any serious TEAE (the overview's row) and serious events.
+    overview = {r["DOSE"]: r for r in tables.teae_summary if r["ROWN"] == 4}
+    assert t.rows[0][0] == "Any serious TEAE" and "Any TEAE" not in got
+    assert t.rows[0][1:-1] == [fmt_npct(overview[d]["N"], overview[d]["PCT"]) for d in ("DL1", "DL2", "DL3", "TOTAL")]
+    assert t.rows[0][-1] == 2 + 1 + 1  # the serious events of the three terms
     pooled = next(d for d in display_tables(tables, session="Open") if d.id == "sae_soc_pt")
     assert {r[0]: r[1:] for r in pooled.rows}["Cytokine release syndrome"][0] == "2 (33.3%)"
