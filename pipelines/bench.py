@@ -43,7 +43,8 @@ run end, audit log).
 Peak memory and CPU: a thread of the benchmark's parent process (not of the measured one, whose
 interpreter lock it would contend for) samples the resident set size and CPU time of the pipeline
 process and of its child processes (the Great Expectations worker,
-``clinical.expectation_runner.SuiteWorker``; the PDF renderer) every 10 ms; a stage's ``peak_rss_mb`` is the highest sample while its steps ran; the run's ``peak_rss_mb``
+``clinical.expectation_runner.SuiteWorker``) every 10 ms; a stage's ``peak_rss_mb`` is the highest
+sample while its steps ran; the run's ``peak_rss_mb``
 is the higher of the kernel's high-water mark (``VmHWM``) of the pipeline process, imports included,
 and the sampled peak of the process and its children together. CPU seconds include the children.
 """
@@ -185,7 +186,7 @@ def _proc_rss_cpu(pid: int, page: int, tick: float, waited: bool = False) -> tup
 
 class RssSampler(threading.Thread):
     """Samples the resident set size and CPU time of the process ``pid`` *and its child processes*
-    (the Great Expectations worker, PDF renderers) every ``interval`` seconds: [(time.time(), rss
+    (the Great Expectations worker) every ``interval`` seconds: [(time.time(), rss
     bytes, CPU seconds)]. It runs in the benchmark's parent process, so that measuring takes no
     time from the measured process (a sampling thread inside it held its interpreter lock ~10 % of
     the run). CPU is user+system of all threads of ``pid``, plus that of its live descendants, plus
