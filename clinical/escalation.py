@@ -555,17 +555,12 @@ def _undetermined_reason(deviations: Sequence[str], error: BeyondThreePlusThree)
 
 
 def pending_branches(
-    records: Sequence[ParticipantOutcome],
-    num_doses: int,
-    variant: str = "escalation-only",
-    require_six_at_mtd: bool = False,
-    *,
-    cohort_size: int = COHORT_SIZE,
-    stop_at_two_dlts: bool = False,
+    records: Sequence[ParticipantOutcome], num_doses: int, **rules: Any
 ) -> tuple[Decision | None, Decision | None]:
     """What the open DLT windows decide: the decision if every pending participant completes the
     window without a DLT, and if the first of them (infusion order) has one. (None, None) when no
-    window is open; None for a branch the 3+3 rules cannot decide."""
+    window is open; None for a branch the 3+3 rules cannot decide. ``rules``: the keyword arguments
+    of :func:`decide_from_participants` (variant, require_six_at_mtd, cohort_size, stop_at_two_dlts)."""
     pending = sorted((r for r in records if r.evaluable and not r.dlt and r.window_open), key=lambda r: r.order)
     if not pending:
         return None, None
@@ -578,8 +573,7 @@ def pending_branches(
             if r.order in waiting else r
             for r in records
         ]
-        status = decide_from_participants(resolved, num_doses, variant, require_six_at_mtd,
-                                          cohort_size=cohort_size, stop_at_two_dlts=stop_at_two_dlts)
+        status = decide_from_participants(resolved, num_doses, **rules)
         return status.decision if status.determined else None
 
     return decide(False), decide(True)
