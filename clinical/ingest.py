@@ -67,7 +67,7 @@ __all__ = [
 ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # CDASH partial dates: year, year-month (a real month), or a full date.
 PARTIAL_DATE = r"^[0-9]{4}(-(0[1-9]|1[0-2])(-[0-9]{2})?)?$"
-# Whole numbers and plain decimals only: "1,5", "12 g/L" or "1.2e3" go to quarantine, not to a guess.
+# Numbers are clinical.crf INT_TEXT / FLOAT_TEXT: "1,5" or "12 g/L" go to quarantine, not to a guess.
 # A number written with a unit, a thousands separator or a decimal comma ("12 g/L", "1,000", "1,5").
 DECORATED_NUMBER = r"^[+-]?([0-9]{1,3}([ ,'][0-9]{3})+(\.[0-9]+)?|[0-9]+,[0-9]+|[0-9][0-9,. ']*\s*[^0-9\s,.'].*)$"
 # Text a spreadsheet would run as a formula (CSV injection): =, +, @, tab or CR first, or "-" + non-digit.

@@ -48,6 +48,12 @@ SELECT '{TOTAL}', 99, 'Total', count(*) FROM analysis.adsl WHERE SAFFL = 'Y'
 ORDER BY DOSEN
 """
 
+# Row numbers the reports and the registry read (the events row comes after the rows above).
+ANY_TEAE_ROWN, GRADE3_TEAE_ROWN, SERIOUS_TEAE_ROWN = 1, 3, 4
+TEAE_EVENTS_ROWN = len(SUMMARY_ROWS) + 1
+assert [SUMMARY_ROWS[n - 1][1] for n in (ANY_TEAE_ROWN, GRADE3_TEAE_ROWN, SERIOUS_TEAE_ROWN)] == [
+    "Any TEAE", "Any grade >= 3 TEAE", "Any serious TEAE"]
+
 # The lymphodepletion-period overview: (row number, label, predicate) as SUMMARY_ROWS.
 LD_SUMMARY_ROWS: tuple[tuple[int, str, str], ...] = (
     (1, "Any adverse event", "TRUE"),

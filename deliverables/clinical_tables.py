@@ -485,16 +485,14 @@ def layout_pk(t: ReportTables) -> DisplayTable:
 
 
 def _short_profiles(by: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """The profiles with a Cmax but no AUC0-28d (the pk_summary counts of the two): they end before
-    day 28 -- death, withdrawal, or an infusion fewer than 28 days before the data cut-off -- so their
-    Cmax and Tmax are of the samples so far. Empty when every profile reaches day 28."""
-    cmax, auc = by.get("CMAX", {}), by.get("AUC28", {})
-    short = {d: cmax[d]["N"] - (auc[d]["N"] if d in auc else 0)
-             for d in cmax if d != TOTAL and cmax[d]["N"] - (auc[d]["N"] if d in auc else 0) > 0}
-    if not short:
+    """The profiles with a Cmax but no AUC0-28d (the Total column's counts of the two): they end
+    before day 28 -- death, withdrawal, or an infusion fewer than 28 days before the data cut-off --
+    so their Cmax and Tmax are of the samples so far. Empty when every profile reaches day 28."""
+    short = (by.get("CMAX", {}).get(TOTAL, {}).get("N") or 0) - (by.get("AUC28", {}).get(TOTAL, {}).get("N") or 0)
+    if short <= 0:
         return ""
     # The total only: the open session shows this table pooled (the n rows give it by dose level).
-    return (f"{sum(short.values())} profile(s) end before day 28 (death, withdrawal or an infusion fewer than "
+    return (f"{short} profile(s) end before day 28 (death, withdrawal or an infusion fewer than "
             "28 days before the data cut-off): their AUC0-28d is not derived, and their Cmax and Tmax are of "
             "the samples taken so far.")
 

@@ -120,6 +120,8 @@ CHAPTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("sec-response", "Response", ("response", "figure:swimmer")),
     ("sec-quality", "Data quality", ("data_quality", "form_completeness", "protocol_deviations")),
 )
+# Section numbers: the summary is 1, the chapters follow from 2 in CHAPTERS order.
+CHAPTER_NUMBERS: dict[str, int] = {anchor: n for n, (anchor, _, _) in enumerate(CHAPTERS, start=2)}
 FIGURE_TITLES = {
     "flow_diagram": "Participant flow (CONSORT-DEFINE style)",
     "accrual": "Enrolment and accrual over time by dose level",
@@ -148,7 +150,8 @@ def report_chapters(
     by_id = {t.id: t for t in shown}
     n = {"table": 0, "listing": 0, "figure": 0}
     chapters = []
-    for number, (anchor, title, item_ids) in enumerate(CHAPTERS, start=2):
+    for anchor, title, item_ids in CHAPTERS:
+        number = CHAPTER_NUMBERS[anchor]
         items: list[dict[str, Any]] = []
         for item in item_ids:
             if item == "changes":
@@ -204,8 +207,9 @@ def _changes_ask(changes: CutChanges | None) -> str | None:
         return None
     changed = [f"{line.label[:1].lower()}{line.label[1:]}: {line.n}" for line in lines if line.n > 0]
     if not changed:
-        return "Note that nothing reportable changed since the previous data cut (section 2)."
-    return "Review the changes since the previous data cut (section 2): " + "; ".join(changed) + "."
+        return f"Note that nothing reportable changed since the previous data cut (section {CHAPTER_NUMBERS['sec-changes']})."
+    return (f"Review the changes since the previous data cut (section {CHAPTER_NUMBERS['sec-changes']}): "
+            + "; ".join(changed) + ".")
 
 
 # The abbreviations the report uses, defined in its last section (listed in the contents).
@@ -263,16 +267,16 @@ def _window_deaths_ask(tables: ReportTables, window: int, session: str) -> str |
     )
     more = len(early) - WINDOW_DEATHS_NAMED
     if more > 0:
-        section = 2 + [anchor for anchor, _, _ in CHAPTERS].index("sec-sae")  # chapters are numbered from 2
-        who += f"; and {more} more of {len(early)} (deaths listing, section {section}; sponsor workbook)"
+        who += f"; and {more} more of {len(early)} (deaths listing, section {CHAPTER_NUMBERS['sec-sae']}; sponsor workbook)"
     return f"{lead}: {who}."
 
 
 def _dsmb_asks(
     tables: ReportTables, figures: dict[str, Any], changes: CutChanges | None = None, session: str = "Closed",
-    *, window: int,
+    *, window: int, decision: dict[str, str] | None = None,
 ) -> list[str]:
-    s = decision_summary(tables)
+    """``decision``: decision_summary(tables) when the caller has it already."""
+    s = decision if decision is not None else decision_summary(tables)
     d = tables.escalation_decision
     asks = []
     parts = [f"{figures[k]} {k.lower()}" for k in ("Infused (safety population)",) if k in figures]
@@ -377,11 +381,11 @@ def dsmb_context(
         c["lead"] = (f"Compared with the data cut-off of {previous_cut} (the latest earlier published data cut of "
                      "this study)." if c["anchor"] == "sec-changes" and previous_cut else "")
     headline = key_figures(tables)
+    decision = decision_summary(tables)
     study = cfg.study
     problems = consistency_problems(tables)
     missing = tables.missing
     return {
-        "cfg": cfg,
         "study": study,
         "title": f"{study.id} DSMB report {report_number} ({sess} session), data cut-off {cut.isoformat()}",
         "description": f"{sess} session report for the Data and Safety Monitoring Board, {study.id} "
@@ -401,14 +405,13 @@ def dsmb_context(
         "abbreviations": ABBREVIATIONS,
         "confidentiality": CLOSED_CONFIDENTIALITY if sess == "Closed" else study.confidentiality,
         "chapters": chapters,
-        "previous_cut": previous_cut,
         "figures": headline,
-        "decision": decision_summary(tables),
-        "asks": _dsmb_asks(tables, dict(headline), changes, sess, window=cfg.escalation.dlt_window_days),
+        "decision": decision,
+        "asks": _dsmb_asks(tables, dict(headline), changes, sess, window=cfg.escalation.dlt_window_days,
+                           decision=decision),
         "boxes": [_flow_box(b) for b in flow_boxes(tables)],
         "problems": problems,
         "checks_note": _checks_note(problems),
-        "missing": missing,
         "missing_note": (f"Not available at this data cut: {', '.join(f'analysis.{t}' for t in missing)}. "
                          "The sections that use them say so.") if missing else "",
     }

@@ -44,8 +44,9 @@ import yaml
 from lxml import etree
 
 from clinical.adsl import AGE_GROUPS
+from clinical.safety_tables import ANY_TEAE_ROWN, GRADE3_TEAE_ROWN, SERIOUS_TEAE_ROWN
 from clinical.study import StudyConfig
-from deliverables.tables import QUERIES, baseline_sql, round_sig
+from deliverables.tables import QUERIES, baseline_sql, round_sig, sentence_case
 
 RRS_NS = "http://clinicaltrials.gov/rrs"
 TOTAL = "TOTAL"
@@ -241,14 +242,6 @@ def _num(x: float | None, sig: int = 3) -> str | None:
     return s
 
 
-def _sentence(s: str) -> str:
-    """CRF codes are upper case; registry free text reads better in sentence case."""
-    if ":" in s:
-        head, tail = s.split(":", 1)
-        return f"{_sentence(head)}: {tail.strip().lower() if tail.strip().isupper() else tail.strip()}"
-    return s[:1].upper() + s[1:].lower() if s.isupper() else s
-
-
 def _date_text(d: dt.date) -> str:
     return f"{d.day} {d:%B %Y}"
 
@@ -313,7 +306,7 @@ def map_reason(reason: str | None) -> tuple[str, str | None]:
         r"\bwithdr[a-z]*\b.*\bconsent\b|\bconsent\b.*\bwithdrawn\b", raw, re.IGNORECASE
     ):
         return STANDARD_REASONS["WITHDRAWAL BY SUBJECT"], None
-    return OTHER, _sentence(raw)
+    return OTHER, sentence_case(raw)
 
 
 def _flow_module(
@@ -849,10 +842,10 @@ def _outcomes_module(
     )
     summ = _rows(
         con,
-        "SELECT ROWN, DOSE, N, DENOM FROM analysis.teae_summary WHERE ROWN IN (1, 3) AND DOSE <> ?",
-        [TOTAL],
+        "SELECT ROWN, DOSE, N, DENOM FROM analysis.teae_summary WHERE ROWN IN (?, ?) AND DOSE <> ?",
+        [ANY_TEAE_ROWN, GRADE3_TEAE_ROWN, TOTAL],
     )
-    denom = {r["DOSE"]: int(r["DENOM"] or 0) for r in summ if r["ROWN"] == 1}
+    denom = {r["DOSE"]: int(r["DENOM"] or 0) for r in summ if r["ROWN"] == ANY_TEAE_ROWN}
     te_def = (
         f"Treatment-emergent adverse events (TEAEs): adverse events starting on or after {_anchor_text(cfg)}, "
         f"coded with {cfg.registry.source_vocabulary} and graded by NCI CTCAE v{cfg.safety.ctcae_version} "
@@ -869,7 +862,7 @@ def _outcomes_module(
         doses=doses,
         group_desc="Participants infused at",
         denom=denom,
-        value={r["DOSE"]: int(r["N"] or 0) for r in summ if r["ROWN"] == 1},
+        value={r["DOSE"]: int(r["N"] or 0) for r in summ if r["ROWN"] == ANY_TEAE_ROWN},
     )
     teae3 = _outcome_count(
         type_="SECONDARY",
@@ -880,7 +873,7 @@ def _outcomes_module(
         doses=doses,
         group_desc="Participants infused at",
         denom=denom,
-        value={r["DOSE"]: int(r["N"] or 0) for r in summ if r["ROWN"] == 3},
+        value={r["DOSE"]: int(r["N"] or 0) for r in summ if r["ROWN"] == GRADE3_TEAE_ROWN},
     )
     return {"outcomeMeasures": [dlt, teae, teae3, *_pk_outcomes(con, cfg, doses)]}
 
@@ -900,8 +893,8 @@ def _ae_module(
     serious_aff = _by_dose(
         _rows(
             con,
-            "SELECT DOSE, N FROM analysis.teae_summary WHERE ROWN = 4 AND DOSE <> ?",
-            [TOTAL],
+            "SELECT DOSE, N FROM analysis.teae_summary WHERE ROWN = ? AND DOSE <> ?",
+            [SERIOUS_TEAE_ROWN, TOTAL],
         )
     )
     deaths = _by_dose(

@@ -24,6 +24,8 @@ from typing import Any
 
 import duckdb
 
+from clinical.safety_tables import ANY_TEAE_ROWN, GRADE3_TEAE_ROWN, SERIOUS_TEAE_ROWN, TEAE_EVENTS_ROWN
+
 TOTAL = "TOTAL"
 
 Cell = str | int | float | dt.date | None
@@ -643,15 +645,20 @@ def next_step_text(
     return wording.stop
 
 
+def sentence_case(s: str) -> str:
+    """A coded term in sentence case ("PROGRESSIVE DISEASE" -> "Progressive disease"; each part of
+    "CODE: CODE" likewise); text that is not all upper case as written. CRF codes are upper case;
+    reports and the registry read better in sentence case."""
+    if ":" in s:
+        head, tail = s.split(":", 1)
+        return f"{sentence_case(head)}: {tail.strip().lower() if tail.strip().isupper() else tail.strip()}"
+    return s[:1].upper() + s[1:].lower() if s.isupper() else s
+
+
 def exit_reason(reason: str | None) -> str:
-    """A participant-flow exit reason as the tables and the flow diagram show it: a coded term
-    (DSDECOD, "PROGRESSIVE DISEASE") in sentence case, like the stage labels beside it; free text as
-    written; no reason as "Reason not recorded"."""
-    if reason is None:
-        return "Reason not recorded"
-    if reason.isupper():
-        return reason[:1] + reason[1:].lower()
-    return reason
+    """A participant-flow exit reason as the tables and the flow diagram show it: in sentence case,
+    like the stage labels beside it; no reason as "Reason not recorded"."""
+    return "Reason not recorded" if reason is None else sentence_case(reason)
 
 
 def decision_summary(t: ReportTables) -> dict[str, str]:
@@ -838,17 +845,16 @@ def layout_teae_by_soc_pt(t: ReportTables, scope: str = "ALL") -> DisplayTable:
     extra: list[list[Cell]] = []
     styles: list[str] = []
 
-    # First line: any (serious) TEAE, from analysis.teae_summary (row 1, or row 4 for the serious
-    # ones), so it matches the overview; the events are the overview's count, or for the serious
+    # First line: any (serious) TEAE, from analysis.teae_summary's row, so it matches the overview; the events are the overview's count, or for the serious
     # ones the sum of the terms' events (each event has one preferred term).
     serious = scope == "SERIOUS"
     first = "Any serious TEAE" if serious else "Any TEAE"
-    any_row = {r["DOSE"]: r for r in t.teae_summary if r["ROWN"] == (4 if serious else 1)}
+    any_row = {r["DOSE"]: r for r in t.teae_summary if r["ROWN"] == (SERIOUS_TEAE_ROWN if serious else ANY_TEAE_ROWN)}
     if any_row:
         if serious:
             events = {d: sum(c[d]["N_EVENTS"] for c in terms.values() if d in c) for d, _ in heads}
         else:
-            events = {r["DOSE"]: r["N"] for r in t.teae_summary if r["ROWN"] == 11}
+            events = {r["DOSE"]: r["N"] for r in t.teae_summary if r["ROWN"] == TEAE_EVENTS_ROWN}
         rows.append(
             [first]
             + [fmt_npct(any_row[d]["N"], any_row[d]["PCT"]) if d in any_row else None for d, _ in heads]
@@ -1395,7 +1401,8 @@ def key_figures(t: ReportTables) -> list[tuple[str, Cell]]:
         dlts, evaluable = (sum(r[k] or 0 for r in t.dose_escalation) for k in ("DLTS", "EVALUABLE"))
         rate = pct_half_up(dlts, evaluable)
         out.append(("Participants with a DLT", f"{dlts} of {evaluable}" + (f" ({rate:.1f}%)" if rate is not None else "")))
-    for rown, label in ((4, "Participants with a serious TEAE"), (3, "Participants with a grade >= 3 TEAE")):
+    for rown, label in ((SERIOUS_TEAE_ROWN, "Participants with a serious TEAE"),
+                        (GRADE3_TEAE_ROWN, "Participants with a grade >= 3 TEAE")):
         r = summ.get((rown, TOTAL))
         if r is not None:
             out.append((label, fmt_npct(r["N"], r["PCT"])))
