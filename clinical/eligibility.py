@@ -42,10 +42,15 @@ import duckdb
 from clinical.study import StudyConfig
 
 
+def _form_params(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """(form, field) of the criteria read from a dm / sc column, sorted."""
+    return sorted({(c.source, c.param) for c in cfg.eligibility if c.source in ("dm", "sc")})
+
+
 def _source_values_sql(cfg: StudyConfig) -> str:
     """One row per (participant, SOURCE, PARAM) with VALUE text and ULN: dm / sc columns, lb tests."""
     parts = []
-    for source, param in sorted({(c.source, c.param) for c in cfg.eligibility if c.source in ("dm", "sc")}):
+    for source, param in _form_params(cfg):
         # Only contract field names enter the SQL text (load_study checks a dm / sc param is a field
         # of its form: clinical.study.Criterion); values stay parameters.
         parts.append(
@@ -68,7 +73,7 @@ def _held_values_sql(cfg: StudyConfig) -> str:
     parts = [
         f"SELECT r.SUBJID, '{source}' AS SOURCE, '{param}' AS PARAM, {label.format(form=source)} AS HELD "
         f"FROM raw.{source} r {held.format(form=source)} GROUP BY r.SUBJID, r._line"
-        for source, param in sorted({(c.source, c.param) for c in cfg.eligibility if c.source in ("dm", "sc")})
+        for source, param in _form_params(cfg)
     ]
     parts.append(
         f"SELECT r.SUBJID, 'lb' AS SOURCE, r.LBTESTCD AS PARAM, {label.format(form='lb')} AS HELD "
